@@ -1,0 +1,376 @@
+"""The block driver interface (QEMU's ``BlockDriver``), with its small value types.
+
+A driver is a class.  One instance serves one node (``self.node``); the node layer in
+:mod:`blocklayer.node` and :mod:`blocklayer.io` calls the driver only with requests that
+are in bounds, aligned to ``limits().request_alignment`` and no larger than
+``limits().max_transfer``.  A driver does only what is specific to it: capabilities it
+does not have are declared (``can_*`` attributes, or raising :class:`NotSupported`) and the
+fallbacks live once, in the request path.
+
+To add a driver, copy :mod:`blocklayer.drivers.null` (protocol) or
+:mod:`blocklayer.drivers.raw` (format), change the names and register it in
+:mod:`blocklayer.registry`.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import NotSupported
+
+if TYPE_CHECKING:
+    from .node import BlockNode
+    from .options import OpenFlags
+
+
+# ---------------------------------------------------------------------------------------
+# Value types
+# ---------------------------------------------------------------------------------------
+
+class ReqFlag(enum.IntFlag):
+    """Flags of one request (QEMU's BdrvRequestFlags)."""
+
+    NONE = 0
+    FUA = 0x1            # write: durable before completion
+    MAY_UNMAP = 0x2      # write zeroes: may deallocate
+    NO_FALLBACK = 0x4    # write zeroes: fail with ENOTSUP instead of writing a buffer
+    COMPRESSED = 0x8     # write: store compressed
+    COPY_ON_READ = 0x10  # read: copy what comes from the backing chain into this node
+    NO_SERIALISING = 0x20
+    PREFETCH = 0x40      # read with copy-on-read whose data nobody needs
+    NO_WAIT = 0x80
+
+
+class Status(enum.IntFlag):
+    """Block status bits (QEMU's BDRV_BLOCK_*)."""
+
+    NONE = 0
+    DATA = 0x1            # reads come from the file
+    ZERO = 0x2            # reads as zeroes
+    OFFSET_VALID = 0x4    # ``offset`` is a host offset in ``file``
+    RAW = 0x8             # pass-through: the answer is ``file``'s at ``offset``
+    ALLOCATED = 0x10      # the content is determined by this layer
+    EOF = 0x20            # the range reaches the end of the image
+    RECURSE = 0x40        # ask ``file`` at ``offset`` whether the data reads as zeroes
+    COMPRESSED = 0x80
+
+
+@dataclass(slots=True)
+class BlockStatus:
+    """The answer of a block-status query for ``[offset, offset + length)``."""
+
+    flags: Status
+    length: int
+    offset: int | None = None          # host offset in ``file`` when OFFSET_VALID
+    file: "BlockNode | None" = None    # the node that holds the data at ``offset``
+    depth: int = 0                     # filled in by the chain walk (0 = this node)
+
+    @property
+    def allocated(self) -> bool:
+        return bool(self.flags & Status.ALLOCATED)
+
+    @property
+    def zero(self) -> bool:
+        return bool(self.flags & Status.ZERO)
+
+    @property
+    def data(self) -> bool:
+        return bool(self.flags & Status.DATA)
+
+
+@dataclass(slots=True)
+class Limits:
+    """What requests the driver accepts (QEMU's BlockLimits)."""
+
+    request_alignment: int = 1
+    max_transfer: int = 0               # 0: no limit
+    opt_transfer: int = 0
+    pdiscard_alignment: int = 0
+    max_pdiscard: int = 0
+    pwrite_zeroes_alignment: int = 0
+    max_pwrite_zeroes: int = 0
+    min_mem_alignment: int = 1
+    opt_mem_alignment: int = 1
+
+
+class Prealloc(str, enum.Enum):
+    OFF = "off"
+    METADATA = "metadata"
+    FALLOC = "falloc"
+    FULL = "full"
+
+
+@dataclass(slots=True)
+class DriverInfo:
+    """What ``qemu-img info`` / ``qemu-io info`` print besides the size (BlockDriverInfo)."""
+
+    cluster_size: int = 0
+    vm_state_offset: int = 0
+    is_dirty: bool = False
+    needs_compressed_writes: bool = False
+
+
+@dataclass(slots=True)
+class SnapshotInfo:
+    """One internal snapshot (QEMU's QEMUSnapshotInfo)."""
+
+    id: str
+    name: str
+    vm_state_size: int = 0
+    date_sec: int = 0
+    date_nsec: int = 0
+    vm_clock_nsec: int = 0
+    icount: int | None = None
+
+
+@dataclass
+class CheckResult:
+    """The result of a consistency check (QEMU's BdrvCheckResult)."""
+
+    corruptions: int = 0
+    leaks: int = 0
+    check_errors: int = 0
+    corruptions_fixed: int = 0
+    leaks_fixed: int = 0
+    image_end_offset: int = 0
+    total_clusters: int = 0
+    allocated_clusters: int = 0
+    fragmented_clusters: int = 0
+    compressed_clusters: int = 0
+    messages: list[str] = field(default_factory=list)   # per-item lines for stderr
+
+
+class CheckMode(enum.IntFlag):
+    NONE = 0
+    FIX_LEAKS = 1
+    FIX_ERRORS = 2
+    FIX_ALL = 3
+
+
+@dataclass(slots=True)
+class CreateOption:
+    """One ``-o`` option a driver's create accepts (QemuOptDesc)."""
+
+    name: str
+    type: str            # "size" | "number" | "bool" | "string"
+    help: str = ""
+    default: Any = None
+
+
+class ChildRole(str, enum.Enum):
+    FILE = "file"
+    BACKING = "backing"
+    DATA = "data-file"
+    OTHER = "other"
+
+
+class Perm(enum.IntFlag):
+    """Permissions on a node (QEMU's BLK_PERM_*), as the image locks know them."""
+
+    NONE = 0
+    CONSISTENT_READ = 0x1
+    WRITE = 0x2
+    WRITE_UNCHANGED = 0x4
+    RESIZE = 0x8
+    ALL = 0xF
+
+    def describe(self) -> str:
+        names = {Perm.CONSISTENT_READ: "consistent read", Perm.WRITE: "write",
+                 Perm.WRITE_UNCHANGED: "write unchanged", Perm.RESIZE: "resize"}
+        return ", ".join(n for p, n in names.items() if self & p)
+
+
+PERM_LOCK_NAMES = {Perm.CONSISTENT_READ: "consistent read", Perm.WRITE: "write",
+                   Perm.WRITE_UNCHANGED: "write unchanged", Perm.RESIZE: "resize"}
+
+
+# ---------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------
+
+class BlockDriver:
+    """Base class of every driver.  Override what the driver does; leave the rest.
+
+    Class attributes describe the driver; instance methods serve one node.  Every I/O
+    method is ``async`` and runs on the node's event loop.
+    """
+
+    format_name: ClassVar[str] = ""
+    #: formats are probed by content; protocols are picked by a ``prefix:`` or are ``file``
+    is_format: ClassVar[bool] = False
+    is_protocol: ClassVar[bool] = False
+    #: a filter has exactly one child that holds the data (``file`` or ``backing``)
+    is_filter: ClassVar[bool] = False
+    protocol_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: the child role through which guest data flows for formats/filters
+    data_child_role: ClassVar[ChildRole] = ChildRole.FILE
+    supports_backing: ClassVar[bool] = False
+    create_options: ClassVar[tuple[CreateOption, ...]] = ()
+    #: options accepted by ``open`` besides the generic ones (documentation and checking)
+    open_options: ClassVar[tuple[str, ...]] = ()
+
+    # capabilities; the request path falls back when one is missing
+    can_write_zeroes: ClassVar[bool] = False
+    can_discard: ClassVar[bool] = False
+    can_block_status: ClassVar[bool] = False
+    can_fua: ClassVar[bool] = False
+    can_compressed_write: ClassVar[bool] = False
+    can_truncate: ClassVar[bool] = False
+    can_check: ClassVar[bool] = False
+
+    def __init__(self, node: "BlockNode") -> None:
+        self.node = node
+
+    # ---- class-level -------------------------------------------------------------
+    @classmethod
+    def probe(cls, header: bytes, filename: str | None) -> int:
+        """Score 0..100 for how sure the driver is that ``header`` is its format."""
+        return 0
+
+    @classmethod
+    def probe_protocol(cls, filename: str) -> int:
+        return 0
+
+    @classmethod
+    async def create(cls, filename: str, options: dict[str, Any], *,
+                     open_file: Any = None) -> None:
+        """Create an image.  ``options`` has the ``-o`` options parsed (``size`` an int).
+
+        ``open_file`` is a coroutine function that creates the protocol file and returns
+        its open node (so formats need not know how files are made).
+        """
+        raise NotSupported(f"Driver '{cls.format_name}' does not support image creation")
+
+    # ---- lifecycle ---------------------------------------------------------------
+    async def open(self, options: dict[str, Any], flags: "OpenFlags") -> None:
+        """Open the node.  ``options`` are the driver's own (children already consumed
+        and opened, available as ``self.node.file`` / ``.backing``)."""
+
+    async def close(self) -> None:
+        """Release everything; flush what must reach the disk."""
+
+    def limits(self) -> Limits:
+        return Limits()
+
+    def child_perm(self, role: ChildRole, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
+        """What this node needs on a child, given what its parents need on it.
+
+        Default: format-driver semantics for storage children (metadata may change even
+        when the guest does not write), pass-through for the data child of a filter.
+        """
+        if self.is_filter or role is ChildRole.BACKING:
+            if role is ChildRole.BACKING:
+                return (Perm.CONSISTENT_READ,
+                        Perm.CONSISTENT_READ | Perm.WRITE | Perm.WRITE_UNCHANGED | Perm.RESIZE)
+            return perm, shared
+        need = Perm.CONSISTENT_READ
+        if perm & (Perm.WRITE | Perm.WRITE_UNCHANGED) or not self.node.read_only:
+            need |= Perm.WRITE | Perm.RESIZE
+        share = Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED
+        if self.node.flags.force_share:
+            share |= Perm.WRITE | Perm.RESIZE
+        return need, share
+
+    def set_perm(self, perm: Perm, shared: Perm) -> None:
+        """Apply the node's cumulative permissions (the file driver takes locks here)."""
+
+    def check_perm(self, perm: Perm, shared: Perm) -> None:
+        """Raise :class:`PermissionConflict` if ``perm``/``shared`` cannot be had."""
+
+    # ---- I/O ---------------------------------------------------------------------
+    async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes | bytearray:
+        raise NotSupported(f"Driver '{self.format_name}' cannot read")
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview,
+                    flags: ReqFlag) -> None:
+        raise NotSupported(f"Driver '{self.format_name}' cannot write")
+
+    async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
+        raise NotSupported("write zeroes not supported")
+
+    async def discard(self, offset: int, length: int) -> None:
+        raise NotSupported("discard not supported")
+
+    async def flush_to_os(self) -> None:
+        """Push cached data to the OS (default: nothing is cached)."""
+
+    async def flush_to_disk(self) -> None:
+        """Make everything written so far durable (default: nothing to do)."""
+
+    async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
+        """Status of ``[offset, offset+length)``; may answer for a shorter prefix.
+
+        Default (used when ``can_block_status`` is False): everything is data, allocated
+        here for protocols, and recursed into the data child for filters.
+        """
+        return BlockStatus(Status.DATA | Status.ALLOCATED, length)
+
+    async def truncate(self, size: int, exact: bool, prealloc: Prealloc) -> None:
+        raise NotSupported(f"Image format '{self.format_name}' does not support resizing")
+
+    async def get_length(self) -> int:
+        raise NotImplementedError
+
+    async def get_allocated_file_size(self) -> int:
+        """Bytes the image takes on the host (``disk size``); -1 if unknown."""
+        file = self.node.file
+        return await file.allocated_file_size() if file is not None else -1
+
+    def has_zero_init(self) -> bool:
+        return False
+
+    def get_info(self) -> DriverInfo:
+        return DriverInfo()
+
+    def get_specific_info(self) -> dict[str, Any] | None:
+        """The ``format-specific`` data of ``qemu-img info`` (``{"type", "data"}``)."""
+        return None
+
+    # ---- reopen ------------------------------------------------------------------
+    async def reopen_prepare(self, options: dict[str, Any], read_only: bool) -> Any:
+        """Check that the node can switch to ``options``/``read_only``; return state."""
+        return None
+
+    async def reopen_commit(self, state: Any) -> None:
+        """Switch; must not fail."""
+
+    async def reopen_abort(self, state: Any) -> None:
+        """Forget what prepare did."""
+
+    # ---- image management ----------------------------------------------------------
+    async def check(self, mode: CheckMode) -> CheckResult:
+        raise NotSupported("This image format does not support checks")
+
+    async def amend(self, options: dict[str, Any], force: bool) -> None:
+        raise NotSupported(f"Format driver '{self.format_name}' does not support option amendment")
+
+    async def change_backing_file(self, backing_file: str | None,
+                                  backing_fmt: str | None) -> None:
+        raise NotSupported(f"Driver '{self.format_name}' does not support changing the backing file")
+
+    async def make_empty(self) -> None:
+        raise NotSupported(f"Driver '{self.format_name}' does not support emptying the image")
+
+    def backing_file_name(self) -> tuple[str | None, str | None]:
+        """The backing file name and format recorded in the image header, if any."""
+        return None, None
+
+    def data_file_name(self) -> str | None:
+        return None
+
+    # snapshots
+    async def snapshot_list(self) -> list[SnapshotInfo]:
+        return []
+
+    async def snapshot_create(self, info: SnapshotInfo) -> None:
+        raise NotSupported(f"Driver '{self.format_name}' does not support internal snapshots")
+
+    async def snapshot_goto(self, name_or_id: str) -> None:
+        raise NotSupported(f"Driver '{self.format_name}' does not support internal snapshots")
+
+    async def snapshot_delete(self, snapshot_id: str | None, name: str | None) -> SnapshotInfo:
+        raise NotSupported(f"Driver '{self.format_name}' does not support internal snapshots")
+
+    async def snapshot_load_tmp(self, snapshot_id: str | None, name: str | None) -> None:
+        raise NotSupported(f"Driver '{self.format_name}' does not support internal snapshots")

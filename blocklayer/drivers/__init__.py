@@ -1,0 +1,1 @@
+"""Protocol, format-agnostic and filter drivers.  Formats live in :mod:`blocklayer.formats`."""

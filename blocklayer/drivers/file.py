@@ -1,0 +1,398 @@
+"""The ``file`` protocol driver (and ``host_device``): regular files and block devices.
+
+Positional I/O runs in the loop's thread pool so the event loop never blocks on the
+disk.  ``cache=none`` opens with O_DIRECT and bounces through page-aligned buffers.
+Write zeroes and discard use fallocate; block status uses SEEK_DATA / SEEK_HOLE; flush
+is fdatasync.  Image locks are taken as QEMU takes them (see :mod:`blocklayer.locking`).
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import errno
+import mmap
+import os
+import stat
+from typing import Any, Callable, TypeVar
+
+from ..driver import (BlockDriver, BlockStatus, CreateOption, Limits, Perm, Prealloc,
+                      ReqFlag, Status)
+from ..errors import BlockError, HostIOError, InvalidArgument, NotSupported
+from ..locking import ImageLock, ofd_supported
+from ..options import OpenFlags, parse_bool
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+SEEK_DATA, SEEK_HOLE = getattr(os, "SEEK_DATA", 3), getattr(os, "SEEK_HOLE", 4)
+MAX_TRANSFER = 1 << 30
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _zero_fill(fd: int, offset: int, length: int) -> None:
+    chunk = bytes(min(length, 1 << 20))
+    end = offset + length
+    while offset < end:
+        n = os.pwrite(fd, memoryview(chunk)[:min(len(chunk), end - offset)], offset)
+        offset += n
+
+
+class FileDriver(BlockDriver):
+    format_name = "file"
+    is_protocol = True
+    protocol_prefixes = ("file",)
+    can_write_zeroes = True
+    can_discard = True
+    can_block_status = True
+    can_truncate = True
+    open_options = ("filename", "aio", "aio-max-batch", "locking", "pr-manager",
+                    "drop-cache", "x-check-cache-dropped")
+    create_options = (
+        CreateOption("size", "size", "Virtual disk size"),
+        CreateOption("preallocation", "string",
+                     "Preallocation mode (allowed values: off, falloc, full)", "off"),
+        CreateOption("nocow", "bool", "Turn off copy-on-write (valid only on btrfs)", False),
+        CreateOption("extent_size_hint", "size", "Extent size hint for the image file, 0 to disable", 1 << 20),
+    )
+
+    fd: int = -1
+    lock: ImageLock | None = None
+    direct: bool = False
+    alignment: int = 1
+    punch_ok: bool = True
+    zero_range_ok: bool = True
+
+    # ---- create -------------------------------------------------------------------------
+    @classmethod
+    async def create(cls, filename: str, options: dict[str, Any], *,
+                     open_file: Any = None) -> None:
+        size = int(options.get("size", 0))
+        prealloc = Prealloc(options.get("preallocation", "off"))
+        if prealloc is Prealloc.METADATA:
+            raise InvalidArgument("Unsupported preallocation mode 'metadata'")
+        path = _strip_prefix(filename)
+
+        def work() -> None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                lock = ImageLock(fd, path)
+                if ofd_supported(fd):
+                    lock.apply(Perm.CONSISTENT_READ | Perm.WRITE | Perm.RESIZE,
+                               Perm.CONSISTENT_READ)
+                os.ftruncate(fd, 0)
+                _grow(fd, 0, size, prealloc)
+                if size and prealloc is Prealloc.OFF:
+                    _allocate_first_block(fd, size)
+                lock.release()
+            finally:
+                os.close(fd)
+
+        await _run(work, f"Could not create '{path}'")
+
+    # ---- open / close --------------------------------------------------------------------
+    async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
+        filename = options.get("filename")
+        if not filename:
+            raise InvalidArgument("The 'file' block driver requires a file name")
+        path = _strip_prefix(str(filename))
+        self.path = path
+        self.direct = flags.cache.direct
+        mode = os.O_RDONLY if flags.read_only else os.O_RDWR
+        mode |= os.O_CLOEXEC | (os.O_DIRECT if self.direct else 0)
+        try:
+            self.fd = os.open(path, mode)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and self.direct:
+                raise BlockError(f"Could not open '{path}': filesystem does not support O_DIRECT",
+                                 exc.errno) from None
+            raise HostIOError.from_oserror(exc, f"Could not open '{path}'") from None
+        st = os.fstat(self.fd)
+        if stat.S_ISDIR(st.st_mode):
+            os.close(self.fd)
+            self.fd = -1
+            raise BlockError(f"Could not open '{path}': Is a directory", errno.EISDIR)
+        self.is_block_device = stat.S_ISBLK(st.st_mode)
+        locking = str(options.get("locking", "auto"))
+        if locking not in ("auto", "on", "off"):
+            raise InvalidArgument(f"Invalid parameter 'locking': {locking}")
+        if locking == "on" or (locking == "auto" and ofd_supported(self.fd)):
+            self.lock = ImageLock(self.fd, path)
+        if "drop-cache" in options:
+            parse_bool(options["drop-cache"], "drop-cache")
+        if self.direct:
+            self.alignment = await asyncio.get_running_loop().run_in_executor(
+                None, _probe_alignment, self.fd)
+
+    async def close(self) -> None:
+        if self.fd >= 0:
+            if self.lock is not None:
+                self.lock.release()
+            os.close(self.fd)
+            self.fd = -1
+
+    def limits(self) -> Limits:
+        return Limits(request_alignment=self.alignment, max_transfer=MAX_TRANSFER,
+                      opt_transfer=0, min_mem_alignment=self.alignment,
+                      opt_mem_alignment=max(self.alignment, 4096),
+                      pdiscard_alignment=0, pwrite_zeroes_alignment=0)
+
+    def check_perm(self, perm: Perm, shared: Perm) -> None:
+        if self.lock is not None:
+            self.lock.apply(perm, shared)
+
+    # ---- I/O -------------------------------------------------------------------------------
+    async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes:
+        fd = self.fd
+        if self.direct:
+            return await _run(lambda: _direct_read(fd, offset, length), "read")
+        return await _run(lambda: _pread_full(fd, offset, length), "read")
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview,
+                    flags: ReqFlag) -> None:
+        fd = self.fd
+        if self.direct:
+            await _run(lambda: _direct_write(fd, offset, data), "write")
+        else:
+            await _run(lambda: _pwrite_full(fd, offset, data), "write")
+
+    async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
+        await _run(lambda: self._write_zeroes_sync(offset, length, flags), "write zeroes")
+
+    def _write_zeroes_sync(self, offset: int, length: int, flags: ReqFlag) -> None:
+        size = os.fstat(self.fd).st_size
+        end = offset + length
+        if self.is_block_device:
+            raise NotSupported("write zeroes on a block device")
+        if offset >= size:
+            os.ftruncate(self.fd, end)
+            return
+        if flags & ReqFlag.MAY_UNMAP and self.punch_ok:
+            try:
+                fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset,
+                          min(end, size) - offset)
+                if end > size:
+                    os.ftruncate(self.fd, end)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                self.punch_ok = False
+        if self.zero_range_ok:
+            try:
+                fallocate(self.fd, FALLOC_FL_ZERO_RANGE, offset, length)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                self.zero_range_ok = False
+        raise NotSupported("write zeroes not supported by the file system")
+
+    async def discard(self, offset: int, length: int) -> None:
+        fd = self.fd
+
+        def punch() -> None:
+            try:
+                fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+            except OSError as exc:
+                if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise NotSupported("discard not supported") from None
+                raise
+        await _run(punch, "discard")
+
+    async def flush_to_disk(self) -> None:
+        fd = self.fd
+        await _run(lambda: os.fdatasync(fd), "flush")
+
+    async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
+        if not want_zero:
+            return BlockStatus(Status.DATA | Status.OFFSET_VALID, length, offset, self.node)
+        fd = self.fd
+
+        def find() -> tuple[Status, int]:
+            try:
+                data = os.lseek(fd, offset, SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:       # trailing hole
+                    return Status.ZERO, length
+                return Status.DATA, length
+            if data > offset:
+                return Status.ZERO, min(data - offset, length)
+            try:
+                hole = os.lseek(fd, offset, SEEK_HOLE)
+            except OSError:
+                return Status.DATA, length
+            n = hole - offset
+            align = self.alignment
+            if n % align:
+                n += align - n % align
+            return Status.DATA, max(min(n, length), 1)
+
+        kind, n = await _run(find, "block status")
+        return BlockStatus(kind | Status.OFFSET_VALID, n, offset, self.node)
+
+    async def truncate(self, size: int, exact: bool, prealloc: Prealloc) -> None:
+        fd = self.fd
+        if self.is_block_device:
+            cur = await self.get_length()
+            if size > cur or (exact and size != cur):
+                raise NotSupported("Cannot grow device files")
+            return
+        if prealloc is Prealloc.METADATA:
+            raise InvalidArgument("Unsupported preallocation mode 'metadata'")
+
+        def work() -> None:
+            cur = os.fstat(fd).st_size
+            if size <= cur:
+                os.ftruncate(fd, size)
+            else:
+                _grow(fd, cur, size, prealloc)
+        await _run(work, "truncate")
+
+    async def get_length(self) -> int:
+        if self.fd < 0:
+            return 0
+        if self.is_block_device:
+            return os.lseek(self.fd, 0, os.SEEK_END)
+        return os.fstat(self.fd).st_size
+
+    async def get_allocated_file_size(self) -> int:
+        st = os.fstat(self.fd)
+        return st.st_blocks * 512
+
+    def has_zero_init(self) -> bool:
+        return not self.is_block_device
+
+    async def reopen_prepare(self, options: dict[str, Any], read_only: bool) -> Any:
+        if read_only == self.node.read_only:
+            return None
+        mode = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
+        mode |= os.O_DIRECT if self.direct else 0
+        try:
+            return os.open(self.path, mode)
+        except OSError as exc:
+            raise HostIOError.from_oserror(exc, f"Could not reopen file '{self.path}'") from None
+
+    async def reopen_commit(self, state: Any) -> None:
+        if state is None:
+            return
+        old = self.fd
+        self.fd = state
+        if self.lock is not None:
+            perm, shared = self.lock.perm, self.lock.shared
+            self.lock.release()
+            self.lock = ImageLock(self.fd, self.path)
+            self.lock.perm, self.lock.shared = Perm.NONE, Perm.ALL
+            self.lock.apply(perm, shared)
+        os.close(old)
+
+    async def reopen_abort(self, state: Any) -> None:
+        if state is not None:
+            os.close(state)
+
+
+class HostDeviceDriver(FileDriver):
+    format_name = "host_device"
+    protocol_prefixes = ("host_device",)
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers (run in worker threads)
+# ---------------------------------------------------------------------------------------
+
+async def _run(fn: Callable[[], T], what: str) -> T:
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, fn)
+    except OSError as exc:
+        raise HostIOError.from_oserror(exc, f"{what} failed") from None
+
+
+def _strip_prefix(filename: str) -> str:
+    for prefix in ("file:", "host_device:"):
+        if filename.startswith(prefix):
+            return filename[len(prefix):]
+    return filename
+
+
+def _pread_full(fd: int, offset: int, length: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _pwrite_full(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
+    mv = memoryview(data)
+    done = 0
+    while done < len(mv):
+        done += os.pwrite(fd, mv[done:], offset + done)
+
+
+def _direct_read(fd: int, offset: int, length: int) -> bytes:
+    buf = mmap.mmap(-1, max(length, 1))
+    try:
+        got = os.preadv(fd, [buf], offset)
+        return bytes(buf[:got])
+    finally:
+        buf.close()
+
+
+def _direct_write(fd: int, offset: int, data: bytes | bytearray | memoryview) -> None:
+    buf = mmap.mmap(-1, max(len(data), 1))
+    try:
+        buf[:len(data)] = data
+        done = 0
+        while done < len(data):
+            done += os.pwritev(fd, [memoryview(buf)[done:len(data)]], offset + done)
+    finally:
+        buf.close()
+
+
+def _probe_alignment(fd: int) -> int:
+    for align in (512, 1024, 2048, 4096):
+        buf = mmap.mmap(-1, align)
+        try:
+            os.preadv(fd, [buf], 0)
+            return align
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                return 4096
+        finally:
+            buf.close()
+    return 4096
+
+
+def _grow(fd: int, cur: int, size: int, prealloc: Prealloc) -> None:
+    if prealloc is Prealloc.FULL:
+        os.ftruncate(fd, cur)
+        _zero_fill(fd, cur, size - cur)
+    elif prealloc is Prealloc.FALLOC:
+        os.posix_fallocate(fd, cur, size - cur)
+    else:
+        os.ftruncate(fd, size)
+
+
+def _allocate_first_block(fd: int, size: int) -> None:
+    """Like QEMU: write the first block so O_DIRECT alignment can be probed later."""
+    n = min(size, 4096)
+    try:
+        os.pwrite(fd, bytes(n), 0)
+    except OSError:
+        pass

@@ -1,0 +1,123 @@
+"""The ``raw`` format: the guest sees the file as it is, or a slice of it
+(``offset`` / ``size``).  Requests pass straight to the ``file`` child."""
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from ..driver import (BlockDriver, BlockStatus, ChildRole, CreateOption, DriverInfo, Limits,
+                      Perm, Prealloc, ReqFlag, Status)
+from ..errors import BlockError, InvalidArgument, NotSupported
+from ..options import OpenFlags, parse_size
+
+PROBE_SIZE = 512
+
+
+class RawDriver(BlockDriver):
+    format_name = "raw"
+    is_format = True
+    can_write_zeroes = True
+    can_discard = True
+    can_block_status = True
+    can_fua = True
+    can_truncate = True
+    open_options = ("offset", "size")
+    create_options = (
+        CreateOption("size", "size", "Virtual disk size"),
+        CreateOption("preallocation", "string",
+                     "Preallocation mode (allowed values: off, falloc, full)", "off"),
+        CreateOption("nocow", "bool", "Turn off copy-on-write (valid only on btrfs)", False),
+        CreateOption("extent_size_hint", "size", "Extent size hint for the image file, 0 to disable", 1 << 20),
+    )
+
+    offset = 0
+    size: int | None = None
+    probed = False
+
+    @classmethod
+    def probe(cls, header: bytes, filename: str | None) -> int:
+        return 1
+
+    @classmethod
+    async def create(cls, filename: str, options: dict[str, Any], *,
+                     open_file: Any = None) -> None:
+        from .file import FileDriver
+        await FileDriver.create(filename, options)
+
+    async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
+        if self.node.file is None:
+            raise InvalidArgument("A 'raw' node needs a 'file' child")
+        file_len = self.node.file.total_bytes
+        self.offset = parse_size(options.get("offset", 0), "offset")
+        if "size" in options:
+            self.size = parse_size(options["size"], "size")
+        if self.offset > file_len:
+            raise InvalidArgument("The sum of offset (%d) and size (%d) has to be smaller or "
+                                  "equal to the  actual size of the containing file (%d)"
+                                  % (self.offset, self.size or 0, file_len))
+        if self.size is not None and self.offset + self.size > file_len:
+            raise InvalidArgument("The sum of offset (%d) and size (%d) has to be smaller or "
+                                  "equal to the  actual size of the containing file (%d)"
+                                  % (self.offset, self.size, file_len))
+        self.probed = bool(options.get("x-probed", False))
+
+    def limits(self) -> Limits:
+        file = self.node.file
+        assert file is not None
+        inner = file.driver.limits()
+        return Limits(request_alignment=inner.request_alignment, max_transfer=inner.max_transfer,
+                      opt_transfer=inner.opt_transfer,
+                      pdiscard_alignment=inner.pdiscard_alignment,
+                      pwrite_zeroes_alignment=inner.pwrite_zeroes_alignment,
+                      min_mem_alignment=inner.min_mem_alignment,
+                      opt_mem_alignment=inner.opt_mem_alignment)
+
+    def child_perm(self, role: ChildRole, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
+        return perm, shared
+
+    def _file(self):  # type: ignore[no-untyped-def]
+        file = self.node.file
+        assert file is not None
+        return file
+
+    async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes:
+        return await self._file().read(self.offset + offset, length, flags & ReqFlag.NONE)
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview,
+                    flags: ReqFlag) -> None:
+        if self.probed and offset < PROBE_SIZE:
+            self._check_probed_write(offset, data)
+        await self._file().write(self.offset + offset, data, flags & ReqFlag.FUA)
+
+    def _check_probed_write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """A probed raw image may not get a header that would probe as another format."""
+        from ..registry import probe_format
+        head = bytes(data[:PROBE_SIZE - offset])
+        if offset == 0 and probe_format(head, None) != "raw":
+            raise BlockError("write to block 0 of a probed raw image refused", errno.EPERM)
+
+    async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
+        await self._file().write_zeroes(self.offset + offset, length, flags)
+
+    async def discard(self, offset: int, length: int) -> None:
+        await self._file().discard(self.offset + offset, length)
+
+    async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
+        return BlockStatus(Status.RAW | Status.OFFSET_VALID, length, self.offset + offset,
+                           self._file())
+
+    async def truncate(self, size: int, exact: bool, prealloc: Prealloc) -> None:
+        if self.size is not None or self.offset:
+            raise NotSupported("Cannot resize fixed-size raw disks", errno.ENOTSUP)
+        await self._file().truncate(size, exact, prealloc)
+
+    async def get_length(self) -> int:
+        if self.size is not None:
+            return self.size
+        return max(self._file().total_bytes - self.offset, 0)
+
+    def has_zero_init(self) -> bool:
+        return self._file().driver.has_zero_init()
+
+    def get_info(self) -> DriverInfo:
+        return DriverInfo()

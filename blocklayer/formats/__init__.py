@@ -1,0 +1,1 @@
+"""Image format drivers (qcow2, qed, ...), one package each."""

@@ -1,0 +1,620 @@
+"""The request path: the one place every request to every node goes through.
+
+Mirrors QEMU's block/io.c.  A request made from outside the graph (depth 0: a tool, an
+export, a job) is checked against the node's size and held while the node is drained; a
+request a driver makes to its children is nested (depth > 0) and is neither.  Every
+request then is checked for sanity and read-only-ness, tracked (so read-modify-write
+cycles of unaligned writes are serialised against overlapping requests), aligned to the
+driver's request alignment, split at its max transfer, and accounted.  Capabilities a
+driver lacks are filled in here: write zeroes becomes a zero buffer, FUA a flush,
+block status "all data".
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import errno
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, AsyncIterator
+
+from .driver import BlockStatus, Prealloc, ReqFlag, Status
+from .errors import BlockError, InvalidArgument, NotSupported, ReadOnlyError
+
+if TYPE_CHECKING:
+    from .node import BlockNode
+
+BDRV_MAX_LENGTH = (1 << 63) - 1
+ZERO_BUFFER_MAX = 1 << 20          # largest zero buffer written by the fallback
+COR_CHUNK = 1 << 20
+
+REQUEST_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("request_depth", default=0)
+DRAIN_OWNER: contextvars.ContextVar[bool] = contextvars.ContextVar("drain_owner", default=False)
+
+
+def _zeros(n: int, _cache: dict[int, bytes] = {}) -> bytes:
+    buf = _cache.get(n)
+    if buf is None:
+        buf = bytes(n)
+        if n <= ZERO_BUFFER_MAX:
+            _cache[n] = buf
+    return buf
+
+
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """True if every byte is zero (fast: compares against a cached zero buffer)."""
+    n = len(data)
+    if n == 0:
+        return True
+    step = 1 << 16
+    zero = _zeros(min(n, step))
+    mv = memoryview(data)
+    for i in range(0, n, step):
+        chunk = mv[i:i + step]
+        if chunk != zero[:len(chunk)]:
+            return False
+    return True
+
+
+def align_down(x: int, a: int) -> int:
+    return x - x % a
+
+
+def align_up(x: int, a: int) -> int:
+    return -(-x // a) * a
+
+
+# ---------------------------------------------------------------------------------------
+# Tracked requests
+# ---------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Tracked:
+    """One in-flight request on a node, over the (aligned) range it touches."""
+
+    start: int
+    end: int
+    serialising: bool
+    serial: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def overlaps(self, start: int, end: int) -> bool:
+        return self.start < end and start < self.end
+
+
+async def _wait_serialising(node: "BlockNode", req: Tracked) -> None:
+    """Wait until no earlier request that must not overlap ``req`` overlaps it.
+
+    A request waits only for requests registered before it, so there are no cycles.
+    """
+    while True:
+        for other in node.state.tracked:
+            if other.serial >= req.serial:
+                continue
+            if (other.serialising or req.serialising) and other.overlaps(req.start, req.end):
+                await other.done.wait()
+                break
+        else:
+            return
+
+
+@asynccontextmanager
+async def tracked(node: "BlockNode", start: int, end: int,
+                  serialising: bool) -> AsyncIterator[Tracked]:
+    state = node.state
+    state.serial += 1
+    req = Tracked(start, end, serialising, state.serial)
+    state.tracked.append(req)
+    try:
+        if any(t.serialising or serialising for t in state.tracked if t is not req):
+            await _wait_serialising(node, req)
+        yield req
+    finally:
+        state.tracked.remove(req)
+        req.done.set()
+
+
+# ---------------------------------------------------------------------------------------
+# Entering and leaving a request
+# ---------------------------------------------------------------------------------------
+
+@asynccontextmanager
+async def _request(node: "BlockNode", kind: str, offset: int, length: int,
+                   write: bool) -> AsyncIterator[None]:
+    """Depth, drain, sanity, bounds and read-only checks, in-flight counting."""
+    depth = REQUEST_DEPTH.get()
+    external = depth == 0
+    if node.closed:
+        raise BlockError(f"Node '{node.name}' is closed", errno.ENOMEDIUM)
+    if external and node.state.quiesce and not DRAIN_OWNER.get():
+        await _wait_resumed(node)
+    if offset < 0 or length < 0 or offset > BDRV_MAX_LENGTH - length:
+        node.stats.invalid(kind)
+        raise InvalidArgument(f"Invalid request offset {offset} length {length}", errno.EIO)
+    if external and kind != "flush" and offset + length > node.total_bytes:
+        node.stats.invalid(kind)
+        raise BlockError("Request beyond the end of the image", errno.EIO)
+    if write and node.read_only:
+        node.stats.invalid(kind)
+        raise ReadOnlyError(f"Node '{node.name}' is read-only", errno.EPERM)
+    token = REQUEST_DEPTH.set(depth + 1)
+    node.state.in_flight += 1
+    try:
+        yield
+    finally:
+        REQUEST_DEPTH.reset(token)
+        node.state.in_flight -= 1
+        if node.state.in_flight == 0 and node.state.idle is not None:
+            node.state.idle.set()
+
+
+async def _wait_resumed(node: "BlockNode") -> None:
+    while node.state.quiesce:
+        if node.state.resumed is None:
+            node.state.resumed = asyncio.Event()
+        await node.state.resumed.wait()
+
+
+# ---------------------------------------------------------------------------------------
+# Read
+# ---------------------------------------------------------------------------------------
+
+async def node_read(node: "BlockNode", offset: int, length: int,
+                    flags: ReqFlag = ReqFlag.NONE) -> bytes:
+    """Read ``length`` bytes at ``offset``."""
+    async with _request(node, "read", offset, length, write=False):
+        start_ns = node.stats.start()
+        try:
+            if node.flags.copy_on_read:
+                flags |= ReqFlag.COPY_ON_READ
+            data = await _aligned_read(node, offset, length, flags)
+        except BlockError:
+            node.stats.done("read", start_ns, length, ok=False)
+            raise
+        node.stats.done("read", start_ns, length)
+        return data
+
+
+async def _aligned_read(node: "BlockNode", offset: int, length: int,
+                        flags: ReqFlag) -> bytes:
+    if length == 0:
+        return b""
+    align = node.driver.limits().request_alignment
+    start, end = align_down(offset, align), align_up(offset + length, align)
+    cor = bool(flags & ReqFlag.COPY_ON_READ) and node.backing is not None \
+        and not node.read_only
+    if cor:
+        cluster = max(node.driver.get_info().cluster_size, align)
+        start, end = align_down(offset, cluster), align_up(offset + length, cluster)
+    async with tracked(node, start, end, serialising=cor):
+        if cor:
+            data = await _copy_on_read(node, start, end - start)
+        else:
+            data = await _read_split(node, start, end - start, flags)
+    if start == offset and len(data) == length:
+        return data if isinstance(data, bytes) else bytes(data)
+    return bytes(memoryview(data)[offset - start:offset - start + length])
+
+
+async def _read_split(node: "BlockNode", offset: int, length: int,
+                      flags: ReqFlag) -> bytes | bytearray:
+    """Split at max transfer and zero-fill beyond the end of the node."""
+    total = node.total_bytes
+    if offset >= total and not node.driver.is_protocol:
+        return _zeros(length) if length <= ZERO_BUFFER_MAX else bytes(length)
+    readable = length if node.driver.is_protocol else min(length, total - offset)
+    limits = node.driver.limits()
+    max_xfer = limits.max_transfer or readable
+    if readable <= max_xfer:
+        data = await node.driver.read(offset, readable, flags)
+    else:
+        buf = bytearray()
+        pos = 0
+        while pos < readable:
+            n = min(max_xfer, readable - pos)
+            buf += await node.driver.read(offset + pos, n, flags)
+            pos += n
+        data = buf
+    if len(data) < length:
+        data = bytes(data) + bytes(length - len(data))
+    return data
+
+
+async def _copy_on_read(node: "BlockNode", offset: int, length: int) -> bytes:
+    """Read, copying what this node does not hold from its backing chain into it."""
+    out = bytearray()
+    pos, end = offset, offset + length
+    while pos < end:
+        allocated, n = await node.is_allocated(pos, min(end - pos, COR_CHUNK))
+        n = max(n, 1)
+        chunk = await _read_split(node, pos, n, ReqFlag.NONE)
+        if not allocated and pos < node.total_bytes:
+            usable = min(n, node.total_bytes - pos)
+            piece = memoryview(chunk)[:usable]
+            if is_zero(piece) and node.driver.can_write_zeroes:
+                try:
+                    await node.driver.write_zeroes(pos, usable, ReqFlag.NONE)
+                except NotSupported:
+                    await node.driver.write(pos, piece, ReqFlag.NONE)
+            else:
+                await node.driver.write(pos, piece, ReqFlag.NONE)
+        out += chunk
+        pos += n
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Write, write zeroes, discard
+# ---------------------------------------------------------------------------------------
+
+async def node_write(node: "BlockNode", offset: int, data: bytes | bytearray | memoryview,
+                     flags: ReqFlag = ReqFlag.NONE) -> None:
+    """Write ``data`` at ``offset``."""
+    length = len(data)
+    async with _request(node, "write", offset, length, write=True):
+        if flags & ReqFlag.COMPRESSED and not node.driver.can_compressed_write:
+            raise NotSupported("Compression is not supported for this drive", errno.ENOTSUP)
+        mode = node.flags.detect_zeroes
+        if mode != "off" and not flags & ReqFlag.COMPRESSED and is_zero(data):
+            zflags = flags | (ReqFlag.MAY_UNMAP if mode == "unmap" else ReqFlag.NONE)
+            await _zero_request(node, offset, length, zflags)
+            return
+        start_ns = node.stats.start()
+        try:
+            await _before_write(node, offset, length)
+            await _aligned_write(node, offset, data, flags)
+        except BlockError:
+            node.stats.done("write", start_ns, length, ok=False)
+            raise
+        node.stats.done("write", start_ns, length)
+        _after_write(node, offset, length)
+
+
+async def _before_write(node: "BlockNode", offset: int, length: int) -> None:
+    if node.write_threshold and offset + length > node.write_threshold:
+        threshold, node.write_threshold = node.write_threshold, 0
+        if node.on_write_threshold is not None:
+            node.on_write_threshold(node, offset + length - threshold, threshold)
+    for notifier in list(node.before_write):
+        await notifier(node, offset, length)
+
+
+def _after_write(node: "BlockNode", offset: int, length: int) -> None:
+    end = offset + length
+    if end > node.stats.wr_highest_offset:
+        node.stats.wr_highest_offset = end
+    if end > node.total_bytes and node.driver.is_protocol:
+        node.total_bytes = end
+    for observer in node.write_observers:
+        observer(node, offset, length)
+
+
+async def _aligned_write(node: "BlockNode", offset: int,
+                         data: bytes | bytearray | memoryview, flags: ReqFlag) -> None:
+    length = len(data)
+    if length == 0:
+        return
+    align = node.driver.limits().request_alignment
+    start, end = align_down(offset, align), align_up(offset + length, align)
+    rmw = start != offset or end != offset + length
+    async with tracked(node, start, end, serialising=rmw):
+        if rmw:
+            data = await _merge_unaligned(node, offset, data, start, end, align)
+            offset = start
+        await _write_split(node, offset, data, flags)
+
+
+async def _merge_unaligned(node: "BlockNode", offset: int, data: bytes | bytearray | memoryview,
+                           start: int, end: int, align: int) -> bytearray:
+    """Read-modify-write: fetch the head and tail blocks and lay ``data`` over them."""
+    buf = bytearray(end - start)
+    head_end = min(start + align, end)
+    if offset != start:
+        buf[0:head_end - start] = await _read_split(node, start, head_end - start, ReqFlag.NONE)
+    tail_start = end - align
+    if offset + len(data) != end and tail_start >= head_end:
+        buf[tail_start - start:] = await _read_split(node, tail_start, align, ReqFlag.NONE)
+    elif offset + len(data) != end and offset == start:
+        buf[0:end - start] = await _read_split(node, start, end - start, ReqFlag.NONE)
+    buf[offset - start:offset - start + len(data)] = data
+    return buf
+
+
+async def _write_split(node: "BlockNode", offset: int, data: bytes | bytearray | memoryview,
+                       flags: ReqFlag) -> None:
+    drv = node.driver
+    fua = bool(flags & ReqFlag.FUA)
+    if fua and not drv.can_fua:
+        flags &= ~ReqFlag.FUA
+    max_xfer = drv.limits().max_transfer
+    if flags & ReqFlag.COMPRESSED:
+        max_xfer = 0     # a compressed write is one cluster; the driver checks
+    length = len(data)
+    if not max_xfer or length <= max_xfer:
+        await drv.write(offset, data, flags)
+    else:
+        mv = memoryview(data)
+        for pos in range(0, length, max_xfer):
+            await drv.write(offset + pos, mv[pos:pos + max_xfer], flags)
+    if fua and not drv.can_fua:
+        await node_flush(node)
+
+
+async def node_write_zeroes(node: "BlockNode", offset: int, length: int,
+                            flags: ReqFlag = ReqFlag.NONE) -> None:
+    """Make ``[offset, offset+length)`` read as zeroes."""
+    async with _request(node, "zero", offset, length, write=True):
+        await _zero_request(node, offset, length, flags)
+
+
+async def _zero_request(node: "BlockNode", offset: int, length: int, flags: ReqFlag) -> None:
+    if not node.flags.discard_unmap:
+        flags &= ~ReqFlag.MAY_UNMAP
+    start_ns = node.stats.start()
+    try:
+        await _before_write(node, offset, length)
+        align = node.driver.limits().request_alignment
+        start, end = align_down(offset, align), align_up(offset + length, align)
+        rmw = start != offset or end != offset + length
+        async with tracked(node, start, end, serialising=rmw):
+            await _zero_aligned(node, offset, length, flags, align)
+    except BlockError:
+        node.stats.done("zero", start_ns, length, ok=False)
+        raise
+    node.stats.done("zero", start_ns, length)
+    _after_write(node, offset, length)
+
+
+async def _zero_aligned(node: "BlockNode", offset: int, length: int, flags: ReqFlag,
+                        align: int) -> None:
+    """Zero a head, a middle and a tail (split at the driver's zeroing alignment), each
+    with the driver where it can and with zero buffers where it cannot."""
+    limits = node.driver.limits()
+    zalign = max(limits.pwrite_zeroes_alignment or align, align)
+    end = offset + length
+    head_end = min(align_up(offset, zalign), end)
+    tail_start = max(align_down(end, zalign), head_end)
+    pieces: list[tuple[int, int]] = []
+    if head_end > offset:
+        pieces.append((offset, head_end - offset))
+    step = align_down(limits.max_pwrite_zeroes, zalign) if limits.max_pwrite_zeroes else 0
+    step = step or (tail_start - head_end) or 1
+    for pos in range(head_end, tail_start, step):
+        pieces.append((pos, min(step, tail_start - pos)))
+    if end > tail_start:
+        pieces.append((tail_start, end - tail_start))
+    for pos, n in pieces:
+        await _zero_piece(node, pos, n, flags)
+
+
+async def _zero_piece(node: "BlockNode", offset: int, length: int, flags: ReqFlag) -> None:
+    drv = node.driver
+    if drv.can_write_zeroes:
+        try:
+            await drv.write_zeroes(offset, length, flags)
+        except NotSupported:
+            pass
+        else:
+            if flags & ReqFlag.FUA and not drv.can_fua:
+                await node_flush(node)
+            return
+    await _write_zero_buffer(node, offset, length, flags)
+
+
+async def _write_zero_buffer(node: "BlockNode", offset: int, length: int,
+                             flags: ReqFlag) -> None:
+    if flags & ReqFlag.NO_FALLBACK:
+        raise NotSupported("write zeroes without fallback not supported", errno.ENOTSUP)
+    wflags = flags & ReqFlag.FUA
+    align = node.driver.limits().request_alignment
+    pos, end = offset, offset + length
+    while pos < end:
+        n = min(end - pos, ZERO_BUFFER_MAX)
+        if pos % align or n % align:
+            data = await _merge_unaligned(node, pos, _zeros(n), align_down(pos, align),
+                                          align_up(pos + n, align), align)
+            await _write_split(node, align_down(pos, align), data, wflags)
+        else:
+            await _write_split(node, pos, _zeros(n), wflags)
+        pos += n
+
+
+async def node_discard(node: "BlockNode", offset: int, length: int) -> None:
+    """Discard (unmap) a range; a no-op unless the node was opened with discard=unmap."""
+    async with _request(node, "discard", offset, length, write=True):
+        if not node.flags.discard_unmap or not node.driver.can_discard or length == 0:
+            return
+        start_ns = node.stats.start()
+        limits = node.driver.limits()
+        dalign = max(limits.pdiscard_alignment, limits.request_alignment, 1)
+        start, end = align_up(offset, dalign), align_down(offset + length, dalign)
+        if end <= start:
+            return
+        try:
+            await _before_write(node, start, end - start)
+            async with tracked(node, start, end, serialising=False):
+                step = limits.max_pdiscard or (end - start)
+                step = max(align_down(step, dalign), dalign)
+                for pos in range(start, end, step):
+                    try:
+                        await node.driver.discard(pos, min(step, end - pos))
+                    except NotSupported:
+                        return
+        except BlockError:
+            node.stats.done("discard", start_ns, length, ok=False)
+            raise
+        node.stats.done("discard", start_ns, end - start)
+        _after_write(node, start, end - start)
+
+
+# ---------------------------------------------------------------------------------------
+# Flush, truncate, length
+# ---------------------------------------------------------------------------------------
+
+async def node_flush(node: "BlockNode") -> None:
+    """Make everything written so far durable on this node and the children it writes."""
+    async with _request(node, "flush", 0, 0, write=False):
+        start_ns = node.stats.start()
+        try:
+            await node.driver.flush_to_os()
+            if not node.flags.cache.no_flush:
+                await node.driver.flush_to_disk()
+            for child in list(node.children.values()):
+                if child.perm & 0x6 and not child.node.closed:   # WRITE | WRITE_UNCHANGED
+                    await node_flush(child.node)
+        except BlockError:
+            node.stats.done("flush", start_ns, 0, ok=False)
+            raise
+        node.stats.done("flush", start_ns, 0)
+
+
+async def node_truncate(node: "BlockNode", size: int, exact: bool = False,
+                        prealloc: Prealloc = Prealloc.OFF) -> None:
+    """Resize the node to ``size`` bytes."""
+    if size < 0:
+        raise InvalidArgument("Invalid size")
+    async with _request(node, "write", 0, 0, write=True):
+        async with tracked(node, min(size, node.total_bytes), BDRV_MAX_LENGTH,
+                           serialising=True):
+            await node.driver.truncate(size, exact, prealloc)
+            await node_refresh_total_bytes(node)
+
+
+async def node_length(node: "BlockNode") -> int:
+    return node.total_bytes
+
+
+async def node_refresh_total_bytes(node: "BlockNode") -> int:
+    node.total_bytes = await node.driver.get_length()
+    return node.total_bytes
+
+
+async def node_allocated_file_size(node: "BlockNode") -> int:
+    return await node.driver.get_allocated_file_size()
+
+
+# ---------------------------------------------------------------------------------------
+# Block status
+# ---------------------------------------------------------------------------------------
+
+async def node_block_status(node: "BlockNode", offset: int, length: int,
+                            want_zero: bool = True) -> BlockStatus:
+    """Status of a prefix of ``[offset, offset+length)`` in this node alone."""
+    total = node.total_bytes
+    if offset >= total or length == 0:
+        return BlockStatus(Status.EOF, 0)
+    length = min(length, total - offset)
+    drv = node.driver
+    align = drv.limits().request_alignment
+    aligned_off = align_down(offset, align)
+    query_len = align_up(offset + length, align) - aligned_off
+    depth_token = REQUEST_DEPTH.set(REQUEST_DEPTH.get() + 1)
+    try:
+        if drv.can_block_status:
+            st = await drv.block_status(aligned_off, query_len, want_zero)
+        elif drv.is_filter and node.data_child is not None:
+            st = BlockStatus(Status.RAW | Status.OFFSET_VALID, query_len,
+                             aligned_off, node.data_child)
+        else:
+            st = BlockStatus(Status.DATA | Status.ALLOCATED
+                             | (Status.OFFSET_VALID if drv.is_protocol else Status.NONE),
+                             query_len, aligned_off if drv.is_protocol else None,
+                             node if drv.is_protocol else None)
+        st = await _refine_status(node, st, aligned_off, want_zero)
+    finally:
+        REQUEST_DEPTH.reset(depth_token)
+    # trim back to the caller's unaligned offset
+    skip = offset - aligned_off
+    n = max(min(st.length - skip, length), 0)
+    if n == 0:
+        n = min(length, align - skip) if st.length else 0
+    if st.offset is not None:
+        st.offset += skip
+    st.length = n
+    if offset + n >= total:
+        st.flags |= Status.EOF
+    return st
+
+
+async def _refine_status(node: "BlockNode", st: BlockStatus, offset: int,
+                         want_zero: bool) -> BlockStatus:
+    """What QEMU's bdrv_co_block_status adds to a driver's answer."""
+    if st.length <= 0:
+        raise BlockError(f"Driver '{node.format_name}' gave an empty block status", errno.EIO)
+    if st.flags & Status.RAW and st.file is not None:
+        inner = await node_block_status(st.file, st.offset or 0, st.length, want_zero)
+        if inner.length == 0:   # beyond the end of the file: reads as zeroes
+            return BlockStatus(Status.ZERO | Status.ALLOCATED, st.length)
+        return inner
+    if st.flags & (Status.DATA | Status.ZERO):
+        st.flags |= Status.ALLOCATED
+    elif node.driver.supports_backing:
+        backing = node.filtered_backing()
+        if backing is None or (want_zero and offset >= backing.total_bytes):
+            st.flags |= Status.ZERO
+    if (want_zero and st.flags & Status.RECURSE and st.flags & Status.DATA
+            and not st.flags & Status.ZERO and st.flags & Status.OFFSET_VALID
+            and st.file is not None and st.file is not node):
+        inner = await node_block_status(st.file, st.offset or 0, st.length, want_zero)
+        if inner.flags & Status.EOF and (inner.length == 0 or inner.flags & Status.ZERO):
+            st.flags |= Status.ZERO
+        else:
+            st.length = min(st.length, inner.length)
+            st.flags |= inner.flags & Status.ZERO
+    st.flags &= ~Status.RECURSE
+    return st
+
+
+async def node_block_status_above(node: "BlockNode", base: "BlockNode | None", offset: int,
+                                  length: int, want_zero: bool = True,
+                                  include_base: bool = False) -> BlockStatus:
+    """Status through the backing chain from ``node`` down to ``base`` (excluded unless
+    ``include_base``), as QEMU's bdrv_block_status_above: the answer of the first layer
+    that holds the range, or of the last layer looked at.  ``depth`` is that layer's
+    index (0 = ``node``)."""
+    st = await node_block_status(node, offset, length, want_zero)
+    if st.length == 0 or st.allocated or node is base:
+        return st
+    length = min(length, st.length)
+    layer = node.filtered_backing()
+    depth = 1
+    while layer is not None and (include_base or layer is not base):
+        inner = await node_block_status(layer, offset, length, want_zero)
+        if inner.length == 0:
+            inner = BlockStatus(Status.ZERO | Status.ALLOCATED, length)
+        inner.depth = depth
+        st = inner
+        if st.allocated or layer is base:
+            break
+        length = min(length, st.length)
+        layer = layer.filtered_backing()
+        depth += 1
+    st.length = min(st.length, length)
+    return st
+
+
+async def node_is_allocated(node: "BlockNode", offset: int, length: int) -> tuple[bool, int]:
+    """Whether this node alone determines the content of a prefix of the range."""
+    st = await node_block_status(node, offset, length, want_zero=False)
+    return st.allocated, st.length
+
+
+async def node_is_allocated_above(node: "BlockNode", base: "BlockNode | None", offset: int,
+                                  length: int, include_base: bool = False) -> tuple[int, int]:
+    """Depth (1 = ``node``) of the first layer above ``base`` holding the prefix, else 0."""
+    layer: BlockNode | None = node
+    depth = 1
+    n = length
+    while layer is not None and (layer is not base or include_base):
+        if offset < layer.total_bytes:
+            allocated, pnum = await node_is_allocated(layer, offset, n)
+        else:
+            allocated, pnum = False, n
+        if allocated:
+            return depth, pnum
+        n = min(n, pnum) if pnum else n
+        if layer is base:
+            break
+        layer = layer.filtered_backing()
+        depth += 1
+    return 0, n

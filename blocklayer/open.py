@@ -1,0 +1,275 @@
+"""Opening images: a filename or options in, a graph of nodes out (QEMU's bdrv_open).
+
+``open_node`` builds one node and, for formats, its ``file`` child and backing chain:
+
+1. ``json:{...}`` filenames and dotted keys become one flat options dict;
+2. ``driver`` (or ``fmt``) picks the driver; protocols open directly;
+3. a format first opens its ``file`` child (``file.*`` options, or a node name), then,
+   when no format was named, probes the first bytes of it (raw is the fallback, with
+   QEMU's warning when opened writable);
+4. the format driver opens; then its backing file, named in the header and resolved
+   relative to the image, opens read-only with the format the header records (a chain
+   has a depth limit and a loop is an error);
+5. the caller's permissions are applied from the top, which takes the image locks.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import registry
+from .driver import ChildRole, Perm
+from .errors import BlockError, InvalidArgument, NodeNotFound
+from .node import BlockGraph, BlockNode
+from .options import (CacheMode, OpenFlags, extract_prefix, parse_bool, parse_json_filename)
+
+MAX_CHAIN_DEPTH = 256
+GENERIC_KEYS = ("driver", "node-name", "read-only", "auto-read-only", "cache.direct",
+                "cache.no-flush", "discard", "detect-zeroes", "force-share", "filename")
+
+RAW_PROBE_WARNING = (
+    "WARNING: Image format was not specified for '{0}' and probing guessed raw.\n"
+    "         Automatically detecting the format is dangerous for raw images, "
+    "write operations on block 0 will be restricted.\n"
+    "         Specify the 'raw' format explicitly to remove the restrictions.")
+
+
+def warn(graph: BlockGraph, text: str) -> None:
+    graph.emit("warning", {"message": text})
+
+
+async def open_image(filename: str | None = None, options: dict[str, Any] | None = None, *,
+                     fmt: str | None = None, read_only: bool = False,
+                     graph: BlockGraph | None = None, flags: OpenFlags | None = None,
+                     backing: bool = True, node_name: str | None = None,
+                     shared: Perm = Perm.ALL, owner: object = "user") -> BlockNode:
+    """Open an image for a user outside the graph and take its permissions (locks).
+
+    ``shared`` is what the user lets others do (a ``qemu-img convert`` source shares
+    less than ``qemu-io`` does).  Raises :class:`BlockError` with QEMU's wording.
+    """
+    graph = graph or BlockGraph()
+    flags = (flags or OpenFlags()).with_(read_only=read_only or (flags.read_only if flags else False))
+    if not backing:
+        flags = flags.with_(no_backing=True)
+    if flags.force_share and not flags.read_only:
+        raise InvalidArgument("force-share=on can only be used with read-only images")
+    node = await open_node(graph, filename, dict(options or {}), fmt=fmt, flags=flags,
+                           node_name=node_name)
+    perm = Perm.CONSISTENT_READ
+    if not flags.read_only:
+        perm |= Perm.WRITE
+    if flags.resize:
+        perm |= Perm.RESIZE
+    if flags.force_share:
+        shared = Perm.ALL
+    try:
+        node.add_user(owner, perm, shared)
+    except BaseException:
+        await node.close()
+        raise
+    return node
+
+
+async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, Any], *,
+                    fmt: str | None = None, flags: OpenFlags = OpenFlags(),
+                    node_name: str | None = None, chain: tuple[str, ...] = (),
+                    role: ChildRole | None = None) -> BlockNode:
+    """Open one node (and, for a format, its file child and backing chain)."""
+    options = dict(options)
+    if filename and filename.startswith("json:"):
+        options = {**parse_json_filename(filename), **options}
+        filename = options.pop("filename", None)
+    flags = _apply_generic_options(options, flags)
+    node_name = options.pop("node-name", node_name)
+    driver_name = options.pop("driver", None) or fmt
+    if fmt and driver_name != fmt:
+        raise InvalidArgument(f"Cannot use driver '{fmt}': the options name driver '{driver_name}'")
+    if driver_name is None and filename is None and "file" not in options \
+            and not any(k.startswith("file.") for k in options):
+        raise InvalidArgument("Must specify either driver or file")
+
+    if driver_name is not None:
+        cls = registry.get_driver(driver_name)
+        if cls.is_protocol:
+            return await _open_protocol(graph, cls, filename, options, flags, node_name)
+
+    file_node = await _open_file_child(graph, filename, options, flags)
+    try:
+        probed = False
+        if driver_name is None:
+            header = await file_node.read(0, min(registry.PROBE_BUF_SIZE, file_node.total_bytes)) \
+                if file_node.total_bytes else b""
+            driver_name = registry.probe_format(header, filename)
+            probed = True
+            if driver_name == "raw":
+                options["x-probed"] = True
+                if not flags.read_only:
+                    warn(graph, RAW_PROBE_WARNING.format(filename or file_node.filename))
+        cls = registry.get_driver(driver_name)
+        if cls.is_protocol:
+            raise InvalidArgument(f"'{driver_name}' is not a format driver")
+        node = BlockNode(graph, cls, name=node_name, flags=flags, options=options,
+                         filename=filename or file_node.filename)
+        node.probed = probed  # type: ignore[attr-defined]
+    except BaseException:
+        await file_node.close()
+        raise
+    try:
+        edge = node.attach_child("file", ChildRole.FILE, file_node)
+        edge.perm, edge.shared = Perm.NONE, Perm.ALL
+        backing_opts = extract_prefix(options, "backing")
+        backing_ref = options.pop("backing", _UNSET)
+        await node.driver.open(_driver_options(options), flags)
+        await node.refresh_total_bytes()
+        await _open_backing(node, backing_opts, backing_ref, flags, chain)
+    except BaseException:
+        await node.close()
+        raise
+    return node
+
+
+_UNSET = object()
+
+
+def _driver_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if not k.startswith("file.")}
+
+
+def _apply_generic_options(options: dict[str, Any], flags: OpenFlags) -> OpenFlags:
+    """Consume the options every node understands, returning the node's flags."""
+    if "read-only" in options:
+        flags = flags.with_(read_only=parse_bool(options.pop("read-only"), "read-only"))
+    options.pop("auto-read-only", None)
+    if "force-share" in options:
+        flags = flags.with_(force_share=parse_bool(options.pop("force-share"), "force-share"))
+    cache = flags.cache
+    if "cache.direct" in options:
+        cache = CacheMode(cache.writeback, parse_bool(options.pop("cache.direct"), "cache.direct"),
+                          cache.no_flush)
+    if "cache.no-flush" in options:
+        cache = CacheMode(cache.writeback, cache.direct,
+                          parse_bool(options.pop("cache.no-flush"), "cache.no-flush"))
+    flags = flags.with_(cache=cache)
+    if "discard" in options:
+        mode = str(options.pop("discard"))
+        if mode not in ("ignore", "off", "unmap", "on"):
+            raise InvalidArgument(f"Invalid discard option: {mode}")
+        flags = flags.with_(discard_unmap=mode in ("unmap", "on"))
+    if "detect-zeroes" in options:
+        mode = str(options.pop("detect-zeroes"))
+        if mode not in ("off", "on", "unmap"):
+            raise InvalidArgument(f"Parameter 'detect-zeroes' does not accept value '{mode}'")
+        if mode == "unmap" and not flags.discard_unmap:
+            raise InvalidArgument("setting detect-zeroes to unmap is not allowed without "
+                                  "setting discard operation to unmap")
+        flags = flags.with_(detect_zeroes=mode)
+    if "copy-on-read" in options:
+        flags = flags.with_(copy_on_read=parse_bool(options.pop("copy-on-read"), "copy-on-read"))
+    return flags
+
+
+async def _open_protocol(graph: BlockGraph, cls: type, filename: str | None,
+                         options: dict[str, Any], flags: OpenFlags,
+                         node_name: str | None) -> BlockNode:
+    if filename is not None and "filename" not in options:
+        options["filename"] = filename
+    name = str(options.get("filename") or "")
+    if not name:
+        from .options import to_json_filename
+        name = to_json_filename({"driver": cls.format_name, **options})
+    node = BlockNode(graph, cls, name=node_name, flags=flags, options=options, filename=name)
+    try:
+        await node.driver.open(options, flags)
+        await node.refresh_total_bytes()
+    except BaseException:
+        node.closed = True
+        graph.remove(node)
+        raise
+    return node
+
+
+async def _open_file_child(graph: BlockGraph, filename: str | None, options: dict[str, Any],
+                           flags: OpenFlags) -> BlockNode:
+    ref = options.pop("file", None)
+    if isinstance(ref, str):
+        node = graph.find(ref)
+        return node.ref()
+    file_opts = extract_prefix(options, "file")
+    fname = file_opts.pop("filename", None) or filename
+    driver = file_opts.get("driver") or (registry.protocol_for(fname) if fname else None)
+    if driver is None:
+        raise InvalidArgument("A block device must be specified for \"file\"")
+    file_opts["driver"] = driver
+    file_flags = flags.with_(copy_on_read=False, detect_zeroes="off")
+    return await open_node(graph, fname, file_opts, flags=file_flags, role=ChildRole.FILE)
+
+
+async def _open_backing(node: BlockNode, backing_opts: dict[str, Any], backing_ref: Any,
+                        flags: OpenFlags, chain: tuple[str, ...]) -> None:
+    """Open the backing file named in the image (or given in options), read-only."""
+    name, fmt = node.driver.backing_file_name()
+    node.backing_file, node.backing_format = name, fmt
+    if not node.driver.supports_backing or flags.no_backing:
+        return
+    if backing_ref is None:              # "backing": null
+        return
+    if isinstance(backing_ref, str):
+        target = node.graph.find(backing_ref)
+        node.attach_child("backing", ChildRole.BACKING, target.ref())
+        await _after_backing_change(node)
+        return
+    if not name and not backing_opts:
+        return
+    if not flags.allow_external_files and not backing_opts:
+        raise BlockError(f"Could not open backing file: opening '{name}' named by the "
+                         f"image is not allowed")
+    path = backing_opts.pop("filename", None) or backing_opts.pop("file.filename", None) \
+        or full_backing_filename(node.filename, name or "")
+    fmt = backing_opts.pop("driver", None) or fmt
+    me = _canonical(node.filename)
+    chain = (*chain, me)
+    if len(chain) > MAX_CHAIN_DEPTH:
+        raise BlockError(f"Could not open backing file: backing chain of '{node.filename}' "
+                         f"is deeper than {MAX_CHAIN_DEPTH}")
+    if _canonical(path) in chain:
+        raise BlockError(f"Could not open backing file: backing file '{path}' "
+                         "creates an infinite loop")
+    bflags = flags.with_(read_only=True, copy_on_read=False, detect_zeroes="off",
+                         discard_unmap=False)
+    try:
+        backing = await open_node(node.graph, path, backing_opts, fmt=fmt, flags=bflags,
+                                  chain=chain, role=ChildRole.BACKING)
+    except NodeNotFound:
+        raise
+    except BlockError as exc:
+        raise BlockError(f"Could not open backing file: {exc.message}", exc.errno) from None
+    try:
+        node.attach_child("backing", ChildRole.BACKING, backing)
+    except BaseException:
+        await backing.close()
+        raise
+    await _after_backing_change(node)
+
+
+async def _after_backing_change(node: BlockNode) -> None:
+    hook = getattr(node.driver, "backing_changed", None)
+    if hook is not None:
+        await hook()
+
+
+def full_backing_filename(overlay: str, backing: str) -> str:
+    """A backing name relative to the overlay's directory, as QEMU resolves it."""
+    if not backing or os.path.isabs(backing) or ":" in backing.split("/", 1)[0] \
+            or backing.startswith("json:"):
+        return backing
+    if overlay.startswith("json:") or not overlay:
+        return backing
+    base = os.path.dirname(overlay)
+    return os.path.join(base, backing) if base else backing
+
+
+def _canonical(path: str) -> str:
+    if path.startswith("json:") or "://" in path:
+        return path
+    return os.path.realpath(path)

@@ -1,0 +1,90 @@
+"""Drivers by name, imported lazily (so a tool that does little starts fast).
+
+Add a driver by adding a line to ``DRIVERS``: name -> "module:Class".
+"""
+from __future__ import annotations
+
+import importlib
+
+from .driver import BlockDriver
+from .errors import InvalidArgument
+
+DRIVERS: dict[str, str] = {
+    "file": "blocklayer.drivers.file:FileDriver",
+    "host_device": "blocklayer.drivers.file:HostDeviceDriver",
+    "null-co": "blocklayer.drivers.null:NullDriver",
+    "null-aio": "blocklayer.drivers.null:NullAioDriver",
+    "raw": "blocklayer.drivers.raw:RawDriver",
+    "qcow2": "blocklayer.formats.qcow2.driver:Qcow2Driver",
+    "qed": "blocklayer.formats.qed.driver:QedDriver",
+}
+
+#: formats that take part in probing, in the order QEMU lists them
+PROBED_FORMATS = ("qcow2", "qed", "raw")
+
+#: URL-like prefixes that name a protocol driver ("nbd://host/x", "null-co://")
+PROTOCOL_PREFIXES: dict[str, str] = {
+    "file": "file",
+    "host_device": "host_device",
+    "null-co": "null-co",
+    "null-aio": "null-aio",
+}
+
+PROBE_BUF_SIZE = 2048
+
+
+def available(name: str) -> bool:
+    return name in DRIVERS and _load(name) is not None
+
+
+def _load(name: str) -> type[BlockDriver] | None:
+    module_name, _, cls_name = DRIVERS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(module_name.rsplit(".", 1)[0]):
+            return None
+        raise
+    return getattr(module, cls_name)
+
+
+def get_driver(name: str) -> type[BlockDriver]:
+    """The driver class called ``name``, or QEMU's error."""
+    if name not in DRIVERS:
+        raise InvalidArgument(f"Unknown driver '{name}'")
+    cls = _load(name)
+    if cls is None:
+        raise InvalidArgument(f"Unknown driver '{name}'")
+    return cls
+
+
+def format_names() -> list[str]:
+    """Every driver name that loads (for ``--help``)."""
+    return sorted(n for n in DRIVERS if _load(n) is not None)
+
+
+def probe_format(header: bytes, filename: str | None) -> str:
+    """The format whose probe scores highest; ``raw`` when nothing else matches."""
+    best, best_score = "raw", 0
+    for name in PROBED_FORMATS:
+        if name not in DRIVERS:
+            continue
+        cls = _load(name)
+        if cls is None:
+            continue
+        score = cls.probe(header, filename)
+        if score > best_score:
+            best, best_score = name, score
+    return best
+
+
+def protocol_for(filename: str) -> str:
+    """The protocol driver a filename asks for (``nbd://...`` -> nbd), else ``file``."""
+    head = filename.split(":", 1)[0] if ":" in filename else ""
+    if "/" in head:
+        return "file"
+    if head in PROTOCOL_PREFIXES:
+        return PROTOCOL_PREFIXES[head]
+    if head.startswith("nbd"):
+        return "nbd"
+    return "file"

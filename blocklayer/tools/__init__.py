@@ -1,0 +1,1 @@
+"""The command-line tools: blocklayer-img, blocklayer-io, blocklayer-nbd, blocklayer-storage-daemon."""

@@ -1,0 +1,27 @@
+"""What every tool shares: QEMU's size formatting and parsing, one-line errors."""
+from __future__ import annotations
+
+import math
+import sys
+from typing import NoReturn
+
+SUFFIXES = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def size_to_str(value: int) -> str:
+    """QEMU's size_to_str: ``65536`` -> ``64 KiB``, ``1536`` -> ``1.5 KiB``."""
+    exp = math.frexp(value / (1000.0 / 1024.0))[1]
+    i = int((exp - 1) / 10)
+    i = max(0, min(i, len(SUFFIXES) - 1))
+    return "%0.3g %s" % (value / (1 << (i * 10)), SUFFIXES[i])
+
+
+def die(prog: str, message: str, code: int = 1) -> NoReturn:
+    """Print ``prog: message`` on stderr and exit."""
+    sys.stderr.write(f"{prog}: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def not_implemented(prog: str) -> NoReturn:
+    die(prog, "not implemented yet", 2)
