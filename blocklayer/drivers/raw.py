@@ -25,10 +25,10 @@ class RawDriver(BlockDriver):
     create_options = (
         CreateOption("size", "size", "Virtual disk size"),
         CreateOption("preallocation", "string",
-                     "Preallocation mode (allowed values: off, falloc, full)", "off"),
-        CreateOption("nocow", "bool", "Turn off copy-on-write (valid only on btrfs)", False),
-        CreateOption("extent_size_hint", "size", "Extent size hint for the image file, 0 to disable", 1 << 20),
-    )
+                     "Preallocation mode (allowed values: off, falloc, full)"),
+        CreateOption("nocow", "bool", "Turn off copy-on-write (valid only on btrfs)"),
+        CreateOption("extent_size_hint", "size", "Extent size hint for the image file, 0 to disable"),
+    )   # no defaults: qemu-img's "Formatting" line shows only what was set
 
     offset = 0
     size: int | None = None
