@@ -58,6 +58,7 @@ async def create_image(filename: str, fmt: str = "raw", size: int | None = None,
         fopts = dict(file_options or {})
         await proto.create(name, {"size": 0, **fopts})
         node = await open_node(graph, name, {"driver": proto_name}, flags=OpenFlags())
+        node.allow_write_beyond_eof = True
         node.add_user("create", Perm.CONSISTENT_READ | Perm.WRITE | Perm.RESIZE,
                       Perm.CONSISTENT_READ)
         return node

@@ -206,6 +206,8 @@ class BlockDriver:
     #: the child role through which guest data flows for formats/filters
     data_child_role: ClassVar[ChildRole] = ChildRole.FILE
     supports_backing: ClassVar[bool] = False
+    #: the option prefix and child name of the file child (blkdebug calls it "image")
+    file_child_key: ClassVar[str] = "file"
     create_options: ClassVar[tuple[CreateOption, ...]] = ()
     #: options accepted by ``open`` besides the generic ones (documentation and checking)
     open_options: ClassVar[tuple[str, ...]] = ()

@@ -29,7 +29,8 @@ ZERO_BUFFER_MAX = 1 << 20          # largest zero buffer written by the fallback
 COR_CHUNK = 1 << 20
 
 REQUEST_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("request_depth", default=0)
-DRAIN_OWNER: contextvars.ContextVar[bool] = contextvars.ContextVar("drain_owner", default=False)
+#: the task that owns the drained sections it is inside (its own requests pass)
+DRAIN_OWNER: contextvars.ContextVar[object] = contextvars.ContextVar("drain_owner", default=None)
 
 
 def _zeros(n: int, _cache: dict[int, bytes] = {}) -> bytes:
@@ -126,12 +127,13 @@ async def _request(node: "BlockNode", kind: str, offset: int, length: int,
     external = depth == 0
     if node.closed:
         raise BlockError(f"Node '{node.name}' is closed", errno.ENOMEDIUM)
-    if external and node.state.quiesce and not DRAIN_OWNER.get():
+    if external and node.state.quiesce and DRAIN_OWNER.get() is not asyncio.current_task():
         await _wait_resumed(node)
     if offset < 0 or length < 0 or offset > BDRV_MAX_LENGTH - length:
         node.stats.invalid(kind)
         raise InvalidArgument(f"Invalid request offset {offset} length {length}", errno.EIO)
-    if external and kind != "flush" and offset + length > node.total_bytes:
+    if external and kind != "flush" and offset + length > node.total_bytes \
+            and not (write and node.allow_write_beyond_eof):
         node.stats.invalid(kind)
         raise BlockError("Request beyond the end of the image", errno.EIO)
     if write and node.read_only:

@@ -105,6 +105,7 @@ class BlockNode:
         self.refcount = 1
         self.closed = False
         self.total_bytes = 0
+        self.allow_write_beyond_eof = False    # image creation grows its file freely
         self.state = NodeState()
         self.stats = BlockStats()
         self.before_write: list[BeforeWrite] = []
@@ -132,8 +133,7 @@ class BlockNode:
 
     @property
     def file(self) -> "BlockNode | None":
-        child = self.children.get("file")
-        return child.node if child else None
+        return self.child_by_role(ChildRole.FILE)
 
     @property
     def backing(self) -> "BlockNode | None":
@@ -281,7 +281,7 @@ class BlockNode:
             n.state.quiesce += 1
             if n.state.resumed is not None:
                 n.state.resumed.clear()
-        token = _io.DRAIN_OWNER.set(True)
+        token = _io.DRAIN_OWNER.set(asyncio.current_task())
         try:
             for n in nodes:
                 await n.wait_idle()

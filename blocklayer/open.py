@@ -94,7 +94,8 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
         if cls.is_protocol:
             return await _open_protocol(graph, cls, filename, options, flags, node_name)
 
-    file_node = await _open_file_child(graph, filename, options, flags)
+    key = registry.get_driver(driver_name).file_child_key if driver_name else "file"
+    file_node = await _open_file_child(graph, filename, options, flags, key)
     try:
         probed = False
         if driver_name is None:
@@ -116,7 +117,7 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
         await file_node.close()
         raise
     try:
-        edge = node.attach_child("file", ChildRole.FILE, file_node)
+        edge = node.attach_child(key, ChildRole.FILE, file_node)
         edge.perm, edge.shared = Perm.NONE, Perm.ALL
         backing_opts = extract_prefix(options, "backing")
         backing_ref = options.pop("backing", _UNSET)
@@ -133,7 +134,7 @@ _UNSET = object()
 
 
 def _driver_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if not k.startswith("file.")}
+    return dict(options)
 
 
 def _apply_generic_options(options: dict[str, Any], flags: OpenFlags) -> OpenFlags:
@@ -190,12 +191,12 @@ async def _open_protocol(graph: BlockGraph, cls: type, filename: str | None,
 
 
 async def _open_file_child(graph: BlockGraph, filename: str | None, options: dict[str, Any],
-                           flags: OpenFlags) -> BlockNode:
-    ref = options.pop("file", None)
+                           flags: OpenFlags, key: str = "file") -> BlockNode:
+    ref = options.pop(key, None)
     if isinstance(ref, str):
         node = graph.find(ref)
         return node.ref()
-    file_opts = extract_prefix(options, "file")
+    file_opts = extract_prefix(options, key)
     fname = file_opts.pop("filename", None) or filename
     driver = file_opts.get("driver") or (registry.protocol_for(fname) if fname else None)
     if driver is None:

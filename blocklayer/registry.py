@@ -15,6 +15,7 @@ DRIVERS: dict[str, str] = {
     "null-co": "blocklayer.drivers.null:NullDriver",
     "null-aio": "blocklayer.drivers.null:NullAioDriver",
     "raw": "blocklayer.drivers.raw:RawDriver",
+    "blkdebug": "blocklayer.filters.blkdebug:BlkdebugDriver",
     "qcow2": "blocklayer.formats.qcow2.driver:Qcow2Driver",
     "qed": "blocklayer.formats.qed.driver:QedDriver",
 }

@@ -1,0 +1,1 @@
+"""Filter drivers: nodes with one data child that change how requests pass."""
