@@ -1,0 +1,1 @@
+"""The QED image format (``docs/interop/qed_spec.rst``): see :mod:`.driver`."""
