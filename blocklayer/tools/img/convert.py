@@ -1,0 +1,486 @@
+"""``convert``: copy one or more images (concatenated) into a new or existing one.
+
+Only what the source chain says is allocated is read (block status of the whole
+chain, or of the top layer when the target gets a backing file); zero runs of at least
+``-S`` bytes are left unallocated; ``-m`` requests run as asyncio tasks, writes stay in
+order unless ``-W``; ranges of the same kind are coalesced into large requests.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from blocklayer.errors import BlockError, InvalidArgument
+
+from .args import PROG, UsageError, parse
+from .common import (Progress, close_all, new_graph, open_img, parse_o_options,
+                     print_create_options_help, progress_from)
+
+if TYPE_CHECKING:
+    from blocklayer.node import BlockNode
+
+BUF_SIZE = 2 << 20            # largest data request
+ZERO_MAX = 1 << 30            # largest write-zeroes request
+SPARSE_LIMIT = 16 << 20       # largest -S value
+
+
+class Kind(enum.Enum):
+    DATA = 0
+    ZERO = 1
+    SKIP = 2                  # left to the target's backing file
+
+
+@dataclass
+class Settings:
+    compressed: bool = False
+    min_sparse: int = 4096
+    parallel: int = 8
+    out_of_order: bool = False
+    rate: int = 0
+    salvage: bool = False
+    target_has_backing: bool = False
+    zero_init: bool = False
+
+
+@dataclass
+class Item:
+    seq: int
+    offset: int               # global offset (sources concatenated)
+    length: int
+    kind: Kind
+    src: int
+    src_offset: int
+
+
+@dataclass
+class Source:
+    node: "BlockNode"
+    start: int                # where it begins in the concatenation
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = self.node.total_bytes
+
+
+# ---------------------------------------------------------------------------------------
+# The copy engine
+# ---------------------------------------------------------------------------------------
+
+class Converter:
+    def __init__(self, sources: list["BlockNode"], target: "BlockNode", settings: Settings,
+                 progress: Progress) -> None:
+        self.sources: list[Source] = []
+        pos = 0
+        for node in sources:
+            s = Source(node, pos)
+            self.sources.append(s)
+            pos += s.size
+        self.total = pos
+        self.target = target
+        self.s = settings
+        self.progress = progress
+        self.done = 0
+        self.next_write = 0
+        self.turn = asyncio.Condition()
+        self.written = 0
+        self.t0 = time.monotonic()
+        self.cluster = max(target.driver.get_info().cluster_size, 512)
+
+    # ---- what to copy ------------------------------------------------------------------
+    async def _status(self, src: Source, off: int, length: int) -> tuple[Kind, int]:
+        from blocklayer.driver import Status
+        node = src.node
+        if self.s.target_has_backing:
+            st = await node.block_status(off, length, True)
+        else:
+            st = await node.block_status_above(None, off, length, True)
+        n = st.length or length
+        if st.flags & Status.ZERO:
+            if self.s.target_has_backing and not st.flags & Status.ALLOCATED:
+                kind = Kind.SKIP
+            else:
+                kind = Kind.ZERO
+        elif st.flags & Status.DATA:
+            kind = Kind.DATA
+        else:
+            kind = Kind.SKIP if self.s.target_has_backing else Kind.DATA
+        if kind is Kind.ZERO and self.s.min_sparse == 0 and not self.s.compressed:
+            kind = Kind.DATA            # -S 0: the target is fully allocated
+        return kind, n
+
+    async def _runs(self) -> AsyncIterator[tuple[int, int, int, Kind]]:
+        """(source index, offset in it, length, kind), coalesced and cut to size."""
+        for i, src in enumerate(self.sources):
+            off = 0
+            pend: list[Any] | None = None
+            while off < src.size:
+                kind, n = await self._status(src, off, min(src.size - off, ZERO_MAX))
+                n = min(max(n, 1), src.size - off)
+                if pend is not None and pend[2] is kind and pend[0] + pend[1] == off:
+                    pend[1] += n
+                else:
+                    if pend is not None:
+                        async for r in self._cut(i, *pend):
+                            yield r
+                    pend = [off, n, kind]
+                off += n
+            if pend is not None:
+                async for r in self._cut(i, *pend):
+                    yield r
+
+    async def _cut(self, i: int, off: int, n: int, kind: Kind) -> AsyncIterator[tuple[int, int, int, Kind]]:
+        """Split data runs into requests of at most BUF_SIZE that end on cluster
+        boundaries (whole clusters when compressing)."""
+        if kind is not Kind.DATA:
+            end = off + n
+            while off < end:
+                step = min(end - off, ZERO_MAX)
+                yield i, off, step, kind
+                off += step
+            return
+        gstart = self.sources[i].start
+        end = off + n
+        if self.s.compressed:       # whole target clusters
+            c = self.cluster
+            gs = (gstart + off) // c * c
+            off = max(gs - gstart, 0)
+            end = min(-(-(gstart + end) // c) * c - gstart, self.sources[i].size)
+        while off < end:
+            stop = min(off + BUF_SIZE, end)
+            g = gstart + stop
+            if stop < end and g % self.cluster:
+                aligned = g - g % self.cluster - gstart
+                if aligned > off:
+                    stop = aligned
+            if self.s.compressed:
+                stop = min(off + self.cluster - (gstart + off) % self.cluster, end)
+            yield i, off, stop - off, kind
+            off = stop
+
+    async def _items(self, queue: "asyncio.Queue[Item | None]") -> None:
+        seq = 0
+        last_end: dict[int, int] = {}
+        async for i, off, n, kind in self._runs():
+            if self.s.compressed and kind is Kind.DATA:
+                # a cluster already sent whole with an earlier run is not sent again
+                if off < last_end.get(i, 0):
+                    cut = last_end[i] - off
+                    if cut >= n:
+                        continue
+                    off, n = off + cut, n - cut
+                last_end[i] = off + n
+            await queue.put(Item(seq, self.sources[i].start + off, n, kind, i, off))
+            seq += 1
+        for _ in range(self.s.parallel):
+            await queue.put(None)
+
+    # ---- doing it ----------------------------------------------------------------------
+    async def run(self) -> None:
+        queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=self.s.parallel * 2)
+        producer = asyncio.create_task(self._items(queue))
+        workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.s.parallel)]
+        try:
+            await asyncio.gather(producer, *workers)
+        except BaseException:
+            for t in (producer, *workers):
+                t.cancel()
+            await asyncio.gather(producer, *workers, return_exceptions=True)
+            raise
+
+    async def _worker(self, queue: "asyncio.Queue[Item | None]") -> None:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            data = None
+            if item.kind is Kind.DATA:
+                data = await self._read(item)
+            await self._wait_turn(item.seq)
+            try:
+                await self._write(item, data)
+            finally:
+                await self._next_turn()
+            self.done += item.length
+            self.progress.fraction(self.done, self.total)
+
+    async def _wait_turn(self, seq: int) -> None:
+        if self.s.out_of_order:
+            return
+        async with self.turn:
+            await self.turn.wait_for(lambda: self.next_write == seq)
+
+    async def _next_turn(self) -> None:
+        if self.s.out_of_order:
+            return
+        async with self.turn:
+            self.next_write += 1
+            self.turn.notify_all()
+
+    async def _read(self, item: Item) -> bytes:
+        node = self.sources[item.src].node
+        try:
+            return await node.read(item.src_offset, item.length)
+        except BlockError as exc:
+            if not self.s.salvage:
+                raise BlockError(f"error while reading at byte {item.offset}: "
+                                 f"{exc.strerror}", exc.errno) from None
+        out = bytearray(item.length)
+        for pos in range(0, item.length, 512):
+            n = min(512, item.length - pos)
+            try:
+                out[pos:pos + n] = await node.read(item.src_offset + pos, n)
+            except BlockError as exc:
+                sys.stderr.write(f"{PROG}: warning: error while reading offset "
+                                 f"{item.offset + pos}: {exc.strerror}\n")
+        return bytes(out)
+
+    async def _throttle(self, n: int) -> None:
+        if not self.s.rate:
+            return
+        self.written += n
+        due = self.t0 + self.written / self.s.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _write(self, item: Item, data: bytes | None) -> None:
+        try:
+            if item.kind is Kind.SKIP:
+                return
+            if item.kind is Kind.ZERO:
+                await self._zero(item.offset, item.length)
+                return
+            assert data is not None
+            if self.s.compressed:
+                await self._write_compressed(item.offset, data)
+                return
+            for off, n, is_data in self._sparse_pieces(item.offset, data):
+                if is_data:
+                    await self._throttle(n)
+                    await self.target.write(off, memoryview(data)[off - item.offset:
+                                                                  off - item.offset + n])
+                else:
+                    await self._zero(off, n)
+        except BlockError as exc:
+            if exc.message.startswith("error while"):
+                raise
+            raise BlockError(f"error while writing at byte {item.offset}: {exc.strerror}",
+                             exc.errno) from None
+
+    async def _zero(self, off: int, n: int) -> None:
+        if self.s.zero_init:
+            return
+        from blocklayer.driver import ReqFlag
+        await self.target.write_zeroes(off, n, ReqFlag.MAY_UNMAP)
+
+    async def _write_compressed(self, off: int, data: bytes) -> None:
+        from blocklayer.driver import ReqFlag
+        from blocklayer.io import is_zero
+        if is_zero(data):
+            await self._zero(off, len(data))
+            return
+        await self._throttle(len(data))
+        if len(data) < self.cluster and off + len(data) < self.target.total_bytes:
+            data = data + bytes(self.cluster - len(data))
+        await self.target.write(off, data, ReqFlag.COMPRESSED)
+
+    def _sparse_pieces(self, offset: int, data: bytes) -> list[tuple[int, int, bool]]:
+        """Split a buffer into data and zero runs; zero runs are whole ``-S`` blocks
+        (aligned to the image offset)."""
+        from blocklayer.io import is_zero
+        s = self.s.min_sparse
+        n = len(data)
+        if not s or n < s:
+            return [(offset, n, True)]
+        if is_zero(data):
+            return [(offset, n, False)]
+        mv = memoryview(data)
+        zero = bytes(s)
+        pieces: list[list[Any]] = []
+        pos = 0
+        while pos < n:
+            step = s - (offset + pos) % s
+            end = min(pos + step, n)
+            chunk = mv[pos:end]
+            z = end - pos == s and chunk == zero
+            if pieces and pieces[-1][2] == (not z):
+                pieces[-1][1] += end - pos
+            else:
+                pieces.append([offset + pos, end - pos, not z])
+            pos = end
+        return [(a, b, c) for a, b, c in pieces]
+
+
+# ---------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------
+
+def main(argv: list[str]) -> int:
+    p = parse(argv, "hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:s:",
+              ["help", "object=", "image-opts", "target-image-opts", "salvage",
+               "target-is-zero", "bitmaps", "skip-broken-bitmaps", "force-share",
+               "json-progress"])
+    from blocklayer.options import parse_size
+    try:
+        min_sparse = parse_size(p.last("-S", default="4k") or "", "x")
+    except InvalidArgument:
+        raise InvalidArgument("Invalid buffer size for sparse output specified. You may use "
+                              "k, M, G, T, P or E suffixes for\n"
+                              f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, "
+                              "petabytes and exabytes.") from None
+    if min_sparse % 512 or min_sparse > SPARSE_LIMIT:
+        raise InvalidArgument("Invalid buffer size for sparse output specified. Valid sizes "
+                              f"are multiples of 512 up to {SPARSE_LIMIT}. Select 0 to "
+                              "disable sparse detection (fully allocates output).")
+    parallel = 8
+    if p.has("-m"):
+        try:
+            parallel = int(p.last("-m") or "")
+        except ValueError:
+            parallel = 0
+        if not 1 <= parallel <= 16:
+            raise InvalidArgument("Invalid number of coroutines. Allowed number of "
+                                  "coroutines is between 1 and 16")
+    rate = 0
+    if p.has("-r"):
+        try:
+            rate = parse_size(p.last("-r") or "", "x")
+        except InvalidArgument:
+            raise InvalidArgument("Invalid rate limit specified. You may use k, M, G, T, P "
+                                  f"or E suffixes for\n{PROG}: kilobytes, megabytes, gigabytes,"
+                                  " terabytes, petabytes and exabytes.") from None
+    out_fmt = p.last("-O")
+    opts, want_help = parse_o_options(p.all("-o"))
+    if want_help:
+        from blocklayer import registry
+        fmt = out_fmt or "raw"
+        try:
+            registry.get_driver(fmt)
+        except InvalidArgument:
+            raise InvalidArgument(f"Unknown file format '{fmt}'") from None
+        if len(p.args) >= 1:
+            print_create_options_help(fmt)
+        else:
+            print_create_options_help(fmt, f"Supported {fmt} options:")
+            print("\nThe protocol level may support further options.\n"
+                  "Specify the target filename to include those options.")
+        return 0
+    if len(p.args) < 2:
+        raise InvalidArgument("Must specify image file name")
+    if p.has("--target-is-zero") and not p.has("-n"):
+        raise InvalidArgument("--target-is-zero requires use of -n flag")
+    if p.has("--target-image-opts") and not p.has("-n"):
+        raise InvalidArgument("--target-image-opts requires use of -n flag")
+    if p.has("-B") and not p.has("-F"):
+        raise InvalidArgument("Use of backing file requires explicit backing format")
+    if p.has("-B") and p.has("-n"):
+        raise InvalidArgument("-B and -n cannot be used together")   # our rule: -n keeps the target
+    settings = Settings(compressed=p.has("-c"), min_sparse=min_sparse, parallel=parallel,
+                        out_of_order=p.has("-W"), rate=rate, salvage=p.has("--salvage"))
+    return asyncio.run(convert(p, p.args[:-1], p.args[-1], out_fmt or "raw", opts, settings))
+
+
+async def _load_snapshot(node: "BlockNode", spec: str) -> None:
+    from blocklayer.options import split_keyval
+    sid: str | None
+    name: str | None
+    if spec.startswith("snapshot.") or "=" in spec:
+        kv = split_keyval(spec)
+        sid, name = kv.get("snapshot.id"), kv.get("snapshot.name")
+        try:
+            await node.driver.snapshot_load_tmp(sid, name)
+        except BlockError as exc:
+            raise BlockError(f"Failed to load snapshot: {exc.message}", exc.errno) from None
+        return
+    try:                        # an ID or a name
+        await node.driver.snapshot_load_tmp(spec, None)
+    except BlockError:
+        try:
+            await node.driver.snapshot_load_tmp(None, spec)
+        except BlockError as exc:
+            raise BlockError(f"Failed to load snapshot: {exc.message}", exc.errno) from None
+    await node.refresh_total_bytes()
+
+
+async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
+                  opts: dict[str, str], s: Settings) -> int:
+    from blocklayer import registry
+    from blocklayer.create import create_image, normalize_create_options
+    graph = new_graph()
+    fmt = p.last("-f")
+    sources: list[BlockNode] = []
+    target: BlockNode | None = None
+    try:
+        for name in src_names:
+            sources.append(await open_img(graph, name, fmt=fmt, image_opts=p.has("--image-opts"),
+                                          read_only=True, force_share=p.has("-U"),
+                                          cache=p.last("-T"), src_cache=True))
+        snap = p.last("-l") or p.last("-s")
+        if snap is not None:
+            if len(sources) > 1:
+                raise InvalidArgument("No support for concatenating multiple snapshot")
+            await _load_snapshot(sources[0], snap)
+        total = sum(n.total_bytes for n in sources)
+        if p.has("--bitmaps") and not hasattr(sources[0].driver, "bitmap_list"):
+            raise InvalidArgument("Source lacks bitmap support")
+        try:
+            cls = registry.get_driver(out_fmt)
+        except InvalidArgument:
+            raise InvalidArgument(f"Unknown file format '{out_fmt}'") from None
+        if s.compressed and not cls.can_compressed_write:
+            raise InvalidArgument("Compression not supported for this file format")
+        backing, backing_fmt = p.last("-B"), p.last("-F")
+        if not p.has("-n"):
+            create_opts: dict[str, Any] = dict(opts)
+            create_opts["size"] = total
+            if backing:
+                create_opts["backing_file"] = backing
+                create_opts["backing_fmt"] = backing_fmt
+            normalized = normalize_create_options(out_fmt, create_opts)
+            backing = normalized.get("backing_file") or backing
+            try:
+                await create_image(out_name, out_fmt, options=normalized, graph=graph)
+            except BlockError as exc:
+                raise BlockError(f"{out_name}: error while converting {out_fmt}: {exc.message}",
+                                 exc.errno) from None
+        target = await open_img(graph, out_name, fmt=None if p.has("--target-image-opts")
+                                else out_fmt, image_opts=p.has("--target-image-opts"),
+                                read_only=False, cache=p.last("-t") or "unsafe",
+                                backing=bool(backing) or p.has("-n"))
+        if p.has("-n") and target.total_bytes < total:
+            raise InvalidArgument("output file is smaller than input file")
+        s.target_has_backing = bool(backing)
+        if p.has("--target-is-zero"):
+            s.zero_init = True
+        elif not p.has("-n") and not s.target_has_backing:
+            s.zero_init = target.driver.has_zero_init()
+        progress = progress_from(p)
+        conv = Converter(sources, target, s, progress)
+        await conv.run()
+        if p.has("--bitmaps"):
+            await _copy_bitmaps(sources[0], target, p.has("--skip-broken-bitmaps"))
+        await target.flush()
+        progress.end()
+    finally:
+        await close_all(target, *sources)
+    return 0
+
+
+async def _copy_bitmaps(src: "BlockNode", dst: "BlockNode", skip_broken: bool) -> None:
+    """``--bitmaps``: copy persistent bitmaps through the drivers' optional bitmap API."""
+    drv, tdrv = src.driver, dst.driver
+    if not hasattr(tdrv, "bitmap_add"):
+        raise InvalidArgument("Destination lacks bitmap support")
+    for bm in await drv.bitmap_list():   # type: ignore[attr-defined]
+        name = bm["name"] if isinstance(bm, dict) else bm.name
+        if (bm.get("in-use") if isinstance(bm, dict) else getattr(bm, "in_use", False)):
+            if skip_broken:
+                sys.stderr.write(f"{PROG}: warning: Skipping inconsistent bitmap '{name}'\n")
+                continue
+            raise BlockError(f"Cannot copy inconsistent bitmap '{name}'")
+        from . import bitmap as bitmap_cmd
+        await bitmap_cmd.copy_bitmap(src, dst, name)
