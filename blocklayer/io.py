@@ -162,8 +162,8 @@ async def _wait_resumed(node: "BlockNode") -> None:
 # ---------------------------------------------------------------------------------------
 
 async def node_read(node: "BlockNode", offset: int, length: int,
-                    flags: ReqFlag = ReqFlag.NONE) -> bytes:
-    """Read ``length`` bytes at ``offset``."""
+                    flags: ReqFlag = ReqFlag.NONE) -> bytes | bytearray:
+    """Read ``length`` bytes at ``offset`` (a bytes-like object the caller owns)."""
     async with _request(node, "read", offset, length, write=False):
         start_ns = node.stats.start()
         try:
@@ -178,7 +178,7 @@ async def node_read(node: "BlockNode", offset: int, length: int,
 
 
 async def _aligned_read(node: "BlockNode", offset: int, length: int,
-                        flags: ReqFlag) -> bytes:
+                        flags: ReqFlag) -> bytes | bytearray:
     if length == 0:
         return b""
     align = node.driver.limits().request_alignment
@@ -194,8 +194,8 @@ async def _aligned_read(node: "BlockNode", offset: int, length: int,
         else:
             data = await _read_split(node, start, end - start, flags)
     if start == offset and len(data) == length:
-        return data if isinstance(data, bytes) else bytes(data)
-    return bytes(memoryview(data)[offset - start:offset - start + length])
+        return data
+    return data[offset - start:offset - start + length]
 
 
 async def _read_split(node: "BlockNode", offset: int, length: int,

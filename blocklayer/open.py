@@ -20,6 +20,7 @@ from typing import Any
 from . import registry
 from .driver import ChildRole, Perm
 from .errors import BlockError, InvalidArgument, NodeNotFound
+from .memory import tune_malloc
 from .node import BlockGraph, BlockNode
 from .options import (CacheMode, OpenFlags, extract_prefix, parse_bool, parse_json_filename)
 
@@ -48,6 +49,7 @@ async def open_image(filename: str | None = None, options: dict[str, Any] | None
     ``shared`` is what the user lets others do (a ``qemu-img convert`` source shares
     less than ``qemu-io`` does).  Raises :class:`BlockError` with QEMU's wording.
     """
+    tune_malloc()
     graph = graph or BlockGraph()
     flags = (flags or OpenFlags()).with_(read_only=read_only or (flags.read_only if flags else False))
     if not backing:

@@ -1,0 +1,28 @@
+"""Keep glibc from returning large freed buffers to the OS after every request.
+
+Requests allocate buffers of up to several MiB.  glibc serves those with mmap, or from
+the heap and trims it on free, so every request would page-fault its buffer in afresh
+(ten times the cost of the copy itself).  Raising the mmap and trim thresholds keeps
+such buffers in the heap.  Called once when the first image opens; a no-op elsewhere.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+_tuned = [False]
+
+
+def tune_malloc() -> None:
+    if _tuned[0] or not sys.platform.startswith("linux"):
+        return
+    _tuned[0] = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
+    except (OSError, AttributeError):
+        pass
