@@ -108,9 +108,11 @@ class QedDriver(BlockDriver):
         if not L.image_size_valid(size, cs, ts):
             raise InvalidArgument("QED image size must be a non-zero multiple of cluster "
                                   "size and less than %d bytes" % L.max_image_size(cs, ts))
-        header, name = _header_for(Header(cluster_size=cs, table_size=ts, l1_table_offset=cs,
-                                          image_size=size),
-                                   options.get("backing_file"), options.get("backing_fmt"))
+        header, name = Header(cluster_size=cs, table_size=ts, l1_table_offset=cs,
+                              image_size=size), b""
+        if options.get("backing_file"):
+            header, name = _header_for(header, options["backing_file"],
+                                       options.get("backing_fmt"))
         if L.HEADER_SIZE + len(name) > cs or len(name) > L.MAX_BACKING_NAME:
             raise InvalidArgument("Backing file name too long for the QED header")
         if open_file is None:
