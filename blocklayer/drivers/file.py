@@ -56,7 +56,7 @@ class FileDriver(BlockDriver):
     can_discard = True
     can_block_status = True
     can_truncate = True
-    open_options = ("filename", "aio", "aio-max-batch", "locking", "pr-manager",
+    open_options = ("filename", "aio", "aio-max-batch", "locking", "pr-manager", "x-inline-io",
                     "drop-cache", "x-check-cache-dropped")
     create_options = (
         CreateOption("size", "size", "Virtual disk size"),

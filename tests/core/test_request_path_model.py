@@ -18,7 +18,7 @@ def _options(path: Path) -> dict[str, object]:
     return {"driver": "raw", "discard": "unmap", "file.driver": "blkdebug",
             "file.align": ALIGN, "file.max-transfer": 16384, "file.opt-write-zero": 8192,
             "file.max-write-zero": 32768, "file.image.driver": "file",
-            "file.image.filename": str(path)}
+            "file.image.filename": str(path), "file.image.x-inline-io": "off"}
 
 
 @st.composite
