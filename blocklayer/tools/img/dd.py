@@ -1,0 +1,88 @@
+"""``dd``: copy a byte range of an image into a new image (``bs= count= skip=``),
+with qemu-img 7.2's size arithmetic."""
+from __future__ import annotations
+
+import asyncio
+
+from blocklayer.errors import BlockError, InvalidArgument
+
+from .args import PROG, parse
+from .common import close_all, new_graph, open_img
+
+SUFFIX_HINT = ("You may use k, M, G, T, P or E suffixes for\n"
+               f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
+
+
+def _num(key: str, value: str) -> int:
+    from blocklayer.options import parse_size
+    try:
+        return parse_size(value, key)
+    except InvalidArgument:
+        raise InvalidArgument(f"Invalid {key} specified. {SUFFIX_HINT}") from None
+
+
+def main(argv: list[str]) -> int:
+    p = parse(argv, "hf:O:U", ["image-opts", "force-share", "object="])
+    ops: dict[str, str] = {}
+    for arg in p.args:
+        key, eq, value = arg.partition("=")
+        if not eq or key not in ("bs", "count", "if", "of", "skip"):
+            raise InvalidArgument(f"unrecognized operand {key}")
+        ops[key] = value
+    if "if" not in ops or "of" not in ops:
+        raise InvalidArgument("Must specify both input and output files")
+    bs = 512
+    if "bs" in ops:
+        bs = _num("bs", ops["bs"])
+        if not 1 <= bs <= 0x7FFFFFFF:
+            raise InvalidArgument("Invalid bs specified. Must be between 1 and 2147483647.")
+    count = _num("count", ops["count"]) if "count" in ops else None
+    skip = _num("skip", ops["skip"]) if "skip" in ops else 0
+    return asyncio.run(run(p, ops["if"], ops["of"], bs, count, skip))
+
+
+async def run(p, src_name: str, dst_name: str, bs: int, count: int | None,  # type: ignore[no-untyped-def]
+              skip: int) -> int:
+    from blocklayer import registry
+    from blocklayer.create import create_image, normalize_create_options
+    graph = new_graph()
+    out_fmt = p.last("-O") or "raw"
+    src = await open_img(graph, src_name, fmt=p.last("-f"), image_opts=p.has("--image-opts"),
+                         read_only=True, force_share=p.has("-U"))
+    dst = None
+    try:
+        try:
+            registry.get_driver(out_fmt)
+        except InvalidArgument:
+            raise InvalidArgument(f"Unknown file format '{out_fmt}'") from None
+        size = src.total_bytes
+        if count is not None and count * bs < size:
+            size = count * bs
+        in_pos = skip * bs
+        size = max(size - in_pos, 0)
+        try:
+            await create_image(dst_name, out_fmt,
+                               options=normalize_create_options(out_fmt, {"size": size}),
+                               graph=graph)
+        except BlockError as exc:
+            raise BlockError(f"{dst_name}: error while creating output image: {exc.message}",
+                             exc.errno) from None
+        dst = await open_img(graph, dst_name, fmt=out_fmt, read_only=False, cache="unsafe")
+        if in_pos > src.total_bytes:      # qemu-img 7.2 reports it and exits 0
+            import sys
+            sys.stderr.write(f"{PROG}: {src_name}: cannot skip to specified offset\n")
+            return 0
+        zero_init = dst.driver.has_zero_init()
+        from blocklayer.io import is_zero
+        out_pos = 0
+        while in_pos < size:
+            n = min(bs, size - in_pos)
+            data = await src.read(in_pos, n)
+            if not (zero_init and is_zero(data)):
+                await dst.write(out_pos, data)
+            in_pos += n
+            out_pos += n
+        await dst.flush()
+    finally:
+        await close_all(dst, src)
+    return 0
