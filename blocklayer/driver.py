@@ -209,6 +209,9 @@ class BlockDriver:
     #: the option prefix and child name of the file child (blkdebug calls it "image")
     file_child_key: ClassVar[str] = "file"
     create_options: ClassVar[tuple[CreateOption, ...]] = ()
+    #: the options whose default ``qemu-img create`` shows in its ``Formatting`` line
+    #: (QEMU prints only options that have a default string); None: every default
+    create_defaults_shown: ClassVar[tuple[str, ...] | None] = None
     #: options accepted by ``open`` besides the generic ones (documentation and checking)
     open_options: ClassVar[tuple[str, ...]] = ()
 
