@@ -44,6 +44,13 @@ class RawDriver(BlockDriver):
         from .file import FileDriver
         await FileDriver.create(filename, options)
 
+    @classmethod
+    async def measure(cls, options: dict[str, Any], source: Any = None) -> dict[str, int]:
+        """``qemu-img measure``: a raw image needs its whole size (sectors)."""
+        size = source.total_bytes if source is not None else int(options.get("size", 0))
+        size = -(-size // 512) * 512
+        return {"required": size, "fully-allocated": size}
+
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
         if self.node.file is None:
             raise InvalidArgument("A 'raw' node needs a 'file' child")
