@@ -253,6 +253,8 @@ async def node_write(node: "BlockNode", offset: int, data: bytes | bytearray | m
                      flags: ReqFlag = ReqFlag.NONE) -> None:
     """Write ``data`` at ``offset``."""
     length = len(data)
+    if not node.flags.cache.writeback and REQUEST_DEPTH.get() == 0:
+        flags |= ReqFlag.FUA          # writethrough: every guest write is durable
     async with _request(node, "write", offset, length, write=True):
         if flags & ReqFlag.COMPRESSED and not node.driver.can_compressed_write:
             raise NotSupported("Compression is not supported for this drive", errno.ENOTSUP)
@@ -345,6 +347,8 @@ async def _write_split(node: "BlockNode", offset: int, data: bytes | bytearray |
 async def node_write_zeroes(node: "BlockNode", offset: int, length: int,
                             flags: ReqFlag = ReqFlag.NONE) -> None:
     """Make ``[offset, offset+length)`` read as zeroes."""
+    if not node.flags.cache.writeback and REQUEST_DEPTH.get() == 0:
+        flags |= ReqFlag.FUA
     async with _request(node, "zero", offset, length, write=True):
         await _zero_request(node, offset, length, flags)
 

@@ -39,7 +39,7 @@ class BlockGraph:
 
     def generate_name(self) -> str:
         self._counter += 1
-        return f"#block{self._counter:03d}{random.randrange(100):02d}"
+        return f"#block{self._counter}{random.randrange(100):02d}"
 
     def add(self, node: "BlockNode") -> None:
         if node.name in self.nodes:

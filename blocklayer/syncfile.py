@@ -72,7 +72,7 @@ class BlockFile(io.RawIOBase):
         return self._pos
 
     def flush(self) -> None:
-        if not self.closed and self._writable:
+        if not self.closed and self._writable and not self.node.closed:
             self._runner.run(self.node.flush())
 
     def close(self) -> None:
@@ -84,6 +84,13 @@ class BlockFile(io.RawIOBase):
         finally:
             self._runner.close()
             super().close()
+
+    def __del__(self) -> None:
+        if not self.closed:
+            try:
+                self.close()
+            except Exception:
+                pass
 
     def _check_open(self) -> None:
         if self.closed:

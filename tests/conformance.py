@@ -1,0 +1,146 @@
+"""The conformance suite every driver and filter stack subclasses.
+
+A subclass says how to make an image (``make``) and how to open it (``open_args``);
+the suite checks what every writable node must do through the request path, including
+a short random model test against a bytearray with requests in flight together.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blocklayer.driver import Status
+from blocklayer.errors import BlockError
+from blocklayer.node import BlockNode
+from blocklayer.open import open_image
+
+MiB = 1 << 20
+
+
+class DriverConformance:
+    size = 4 * MiB
+    can_discard_to_zero = False     # does discard make data read back as zeroes?
+
+    def make(self, tmp_path: Path) -> str:
+        """Create an empty image of ``self.size`` bytes; return its filename."""
+        raise NotImplementedError
+
+    def open_args(self, filename: str) -> dict[str, Any]:
+        """Keyword arguments for open_image (``fmt=...`` or ``options=...``)."""
+        raise NotImplementedError
+
+    async def open(self, filename: str, **kw: Any) -> BlockNode:
+        args = self.open_args(filename)
+        return await open_image(args.pop("filename", filename), **args, **kw)
+
+    def run(self, tmp_path: Path, body: Any) -> None:
+        filename = self.make(tmp_path)
+
+        async def main() -> None:
+            node = await self.open(filename)
+            try:
+                await body(node)
+            finally:
+                await node.close()
+        asyncio.run(main())
+
+    # ---- the checks --------------------------------------------------------------------
+    def test_length_and_fresh_reads_are_zero(self, tmp_path: Path) -> None:
+        async def body(node: BlockNode) -> None:
+            assert node.total_bytes == self.size
+            assert bytes(await node.read(0, 65536)) == bytes(65536)
+            assert bytes(await node.read(self.size - 512, 512)) == bytes(512)
+        self.run(tmp_path, body)
+
+    def test_write_read_roundtrip_unaligned(self, tmp_path: Path) -> None:
+        async def body(node: BlockNode) -> None:
+            await node.write(1, b"\x01" * 70000)
+            await node.write(131071, b"\x02" * 3)
+            assert bytes(await node.read(0, 2)) == b"\x00\x01"
+            assert bytes(await node.read(69999, 4)) == b"\x01\x01\x00\x00"
+            assert bytes(await node.read(131070, 5)) == b"\x00\x02\x02\x02\x00"
+        self.run(tmp_path, body)
+
+    def test_write_zeroes_and_block_status(self, tmp_path: Path) -> None:
+        async def body(node: BlockNode) -> None:
+            await node.write(0, b"\xff" * (2 * MiB))
+            await node.write_zeroes(4096, 65536 * 4)
+            await node.write_zeroes(100, 3)
+            data = bytes(await node.read(0, 2 * MiB))
+            assert data[100:103] == bytes(3) and data[99] == 0xFF and data[103] == 0xFF
+            assert data[4096:4096 + 262144] == bytes(262144)
+            pos = 0
+            while pos < self.size:     # block status covers the image with no gaps
+                st = await node.block_status(pos, self.size - pos)
+                assert st.length > 0
+                if pos == 0:
+                    assert st.flags & (Status.DATA | Status.ZERO)
+                pos += st.length
+            assert pos == self.size
+        self.run(tmp_path, body)
+
+    def test_discard_flush_and_reopen(self, tmp_path: Path) -> None:
+        filename = self.make(tmp_path)
+
+        async def main() -> None:
+            node = await self.open(filename)
+            await node.write(MiB, b"\x5a" * MiB)
+            await node.discard(MiB, 65536)
+            await node.flush()
+            await node.close()
+            node = await self.open(filename)
+            data = bytes(await node.read(MiB, MiB))
+            assert data[65536:] == b"\x5a" * (MiB - 65536)
+            if self.can_discard_to_zero:
+                assert data[:65536] == bytes(65536)
+            await node.close()
+        asyncio.run(main())
+
+    def test_out_of_range_and_read_only(self, tmp_path: Path) -> None:
+        filename = self.make(tmp_path)
+
+        async def main() -> None:
+            node = await self.open(filename, read_only=True)
+            with pytest.raises(BlockError):
+                await node.read(self.size - 1, 2)
+            with pytest.raises(BlockError):
+                await node.write(0, b"x")
+            with pytest.raises(BlockError):
+                await node.read(-1, 1)
+            await node.close()
+        asyncio.run(main())
+
+    def test_random_model_with_requests_in_flight(self, tmp_path: Path) -> None:
+        rng = random.Random(2)
+        model = bytearray(self.size)
+
+        async def body(node: BlockNode) -> None:
+            for _ in range(25):
+                cuts = sorted(rng.sample(range(0, self.size, 512), 16)
+                              + [rng.randrange(self.size) for _ in range(8)])
+                ops = []
+                for start, end in zip(cuts[::2], cuts[1::2]):
+                    if end <= start:
+                        continue
+                    kind = rng.choice(["write", "write", "zero", "read"])
+                    ops.append((kind, start, end - start, rng.randrange(1, 256)))
+
+                async def one(kind: str, off: int, n: int, pat: int) -> None:
+                    if kind == "write":
+                        await node.write(off, bytes([pat]) * n)
+                    elif kind == "zero":
+                        await node.write_zeroes(off, n)
+                    else:
+                        assert bytes(await node.read(off, n)) == bytes(model[off:off + n])
+                await asyncio.gather(*(one(*op) for op in ops))
+                for kind, off, n, pat in ops:
+                    if kind == "write":
+                        model[off:off + n] = bytes([pat]) * n
+                    elif kind == "zero":
+                        model[off:off + n] = bytes(n)
+            assert bytes(await node.read(0, self.size)) == bytes(model)
+        self.run(tmp_path, body)
