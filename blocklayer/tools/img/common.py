@@ -155,11 +155,21 @@ def _split_commas(text: str) -> list[str]:
 OPT_TYPE_NAMES = {"size": "size", "bool": "bool (on/off)", "string": "str", "number": "num"}
 
 
-def print_create_options_help(fmt: str, with_header: str = "Supported options:") -> None:
+def print_create_options_help(fmt: str, with_header: str = "Supported options:",
+                              protocol_of: str | None = None) -> None:
+    """``-o help``: the format's options, with the protocol's when a filename is known."""
     from blocklayer import registry
     cls = registry.get_driver(fmt)
+    options = {o.name: o for o in cls.create_options}
+    if protocol_of is not None and cls.is_format:
+        try:
+            proto = registry.get_driver(registry.protocol_for(protocol_of))
+        except InvalidArgument:
+            proto = None
+        for o in getattr(proto, "create_options", ()):
+            options.setdefault(o.name, o)
     print(with_header)
-    for opt in sorted(cls.create_options, key=lambda o: o.name):
+    for opt in sorted(options.values(), key=lambda o: o.name):
         head = f"{opt.name}=<{OPT_TYPE_NAMES.get(opt.type, opt.type)}>"
         print(f"  {head:<22} - {opt.help}")
 

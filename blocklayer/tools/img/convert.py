@@ -363,7 +363,7 @@ def main(argv: list[str]) -> int:
         except InvalidArgument:
             raise InvalidArgument(f"Unknown file format '{fmt}'") from None
         if len(p.args) >= 1:
-            print_create_options_help(fmt)
+            print_create_options_help(fmt, protocol_of=p.args[-1])
         else:
             print_create_options_help(fmt, f"Supported {fmt} options:")
             print("\nThe protocol level may support further options.\n"

@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
         raise UsageError(f"Unexpected argument: {p.args[2]}")
     if want_help:
         _check_format(fmt, filename)
-        print_create_options_help(fmt)
+        print_create_options_help(fmt, protocol_of=filename)
         return 0
     backing = p.last("-b")
     backing_fmt = p.last("-F")
@@ -42,8 +42,10 @@ def format_line(filename: str, fmt: str, cls: type, options: dict[str, Any]) -> 
     """``Formatting 'f', fmt=F opt=value ...``: the driver's options, in its declared
     order, that are set or have a default."""
     parts = [f"Formatting '{filename}', fmt={fmt}"]
+    shown = getattr(cls, "create_defaults_shown", None)
     for opt in cls.create_options:
-        value = options.get(opt.name, opt.default)
+        default = opt.default if shown is None or opt.name in shown else None
+        value = options.get(opt.name, default)
         if value is None:
             continue
         if isinstance(value, bool):
