@@ -144,3 +144,20 @@ def test_qemu_check_findings_agree(tmp_path: Path) -> None:
 
 def _put(buf: bytes, off: int, value: int) -> bytes:
     return buf[:off] + value.to_bytes(8, "little") + buf[off + 8:]
+
+
+@pytest.mark.parametrize("cs,ts", [(4 * KIB, 4), (4 * KIB, 16), (64 * KIB, 4)])
+def test_same_writes_same_bytes_as_qemu(tmp_path: Path, cs: int, ts: int) -> None:
+    """Allocation order, table writes and zero clusters match QEMU byte for byte."""
+    ours, theirs = tmp_path / "ours.qed", tmp_path / "theirs.qed"
+    run(create(ours, SIZE, cluster_size=cs, table_size=ts))
+
+    async def write() -> None:
+        node = await open_qed(ours)
+        await apply(node, ops_for(cs))
+        await node.close()
+    run(write())
+    qemu_img("create", "-q", "-f", "qed", "-o", f"cluster_size={cs},table_size={ts}",
+             str(theirs), str(SIZE))
+    qemu_apply(theirs, ops_for(cs))
+    assert ours.read_bytes() == theirs.read_bytes()
