@@ -43,7 +43,7 @@ def test_need_check_set_then_cleared_by_timer(tmp_path: Path,
         await node.close()                                 # clean close clears it
         assert not _header(img).has(layout.F_NEED_CHECK)
     run(go())
-    assert qemu_check(img)["allocated-clusters"] == 2
+    assert qemu_check(img)["allocated-clusters"] == 1
 
 
 def test_dirty_image_checked_and_repaired_on_open(tmp_path: Path) -> None:
@@ -227,3 +227,44 @@ def test_hostile_tables(tmp_path: Path) -> None:
             finally:
                 await node.close()
         run(go())
+
+
+def test_reopen_read_only_clears_need_check(tmp_path: Path) -> None:
+    from blocklayer.reopen import reopen_set_read_only
+    img = tmp_path / "img.qed"
+    run(create(img, MIB))
+
+    async def go() -> None:
+        node = await open_qed(img)
+        await node.write(0, b"x" * 100)
+        assert _header(img).has(layout.F_NEED_CHECK)
+        await reopen_set_read_only(node, True)
+        assert not _header(img).has(layout.F_NEED_CHECK)
+        assert await node.read(0, 100) == b"x" * 100
+        await reopen_set_read_only(node, False)
+        await node.write(MIB // 2, b"y")
+        assert _header(img).has(layout.F_NEED_CHECK)
+        await node.close()
+    run(go())
+    assert not _header(img).has(layout.F_NEED_CHECK)
+
+
+def test_concurrent_allocating_writes_to_one_cluster(tmp_path: Path) -> None:
+    """Disjoint writes into the same unallocated clusters, all at once: the first
+    allocates, the others find the cluster allocated and write in place."""
+    img, base = tmp_path / "img.qed", tmp_path / "base.raw"
+    base.write_bytes(b"\x5a" * MIB)
+    run(create(img, MIB, cluster_size=65536, backing_file=base.name, backing_fmt="raw"))
+
+    async def go() -> bytes:
+        node = await open_qed(img)
+        await asyncio.gather(*(node.write(i * 1000, bytes([i + 1]) * 900) for i in range(64)))
+        data = await node.read(0, 65536)
+        await node.close()
+        return data
+    data = run(go())
+    expect = bytearray(b"\x5a" * 65536)
+    for i in range(64):
+        expect[i * 1000:i * 1000 + 900] = bytes([i + 1]) * 900
+    assert data == expect
+    assert qemu_check(img)["allocated-clusters"] == 1
