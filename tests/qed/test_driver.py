@@ -43,7 +43,7 @@ def test_need_check_set_then_cleared_by_timer(tmp_path: Path,
         await node.close()                                 # clean close clears it
         assert not _header(img).has(layout.F_NEED_CHECK)
     run(go())
-    assert qemu_check(img)["allocated-clusters"] == 1
+    assert qemu_check(img)["allocated-clusters"] == 2
 
 
 def test_dirty_image_checked_and_repaired_on_open(tmp_path: Path) -> None:
