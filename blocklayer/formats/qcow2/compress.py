@@ -1,0 +1,57 @@
+"""Compressed clusters: deflate (raw, no zlib header, window 2^12 as QEMU writes) and
+zstd.  Decompression never produces more than one cluster."""
+from __future__ import annotations
+
+import io
+import zlib
+
+from ...errors import BlockError, NotSupported
+from .layout import COMPRESSION_ZLIB, COMPRESSION_ZSTD
+
+
+def compress(kind: int, data: bytes | bytearray | memoryview, limit: int) -> bytes | None:
+    """Compressed ``data``, or None when it does not fit in ``limit`` bytes."""
+    if kind == COMPRESSION_ZLIB:
+        c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9)
+        out = c.compress(data) + c.flush()
+    elif kind == COMPRESSION_ZSTD:
+        out = _zstd().ZstdCompressor().compress(bytes(data))
+    else:
+        raise NotSupported(f"qcow2: unknown compression type: {kind}")
+    return out if len(out) <= limit else None
+
+
+def decompress(kind: int, data: bytes, cluster_size: int) -> bytes:
+    """Exactly one cluster from ``data``; anything else is an I/O error."""
+    try:
+        if kind == COMPRESSION_ZLIB:
+            out = zlib.decompressobj(-15).decompress(data, cluster_size)
+        elif kind == COMPRESSION_ZSTD:
+            reader = _zstd().ZstdDecompressor().stream_reader(io.BytesIO(data))
+            parts, got = [], 0
+            while got < cluster_size:
+                chunk = reader.read(cluster_size - got)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                got += len(chunk)
+            out = b"".join(parts)
+        else:
+            raise NotSupported(f"qcow2: unknown compression type: {kind}")
+    except (zlib.error, ValueError) as exc:
+        raise BlockError(f"qcow2: could not decompress cluster: {exc}") from None
+    except Exception as exc:      # zstandard.ZstdError
+        if type(exc).__name__ == "ZstdError":
+            raise BlockError(f"qcow2: could not decompress cluster: {exc}") from None
+        raise
+    if len(out) != cluster_size:
+        raise BlockError("qcow2: compressed cluster does not decompress to one cluster")
+    return out
+
+
+def _zstd():  # type: ignore[no-untyped-def]
+    try:
+        import zstandard
+    except ImportError:
+        raise NotSupported("qcow2: zstd compression needs the 'zstandard' package") from None
+    return zstandard

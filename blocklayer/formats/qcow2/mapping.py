@@ -1,0 +1,273 @@
+"""Guest offset -> host offset: L1/L2 lookup, subcluster types, compressed descriptors.
+
+:meth:`Mapping.lookup` answers a whole run at once (QEMU's qcow2_get_host_offset): the
+longest prefix of the request whose (sub)clusters have one type and, when allocated,
+contiguous host offsets, up to the end of one L2 table.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+import numpy as np
+
+from .cache import MetadataCache
+
+if TYPE_CHECKING:
+    from .layout import Header
+
+L1E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+L2E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+OFLAG_COPIED = 1 << 63
+OFLAG_COMPRESSED = 1 << 62
+OFLAG_ZERO = 1
+L2_BITMAP_ALL_ALLOC = 0xFFFFFFFF
+L2_BITMAP_ALL_ZEROES = 0xFFFFFFFF << 32
+COMPRESSED_SECTOR = 512
+
+
+class SC(enum.Enum):
+    """QEMU's QCow2SubclusterType."""
+
+    UNALLOCATED_PLAIN = 0
+    UNALLOCATED_ALLOC = 1
+    ZERO_PLAIN = 2
+    ZERO_ALLOC = 3
+    NORMAL = 4
+    COMPRESSED = 5
+    INVALID = 6
+
+    @property
+    def has_host(self) -> bool:
+        return self in (SC.NORMAL, SC.ZERO_ALLOC, SC.UNALLOCATED_ALLOC)
+
+
+class CT(enum.Enum):
+    """QEMU's QCow2ClusterType (whole cluster, ignoring subclusters)."""
+
+    UNALLOCATED = 0
+    ZERO_PLAIN = 1
+    ZERO_ALLOC = 2
+    NORMAL = 3
+    COMPRESSED = 4
+
+
+@dataclass(slots=True)
+class Run:
+    """``length`` bytes from guest ``offset`` of one type; ``host`` for the byte at
+    ``offset`` when the type has one; ``entry`` the L2 entry of the first cluster."""
+
+    kind: SC
+    offset: int
+    length: int
+    host: int | None = None
+    entry: int = 0
+
+
+class Geometry:
+    """The index arithmetic of one image (small pure functions)."""
+
+    def __init__(self, h: "Header") -> None:
+        self.cluster_bits = h.cluster_bits
+        self.cluster_size = h.cluster_size
+        self.extended_l2 = h.extended_l2
+        self.l2_entries = h.l2_entries
+        self.l2_bits = self.l2_entries.bit_length() - 1
+        self.subclusters = 32 if h.extended_l2 else 1
+        self.subcluster_size = self.cluster_size // self.subclusters
+        self.subcluster_bits = self.subcluster_size.bit_length() - 1
+        self.csize_shift = 62 - (h.cluster_bits - 8)
+        self.csize_mask = (1 << (h.cluster_bits - 8)) - 1
+        self.cluster_offset_mask = (1 << self.csize_shift) - 1
+        self.has_data_file = h.has_data_file
+
+    def l1_index(self, offset: int) -> int:
+        return offset >> (self.cluster_bits + self.l2_bits)
+
+    def l2_index(self, offset: int) -> int:
+        return (offset >> self.cluster_bits) & (self.l2_entries - 1)
+
+    def sc_index(self, offset: int) -> int:
+        return (offset & (self.cluster_size - 1)) >> self.subcluster_bits
+
+    def into_cluster(self, offset: int) -> int:
+        return offset & (self.cluster_size - 1)
+
+    def cluster_start(self, offset: int) -> int:
+        return offset & ~(self.cluster_size - 1)
+
+    def l1_size_for(self, size: int) -> int:
+        shift = self.cluster_bits + self.l2_bits
+        return (size + (1 << shift) - 1) >> shift
+
+    # ---- entries --------------------------------------------------------------------------
+    def cluster_type(self, entry: int) -> CT:
+        if entry & OFLAG_COMPRESSED:
+            return CT.COMPRESSED
+        if entry & OFLAG_ZERO and not self.extended_l2:
+            return CT.ZERO_ALLOC if entry & L2E_OFFSET_MASK else CT.ZERO_PLAIN
+        if not entry & L2E_OFFSET_MASK:
+            if self.has_data_file and entry & OFLAG_COPIED:
+                return CT.NORMAL
+            return CT.UNALLOCATED
+        return CT.NORMAL
+
+    def subcluster_type(self, entry: int, bitmap: int, sc: int) -> SC:
+        ct = self.cluster_type(entry)
+        if not self.extended_l2:
+            return {CT.COMPRESSED: SC.COMPRESSED, CT.ZERO_PLAIN: SC.ZERO_PLAIN,
+                    CT.ZERO_ALLOC: SC.ZERO_ALLOC, CT.NORMAL: SC.NORMAL,
+                    CT.UNALLOCATED: SC.UNALLOCATED_PLAIN}[ct]
+        if ct is CT.COMPRESSED:
+            return SC.COMPRESSED
+        if ct is CT.NORMAL:
+            if (bitmap >> 32) & bitmap:
+                return SC.INVALID
+            if bitmap & (1 << (sc + 32)):
+                return SC.ZERO_ALLOC
+            if bitmap & (1 << sc):
+                return SC.NORMAL
+            return SC.UNALLOCATED_ALLOC
+        if bitmap & L2_BITMAP_ALL_ALLOC:
+            return SC.INVALID
+        if bitmap & (1 << (sc + 32)):
+            return SC.ZERO_PLAIN
+        return SC.UNALLOCATED_PLAIN
+
+    def compressed(self, entry: int) -> tuple[int, int]:
+        """(host byte offset, byte count to read) of a compressed cluster."""
+        coffset = entry & self.cluster_offset_mask
+        nb_sectors = ((entry >> self.csize_shift) & self.csize_mask) + 1
+        return coffset, nb_sectors * COMPRESSED_SECTOR - (coffset & (COMPRESSED_SECTOR - 1))
+
+    def compressed_entry(self, coffset: int, csize: int) -> int:
+        nb = ((coffset + csize - 1) // COMPRESSED_SECTOR) - (coffset // COMPRESSED_SECTOR)
+        return coffset | OFLAG_COMPRESSED | (nb << self.csize_shift)
+
+
+Corrupt = Callable[[str, int, int], Awaitable[None]]
+
+
+class Mapping:
+    """The active L1 table (in memory) and L2 tables (in ``cache``)."""
+
+    def __init__(self, geo: Geometry, l1: np.ndarray, l2_cache: MetadataCache,
+                 corrupt: Corrupt) -> None:
+        self.geo = geo
+        self.l1 = l1                 # numpy uint64, raw entries
+        self.cache = l2_cache
+        self.corrupt = corrupt
+
+    async def l2_offset(self, l1_index: int) -> int:
+        if l1_index >= len(self.l1):
+            return 0
+        off = int(self.l1[l1_index]) & L1E_OFFSET_MASK
+        if off % self.geo.cluster_size:
+            await self.corrupt(f"L2 table offset {off:#x} unaligned (L1 index: "
+                               f"{l1_index:#x})", off, self.geo.cluster_size)
+        return off
+
+    async def lookup(self, offset: int, length: int) -> Run:
+        """The run starting at guest ``offset`` (at most ``length`` bytes, at least one
+        subcluster's worth of what is left in it)."""
+        geo = self.geo
+        l2_index = geo.l2_index(offset)
+        in_cluster = geo.into_cluster(offset)
+        length = min(length, (geo.l2_entries - l2_index) * geo.cluster_size - in_cluster)
+        l2_off = await self.l2_offset(geo.l1_index(offset))
+        if not l2_off:
+            return Run(SC.UNALLOCATED_PLAIN, offset, length)
+        entry = await self.cache.get(l2_off)
+        try:
+            if geo.extended_l2:
+                return await self._run_extended(entry.table, l2_off, l2_index, offset, length)
+            return await self._run_standard(entry.table, l2_off, l2_index, offset, length)
+        finally:
+            self.cache.put(entry)
+
+    async def _check(self, kind: SC, entry: int, l2_off: int, l2_index: int) -> None:
+        geo = self.geo
+        if kind.has_host and (entry & L2E_OFFSET_MASK) % geo.cluster_size:
+            await self.corrupt(f"Cluster allocation offset {entry & L2E_OFFSET_MASK:#x} "
+                               f"unaligned (L2 offset: {l2_off:#x}, L2 index: {l2_index:#x})",
+                               entry & L2E_OFFSET_MASK, geo.cluster_size)
+        if kind is SC.COMPRESSED and geo.has_data_file:
+            await self.corrupt(f"Compressed cluster entry found in image with external data "
+                               f"file (L2 offset: {l2_off:#x}, L2 index: {l2_index:#x})",
+                               l2_off, geo.cluster_size)
+        if kind is SC.INVALID:
+            await self.corrupt(f"Invalid cluster entry found  (L2 offset: {l2_off:#x}, L2 "
+                               f"index: {l2_index:#x})", l2_off, geo.cluster_size)
+
+    async def _run_standard(self, table: np.ndarray, l2_off: int, l2_index: int,
+                            offset: int, length: int) -> Run:
+        geo = self.geo
+        cs = geo.cluster_size
+        in_cluster = geo.into_cluster(offset)
+        nb = -(-(in_cluster + length) // cs)
+        ents = table[l2_index:l2_index + nb].astype(np.uint64)
+        first = int(ents[0])
+        kind = geo.subcluster_type(first, 0, 0)
+        await self._check(kind, first, l2_off, l2_index)
+        host_base = first & L2E_OFFSET_MASK
+        if kind is SC.COMPRESSED:
+            n = 1
+        else:
+            types = _standard_types(ents, geo.has_data_file)
+            same = types == types[0]
+            if kind.has_host:
+                offs = ents & np.uint64(L2E_OFFSET_MASK)
+                expect = np.uint64(host_base) + np.arange(nb, dtype=np.uint64) * np.uint64(cs)
+                same &= offs == expect
+            bad = np.flatnonzero(~same)
+            n = int(bad[0]) if bad.size else nb
+        run_len = min(n * cs - in_cluster, length)
+        host = host_base + in_cluster if kind.has_host else None
+        return Run(kind, offset, run_len, host, first)
+
+    async def _run_extended(self, table: np.ndarray, l2_off: int, l2_index: int,
+                            offset: int, length: int) -> Run:
+        geo = self.geo
+        cs, scs = geo.cluster_size, geo.subcluster_size
+        first = int(table[2 * l2_index])
+        sc = geo.sc_index(offset)
+        kind = geo.subcluster_type(first, int(table[2 * l2_index + 1]), sc)
+        await self._check(kind, first, l2_off, l2_index)
+        host_base = first & L2E_OFFSET_MASK
+        in_cluster = geo.into_cluster(offset)
+        end = in_cluster + length               # relative to the first cluster's start
+        pos = (sc + 1) * scs if kind is not SC.COMPRESSED else cs
+        if kind is SC.COMPRESSED:
+            pos = cs
+        i = 0
+        while pos < end and kind is not SC.COMPRESSED:
+            ci, s = divmod(pos // scs, geo.subclusters)
+            e = int(table[2 * (l2_index + ci)])
+            b = int(table[2 * (l2_index + ci) + 1])
+            t = geo.subcluster_type(e, b, s)
+            if t is not kind:
+                break
+            if kind.has_host and (e & L2E_OFFSET_MASK) != host_base + ci * cs:
+                break
+            pos += scs
+            i += 1
+        run_len = min(pos - in_cluster, length)
+        host = host_base + in_cluster if kind.has_host else None
+        return Run(kind, offset, run_len, host, first)
+
+
+def _standard_types(ents: np.ndarray, has_data_file: bool) -> np.ndarray:
+    """Vectorised cluster types of standard L2 entries (numbers of SC values)."""
+    comp = (ents & np.uint64(OFLAG_COMPRESSED)) != 0
+    zero = (ents & np.uint64(OFLAG_ZERO)) != 0
+    real = (ents & np.uint64(L2E_OFFSET_MASK)) != 0
+    has_off = real.copy()
+    if has_data_file:
+        has_off |= (ents & np.uint64(OFLAG_COPIED)) != 0
+    out = np.full(len(ents), SC.UNALLOCATED_PLAIN.value, np.int8)
+    out[has_off] = SC.NORMAL.value
+    out[zero & ~real] = SC.ZERO_PLAIN.value
+    out[zero & real] = SC.ZERO_ALLOC.value
+    out[comp] = SC.COMPRESSED.value
+    return out

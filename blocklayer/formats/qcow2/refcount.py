@@ -1,0 +1,416 @@
+"""Reference counts: lookup, cluster allocation, freeing, refcount table growth and the
+rebuild that repairs an image left dirty with lazy refcounts.
+
+Allocation follows QEMU's algorithm (a moving ``free_cluster_index``, a new refcount
+block describing itself when it can, a retry whenever a refcount block was added) so
+images we write have the layout qemu-img gives them.  Runs under the metadata lock.
+"""
+from __future__ import annotations
+
+import enum
+import errno
+import struct
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+import numpy as np
+
+from ...errors import BlockError, ImageCorrupt, NoSpace
+from .cache import MetadataCache
+from .layout import MAX_CLUSTER_OFFSET, MAX_REFTABLE_SIZE
+
+if TYPE_CHECKING:
+    from ...node import BlockNode
+
+REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
+
+
+class Discard(enum.IntEnum):
+    """Why clusters are freed (QEMU's Qcow2DiscardType): decides pass-through."""
+
+    NEVER = 0
+    ALWAYS = 1
+    REQUEST = 2
+    SNAPSHOT = 3
+    OTHER = 4
+
+
+class _Again(Exception):
+    """A refcount block was added; the caller must search for space again."""
+
+
+def block_dtype(refcount_order: int) -> str:
+    return {3: ">u1", 4: ">u2", 5: ">u4", 6: ">u8"}.get(refcount_order, "u1")
+
+
+class Refcounts:
+    """The refcount table (kept in memory) and the refcount blocks (in ``cache``)."""
+
+    def __init__(self, file: "BlockNode", cluster_bits: int, refcount_order: int,
+                 table_offset: int, table: np.ndarray, cache: MetadataCache,
+                 corrupt: Callable[[str, int, int], Awaitable[None]]) -> None:
+        self.file = file
+        self.cluster_bits = cluster_bits
+        self.cluster_size = 1 << cluster_bits
+        self.order = refcount_order
+        self.bits = 1 << refcount_order
+        self.max = (1 << self.bits) - 1
+        self.block_entries = self.cluster_size * 8 // self.bits
+        self.block_bits = self.block_entries.bit_length() - 1
+        self.table_offset = table_offset
+        self.table = table                      # numpy uint64 (native), masked offsets
+        self.cache = cache
+        self.corrupt = corrupt
+        self.free_cluster_index = 0
+        self.discard_passthrough = {Discard.NEVER: False, Discard.ALWAYS: True,
+                                    Discard.REQUEST: False, Discard.SNAPSHOT: True,
+                                    Discard.OTHER: False}
+        self.pending_discards: list[list[int]] = []
+        self.cache_discards = False
+        #: set while rebuilding: clusters the allocator must treat as used
+        self.reserved: np.ndarray | None = None
+        #: caches to purge when a cluster's refcount drops to zero
+        self.other_caches: list[MetadataCache] = []
+        #: writes the header's refcount table fields (offset, clusters)
+        self.write_header_reftable: Callable[[int, int], Awaitable[None]] | None = None
+
+    # ---- table I/O --------------------------------------------------------------------
+    @classmethod
+    def load_table(cls, data: bytes, entries: int) -> np.ndarray:
+        table = np.frombuffer(data, ">u8", count=entries).astype(np.uint64)
+        return table & np.uint64(REFT_OFFSET_MASK)
+
+    def block_offset(self, rt_index: int) -> int:
+        if rt_index >= len(self.table):
+            return 0
+        return int(self.table[rt_index])
+
+    # ---- entries within a block ---------------------------------------------------------
+    def _get_range(self, table: np.ndarray, start: int, end: int) -> np.ndarray:
+        if self.bits >= 8:
+            return table[start:end].astype(np.uint64)
+        idx = np.arange(start, end, dtype=np.int64) * self.bits
+        return ((table[idx >> 3] >> (idx & 7).astype(np.uint8)) & self.max).astype(np.uint64)
+
+    def _set_one(self, table: np.ndarray, i: int, value: int) -> None:
+        if self.bits >= 8:
+            table[i] = value
+            return
+        bit = i * self.bits
+        byte, shift = bit >> 3, bit & 7
+        table[byte] = (int(table[byte]) & ~(self.max << shift) & 0xFF) | (value << shift)
+
+    def _set_range(self, table: np.ndarray, start: int, values: np.ndarray) -> None:
+        if self.bits >= 8:
+            table[start:start + len(values)] = values
+            return
+        for k, v in enumerate(values.tolist()):
+            self._set_one(table, start + k, int(v))
+
+    # ---- lookup -------------------------------------------------------------------------
+    async def _load_block(self, rt_index: int) -> int:
+        off = self.block_offset(rt_index)
+        if off and off % self.cluster_size:
+            await self.corrupt(f"Refblock offset {off:#x} unaligned (reftable index: "
+                               f"{rt_index:#x})", off, self.cluster_size)
+        return off
+
+    async def get(self, cluster_index: int) -> int:
+        return int((await self.get_run(cluster_index, 1))[0])
+
+    async def get_run(self, cluster_index: int, count: int) -> np.ndarray:
+        """Refcounts of up to ``count`` clusters from ``cluster_index`` (at least one,
+        at most up to the end of its refcount block)."""
+        rt_index = cluster_index >> self.block_bits
+        first = cluster_index & (self.block_entries - 1)
+        n = min(count, self.block_entries - first)
+        off = await self._load_block(rt_index)
+        if not off:
+            return np.zeros(n, np.uint64)
+        entry = await self.cache.get(off)
+        try:
+            return self._get_range(entry.table, first, first + n)
+        finally:
+            self.cache.put(entry)
+
+    # ---- allocation -----------------------------------------------------------------------
+    async def _alloc_noref(self, nb_clusters: int) -> int:
+        """QEMU's alloc_clusters_noref: the first run of free clusters at or after
+        ``free_cluster_index``; moves the index past it."""
+        if self.cache_discards:
+            await self.process_discards()
+        start = self.free_cluster_index
+        run = 0
+        while run < nb_clusters:
+            c = start + run
+            counts = await self.get_run(c, nb_clusters - run)
+            used = counts != 0
+            if self.reserved is not None:
+                lo = min(c, len(self.reserved))
+                hi = min(c + len(counts), len(self.reserved))
+                used[:hi - lo] |= self.reserved[lo:hi] != 0
+            nz = np.flatnonzero(used)
+            if nz.size:
+                start = c + int(nz[0]) + 1
+                run = 0
+            else:
+                run += len(counts)
+        self.free_cluster_index = start + nb_clusters
+        if (self.free_cluster_index - 1) > (MAX_CLUSTER_OFFSET >> self.cluster_bits):
+            raise BlockError("Cluster allocation beyond the maximum image size", errno.EFBIG)
+        return start << self.cluster_bits
+
+    async def alloc_clusters(self, size: int) -> int:
+        """Allocate contiguous clusters for ``size`` bytes; their refcount becomes 1."""
+        nb = -(-size // self.cluster_size)
+        while True:
+            offset = await self._alloc_noref(nb)
+            try:
+                await self.update(offset, nb << self.cluster_bits, 1)
+            except _Again:
+                continue
+            return offset
+
+    async def alloc_clusters_at(self, offset: int, nb_clusters: int) -> int:
+        """Allocate as many of the clusters at ``offset`` as are free (up to the first
+        used one); returns how many."""
+        idx = offset >> self.cluster_bits
+        while True:
+            n = 0
+            while n < nb_clusters:
+                counts = await self.get_run(idx + n, nb_clusters - n)
+                nz = np.flatnonzero(counts)
+                if nz.size:
+                    n += int(nz[0])
+                    break
+                n += len(counts)
+            if n == 0:
+                return 0
+            try:
+                await self.update(offset, n << self.cluster_bits, 1)
+            except _Again:
+                continue
+            return n
+
+    async def alloc_bytes(self, size: int, state: dict[str, int]) -> int:
+        """Sub-cluster allocation for compressed data (QEMU's qcow2_alloc_bytes);
+        ``state['free_byte_offset']`` remembers where the last one ended."""
+        cs = self.cluster_size
+        offset = state.get("free_byte_offset", 0)
+        if offset and await self.get(offset >> self.cluster_bits) == self.max:
+            offset = 0
+        free_in_cluster = cs - offset % cs
+        while True:
+            if not offset or free_in_cluster < size:
+                new_cluster = await self._alloc_noref(1)
+                if not offset or -(-offset // cs) * cs != new_cluster:
+                    offset = new_cluster
+                    free_in_cluster = cs
+                else:
+                    free_in_cluster += cs
+            try:
+                await self.update(offset, size, 1)
+            except _Again:
+                continue
+            break
+        state["free_byte_offset"] = 0 if (offset + size) % cs == 0 else offset + size
+        return offset
+
+    async def free_clusters(self, offset: int, size: int, kind: Discard) -> None:
+        try:
+            await self.update(offset, size, -1, kind)
+        except _Again:
+            raise ImageCorrupt("qcow2: refcount block missing while freeing clusters")
+
+    # ---- the update -----------------------------------------------------------------------
+    async def update(self, offset: int, length: int, addend: int,
+                     kind: Discard = Discard.NEVER) -> None:
+        """Add ``addend`` to the refcount of every cluster touched by the byte range."""
+        if length <= 0:
+            return
+        cb = self.cluster_bits
+        first, last = offset >> cb, (offset + length - 1) >> cb
+        done: list[tuple[int, int]] = []
+        try:
+            idx = first
+            while idx <= last:
+                rt_index = idx >> self.block_bits
+                start = idx & (self.block_entries - 1)
+                n = min(last + 1 - idx, self.block_entries - start)
+                block = await self._block_for(idx)
+                entry = await self.cache.get(block)
+                try:
+                    old = self._get_range(entry.table, start, start + n).astype(np.int64)
+                    new = old + addend
+                    if new.min() < 0 or new.max() > self.max:
+                        raise BlockError("qcow2: refcount out of range", errno.EINVAL)
+                    self._set_range(entry.table, start, new.astype(np.uint64))
+                    self.cache.mark_dirty(entry)
+                finally:
+                    self.cache.put(entry)
+                done.append((idx, n))
+                if addend < 0:
+                    zeros = np.flatnonzero(new == 0)
+                    if zeros.size:
+                        self._freed(idx + zeros, kind)
+                del rt_index
+                idx += n
+        except BaseException:
+            for idx, n in done:     # undo what was done (blocks exist, no allocation)
+                await self._add_existing(idx, n, -addend)
+            raise
+        finally:
+            if not self.cache_discards:
+                await self.process_discards()
+
+    async def _add_existing(self, idx: int, n: int, addend: int) -> None:
+        block = self.block_offset(idx >> self.block_bits)
+        entry = await self.cache.get(block)
+        start = idx & (self.block_entries - 1)
+        old = self._get_range(entry.table, start, start + n).astype(np.int64)
+        self._set_range(entry.table, start, np.clip(old + addend, 0, self.max)
+                        .astype(np.uint64))
+        self.cache.mark_dirty(entry)
+        self.cache.put(entry)
+        if addend < 0:
+            zeros = np.flatnonzero(old + addend <= 0)
+            if zeros.size:
+                self.free_cluster_index = min(self.free_cluster_index, idx + int(zeros[0]))
+
+    def _freed(self, indexes: np.ndarray, kind: Discard) -> None:
+        self.free_cluster_index = min(self.free_cluster_index, int(indexes[0]))
+        cs = self.cluster_size
+        for i in indexes.tolist():
+            off = i << self.cluster_bits
+            self.cache.discard(off)
+            for other in self.other_caches:
+                other.discard(off)
+            if self.discard_passthrough.get(kind, False):
+                if self.pending_discards and self.pending_discards[-1][1] == off:
+                    self.pending_discards[-1][1] = off + cs
+                else:
+                    self.pending_discards.append([off, off + cs])
+
+    async def process_discards(self) -> None:
+        pending, self.pending_discards = self.pending_discards, []
+        for start, end in pending:
+            try:
+                await self.file.discard(start, end - start)
+            except BlockError:
+                pass
+
+    # ---- refcount blocks ------------------------------------------------------------------
+    async def _block_for(self, cluster_index: int) -> int:
+        """The refcount block covering ``cluster_index``; allocating one raises _Again
+        after it is hooked up (QEMU's alloc_refcount_block)."""
+        rt_index = cluster_index >> self.block_bits
+        off = await self._load_block(rt_index)
+        if off:
+            return off
+        new_block = await self._alloc_noref(1)
+        if new_block == 0:
+            await self.corrupt("Preventing invalid allocation of refcount block at offset 0",
+                               0, self.cluster_size)
+        new_index = new_block >> self.cluster_bits
+        if new_index >> self.block_bits == rt_index:
+            entry = await self.cache.get(new_block, empty=True)
+            self._set_one(entry.table, new_index & (self.block_entries - 1), 1)
+        else:
+            await self.update(new_block, self.cluster_size, 1)
+            await self.cache.flush()
+            entry = await self.cache.get(new_block, empty=True)
+        self.cache.mark_dirty(entry)
+        self.cache.put(entry)
+        await self.cache.flush()
+        if rt_index < len(self.table):
+            await self.file.write(self.table_offset + rt_index * 8,
+                                  struct.pack(">Q", new_block))
+            await self.file.flush()
+            self.table[rt_index] = new_block
+            raise _Again
+        blocks_used = -(-max(cluster_index + 1, new_index + 1) // self.block_entries)
+        await self._grow_table(blocks_used, rt_index, new_block)
+        raise _Again
+
+    async def _grow_table(self, blocks_used: int, rt_index: int, new_block: int) -> None:
+        """Put a bigger refcount table, with refcount blocks describing it and
+        themselves, after everything the present blocks can describe, then switch."""
+        cs, epc = self.cluster_size, self.block_entries
+        first = blocks_used * epc                      # first cluster of the new area
+        old_entries = len(self.table)
+        n_blocks, table_clusters = 1, 1
+        while True:
+            entries = max(old_entries, rt_index + 1, blocks_used + n_blocks)
+            entries = entries + entries // 2          # room to grow
+            table_clusters = -(-(entries * 8) // cs)
+            need = -(-(n_blocks + table_clusters) // epc)
+            if need <= n_blocks:
+                break
+            n_blocks = need
+        if table_clusters * cs > MAX_REFTABLE_SIZE:
+            raise NoSpace("Refcount table too large", errno.EFBIG)
+        entries = table_clusters * cs // 8
+        new_table = np.zeros(entries, np.uint64)
+        new_table[:old_entries] = self.table
+        new_table[rt_index] = new_block
+        area = n_blocks + table_clusters
+        for k in range(n_blocks):
+            block_off = (first + k) * cs
+            new_table[blocks_used + k] = block_off
+            entry = await self.cache.get(block_off, empty=True)
+            lo = max(first, (blocks_used + k) * epc)
+            hi = min(first + area, (blocks_used + k + 1) * epc)
+            for c in range(lo, hi):
+                self._set_one(entry.table, c & (epc - 1), 1)
+            self.cache.mark_dirty(entry)
+            self.cache.put(entry)
+        await self.cache.flush()
+        table_off = (first + n_blocks) * cs
+        await self.file.write(table_off, new_table.astype(">u8").tobytes())
+        await self.file.flush()
+        old_off, old_clusters = self.table_offset, -(-(old_entries * 8) // cs)
+        assert self.write_header_reftable is not None
+        await self.write_header_reftable(table_off, table_clusters)
+        self.table_offset, self.table = table_off, new_table
+        await self.free_clusters(old_off, old_clusters * cs, Discard.OTHER)
+
+    # ---- rebuild --------------------------------------------------------------------------
+    async def rebuild(self, expected: np.ndarray) -> None:
+        """Replace the refcount structures with new ones holding ``expected`` (the
+        refcount of every cluster, not counting refcount structures), put after the
+        last used cluster; the old structures become free space."""
+        cs, epc = self.cluster_size, self.block_entries
+        used = np.flatnonzero(expected)
+        first = int(used[-1]) + 1 if used.size else 1
+        n_blocks, table_clusters = 1, 1
+        while True:
+            total = first + n_blocks + table_clusters
+            nb = max(n_blocks, -(-total // epc))
+            tc = max(table_clusters, -(-(nb * 8) // cs))
+            if nb == n_blocks and tc == table_clusters:
+                break
+            n_blocks, table_clusters = nb, tc
+        if table_clusters * cs > MAX_REFTABLE_SIZE:
+            raise NoSpace("Refcount table too large", errno.EFBIG)
+        total = first + n_blocks + table_clusters
+        counts = np.zeros(total, np.uint64)
+        counts[:min(len(expected), total)] = expected[:total]
+        counts[first:total] = 1
+        if counts.max(initial=0) > self.max:
+            raise ImageCorrupt("qcow2: refcount overflow while rebuilding")
+        table = np.zeros(table_clusters * cs // 8, np.uint64)
+        self.cache.entries.clear()
+        for k in range(n_blocks):
+            block_off = (first + k) * cs
+            table[k] = block_off
+            entry = await self.cache.get(block_off, empty=True)
+            self._set_range(entry.table, 0, counts[k * epc:(k + 1) * epc])
+            self.cache.mark_dirty(entry)
+            self.cache.put(entry)
+            await self.cache.write_back()
+        table_off = (first + n_blocks) * cs
+        await self.file.write(table_off, table.astype(">u8").tobytes())
+        await self.file.flush()
+        assert self.write_header_reftable is not None
+        await self.write_header_reftable(table_off, table_clusters)
+        self.table_offset, self.table = table_off, table
+        self.free_cluster_index = 0
