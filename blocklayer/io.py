@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING
 
 from .driver import BlockStatus, Prealloc, ReqFlag, Status
 from .errors import BlockError, InvalidArgument, NotSupported, ReadOnlyError
@@ -69,85 +67,113 @@ def align_up(x: int, a: int) -> int:
 # Tracked requests
 # ---------------------------------------------------------------------------------------
 
-@dataclass(eq=False)
 class Tracked:
     """One in-flight request on a node, over the (aligned) range it touches."""
 
-    start: int
-    end: int
-    serialising: bool
-    serial: int
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    __slots__ = ("node", "start", "end", "serialising", "serial", "done")
+
+    def __init__(self, node: "BlockNode", start: int, end: int, serialising: bool) -> None:
+        self.node, self.start, self.end, self.serialising = node, start, end, serialising
+        self.serial = 0
+        self.done: asyncio.Event | None = None      # made when somebody waits
 
     def overlaps(self, start: int, end: int) -> bool:
         return self.start < end and start < self.end
 
+    async def wait_done(self) -> None:
+        if self.done is None:
+            self.done = asyncio.Event()
+        await self.done.wait()
 
-async def _wait_serialising(node: "BlockNode", req: Tracked) -> None:
-    """Wait until no earlier request that must not overlap ``req`` overlaps it.
+    async def __aenter__(self) -> "Tracked":
+        state = self.node.state
+        state.serial += 1
+        self.serial = state.serial
+        tracked_list = state.tracked
+        tracked_list.append(self)
+        if len(tracked_list) > 1 and (self.serialising
+                                      or any(t.serialising for t in tracked_list)):
+            try:
+                await self._wait_serialising()
+            except BaseException:
+                self._leave()
+                raise
+        return self
 
-    A request waits only for requests registered before it, so there are no cycles.
-    """
-    while True:
-        for other in node.state.tracked:
-            if other.serial >= req.serial:
-                continue
-            if (other.serialising or req.serialising) and other.overlaps(req.start, req.end):
-                await other.done.wait()
-                break
-        else:
-            return
+    async def __aexit__(self, *exc: object) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        self.node.state.tracked.remove(self)
+        if self.done is not None:
+            self.done.set()
+
+    async def _wait_serialising(self) -> None:
+        """Wait until no earlier request that must not overlap this one overlaps it.
+
+        A request waits only for requests registered before it, so there are no cycles.
+        """
+        while True:
+            for other in self.node.state.tracked:
+                if other.serial >= self.serial:
+                    continue
+                if (other.serialising or self.serialising) and other.overlaps(self.start, self.end):
+                    await other.wait_done()
+                    break
+            else:
+                return
 
 
-@asynccontextmanager
-async def tracked(node: "BlockNode", start: int, end: int,
-                  serialising: bool) -> AsyncIterator[Tracked]:
-    state = node.state
-    state.serial += 1
-    req = Tracked(start, end, serialising, state.serial)
-    state.tracked.append(req)
-    try:
-        if any(t.serialising or serialising for t in state.tracked if t is not req):
-            await _wait_serialising(node, req)
-        yield req
-    finally:
-        state.tracked.remove(req)
-        req.done.set()
+def tracked(node: "BlockNode", start: int, end: int, serialising: bool) -> Tracked:
+    """``async with tracked(node, start, end, serialising):`` around the driver calls."""
+    return Tracked(node, start, end, serialising)
 
 
 # ---------------------------------------------------------------------------------------
 # Entering and leaving a request
 # ---------------------------------------------------------------------------------------
 
-@asynccontextmanager
-async def _request(node: "BlockNode", kind: str, offset: int, length: int,
-                   write: bool) -> AsyncIterator[None]:
-    """Depth, drain, sanity, bounds and read-only checks, in-flight counting."""
-    depth = REQUEST_DEPTH.get()
-    external = depth == 0
-    if node.closed:
-        raise BlockError(f"Node '{node.name}' is closed", errno.ENOMEDIUM)
-    if external and node.state.quiesce and DRAIN_OWNER.get() is not asyncio.current_task():
-        await _wait_resumed(node)
-    if offset < 0 or length < 0 or offset > BDRV_MAX_LENGTH - length:
-        node.stats.invalid(kind)
-        raise InvalidArgument(f"Invalid request offset {offset} length {length}", errno.EIO)
-    if external and kind != "flush" and offset + length > node.total_bytes \
-            and not (write and node.allow_write_beyond_eof):
-        node.stats.invalid(kind)
-        raise BlockError("Request beyond the end of the image", errno.EIO)
-    if write and node.read_only:
-        node.stats.invalid(kind)
-        raise ReadOnlyError(f"Node '{node.name}' is read-only", errno.EPERM)
-    token = REQUEST_DEPTH.set(depth + 1)
-    node.state.in_flight += 1
-    try:
-        yield
-    finally:
-        REQUEST_DEPTH.reset(token)
-        node.state.in_flight -= 1
-        if node.state.in_flight == 0 and node.state.idle is not None:
-            node.state.idle.set()
+class _request:
+    """Depth, drain, sanity, bounds and read-only checks, in-flight counting.
+
+    ``async with _request(node, kind, offset, length, write):`` around the whole request.
+    A class rather than a generator: it runs for every request at every layer.
+    """
+
+    __slots__ = ("node", "kind", "offset", "length", "write", "token")
+
+    def __init__(self, node: "BlockNode", kind: str, offset: int, length: int,
+                 write: bool) -> None:
+        self.node, self.kind, self.offset, self.length, self.write = \
+            node, kind, offset, length, write
+
+    async def __aenter__(self) -> None:
+        node, kind, offset, length = self.node, self.kind, self.offset, self.length
+        depth = REQUEST_DEPTH.get()
+        external = depth == 0
+        if node.closed:
+            raise BlockError(f"Node '{node.name}' is closed", errno.ENOMEDIUM)
+        if external and node.state.quiesce and DRAIN_OWNER.get() is not asyncio.current_task():
+            await _wait_resumed(node)
+        if offset < 0 or length < 0 or offset > BDRV_MAX_LENGTH - length:
+            node.stats.invalid(kind)
+            raise InvalidArgument(f"Invalid request offset {offset} length {length}", errno.EIO)
+        if external and kind != "flush" and offset + length > node.total_bytes \
+                and not (self.write and node.allow_write_beyond_eof):
+            node.stats.invalid(kind)
+            raise BlockError("Request beyond the end of the image", errno.EIO)
+        if self.write and node.read_only:
+            node.stats.invalid(kind)
+            raise ReadOnlyError(f"Node '{node.name}' is read-only", errno.EPERM)
+        self.token = REQUEST_DEPTH.set(depth + 1)
+        node.state.in_flight += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        REQUEST_DEPTH.reset(self.token)
+        state = self.node.state
+        state.in_flight -= 1
+        if state.in_flight == 0 and state.idle is not None:
+            state.idle.set()
 
 
 async def _wait_resumed(node: "BlockNode") -> None:
@@ -181,7 +207,7 @@ async def _aligned_read(node: "BlockNode", offset: int, length: int,
                         flags: ReqFlag) -> bytes | bytearray:
     if length == 0:
         return b""
-    align = node.driver.limits().request_alignment
+    align = node.limits.request_alignment
     start, end = align_down(offset, align), align_up(offset + length, align)
     cor = bool(flags & ReqFlag.COPY_ON_READ) and node.backing is not None \
         and not node.read_only
@@ -205,7 +231,7 @@ async def _read_split(node: "BlockNode", offset: int, length: int,
     if offset >= total and not node.driver.is_protocol:
         return _zeros(length) if length <= ZERO_BUFFER_MAX else bytes(length)
     readable = length if node.driver.is_protocol else min(length, total - offset)
-    limits = node.driver.limits()
+    limits = node.limits
     max_xfer = limits.max_transfer or readable
     if readable <= max_xfer:
         data = await node.driver.read(offset, readable, flags)
@@ -298,7 +324,7 @@ async def _aligned_write(node: "BlockNode", offset: int,
     length = len(data)
     if length == 0:
         return
-    align = node.driver.limits().request_alignment
+    align = node.limits.request_alignment
     start, end = align_down(offset, align), align_up(offset + length, align)
     rmw = start != offset or end != offset + length
     async with tracked(node, start, end, serialising=rmw):
@@ -330,7 +356,7 @@ async def _write_split(node: "BlockNode", offset: int, data: bytes | bytearray |
     fua = bool(flags & ReqFlag.FUA)
     if fua and not drv.can_fua:
         flags &= ~ReqFlag.FUA
-    max_xfer = drv.limits().max_transfer
+    max_xfer = node.limits.max_transfer
     if flags & ReqFlag.COMPRESSED:
         max_xfer = 0     # a compressed write is one cluster; the driver checks
     length = len(data)
@@ -359,7 +385,7 @@ async def _zero_request(node: "BlockNode", offset: int, length: int, flags: ReqF
     start_ns = node.stats.start()
     try:
         await _before_write(node, offset, length)
-        align = node.driver.limits().request_alignment
+        align = node.limits.request_alignment
         start, end = align_down(offset, align), align_up(offset + length, align)
         rmw = start != offset or end != offset + length
         async with tracked(node, start, end, serialising=rmw):
@@ -375,7 +401,7 @@ async def _zero_aligned(node: "BlockNode", offset: int, length: int, flags: ReqF
                         align: int) -> None:
     """Zero a head, a middle and a tail (split at the driver's zeroing alignment), each
     with the driver where it can and with zero buffers where it cannot."""
-    limits = node.driver.limits()
+    limits = node.limits
     zalign = max(limits.pwrite_zeroes_alignment or align, align)
     end = offset + length
     head_end = min(align_up(offset, zalign), end)
@@ -412,7 +438,7 @@ async def _write_zero_buffer(node: "BlockNode", offset: int, length: int,
     if flags & ReqFlag.NO_FALLBACK:
         raise NotSupported("write zeroes without fallback not supported", errno.ENOTSUP)
     wflags = flags & ReqFlag.FUA
-    align = node.driver.limits().request_alignment
+    align = node.limits.request_alignment
     pos, end = offset, offset + length
     while pos < end:
         n = min(end - pos, ZERO_BUFFER_MAX)
@@ -431,7 +457,7 @@ async def node_discard(node: "BlockNode", offset: int, length: int) -> None:
         if not node.flags.discard_unmap or not node.driver.can_discard or length == 0:
             return
         start_ns = node.stats.start()
-        limits = node.driver.limits()
+        limits = node.limits
         dalign = max(limits.pdiscard_alignment, limits.request_alignment, 1)
         start, end = align_up(offset, dalign), align_down(offset + length, dalign)
         if end <= start:
@@ -511,7 +537,7 @@ async def node_block_status(node: "BlockNode", offset: int, length: int,
         return BlockStatus(Status.EOF, 0)
     length = min(length, total - offset)
     drv = node.driver
-    align = drv.limits().request_alignment
+    align = node.limits.request_alignment
     aligned_off = align_down(offset, align)
     query_len = align_up(offset + length, align) - aligned_off
     depth_token = REQUEST_DEPTH.set(REQUEST_DEPTH.get() + 1)

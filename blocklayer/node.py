@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 from . import io as _io
 from .accounting import BlockStats
-from .driver import BlockDriver, ChildRole, Perm
+from .driver import BlockDriver, ChildRole, Limits, Perm
 from .errors import InvalidArgument, NodeNotFound, PermissionConflict
 from .options import OpenFlags
 
@@ -105,6 +105,7 @@ class BlockNode:
         self.refcount = 1
         self.closed = False
         self.total_bytes = 0
+        self.limits = Limits()                 # cached driver limits (refresh_limits)
         self.allow_write_beyond_eof = False    # image creation grows its file freely
         self.state = NodeState()
         self.stats = BlockStats()
@@ -163,6 +164,11 @@ class BlockNode:
         while node.driver.is_filter and node.data_child is not None:
             node = node.data_child
         return node
+
+    def refresh_limits(self) -> Limits:
+        """Ask the driver for its limits again (after open, reopen or a child change)."""
+        self.limits = self.driver.limits()
+        return self.limits
 
     # ---- children and permissions --------------------------------------------------------
     def attach_child(self, name: str, role: ChildRole, child: "BlockNode") -> Child:

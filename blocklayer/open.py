@@ -124,6 +124,7 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
         backing_opts = extract_prefix(options, "backing")
         backing_ref = options.pop("backing", _UNSET)
         await node.driver.open(_driver_options(options), flags)
+        node.refresh_limits()
         await node.refresh_total_bytes()
         await _open_backing(node, backing_opts, backing_ref, flags, chain)
     except BaseException:
@@ -184,6 +185,7 @@ async def _open_protocol(graph: BlockGraph, cls: type, filename: str | None,
     node = BlockNode(graph, cls, name=node_name, flags=flags, options=options, filename=name)
     try:
         await node.driver.open(options, flags)
+        node.refresh_limits()
         await node.refresh_total_bytes()
     except BaseException:
         node.closed = True

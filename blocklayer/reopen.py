@@ -54,6 +54,7 @@ class ReopenQueue:
         old_flags = {id(e.node): e.node.flags for e in self.entries}
         for entry in self.entries:
             await entry.node.driver.reopen_commit(entry.state)
+            entry.node.refresh_limits()
             if entry.read_only is not None:
                 entry.node.flags = entry.node.flags.with_(read_only=entry.read_only)
             entry.node.options.update(entry.options)
