@@ -187,9 +187,8 @@ class Qcow2Driver(WritePath, BlockDriver):
         if str(name).startswith("json:"):
             raise InvalidArgument("Could not open data file: json: names are not allowed "
                                   "in images")
-        from ...open import full_backing_filename, open_node
-        path = full_backing_filename(self.node.filename, str(name)) \
-            if not options.get("data-file") else str(name)
+        from ...open import open_node
+        path = str(name)             # QEMU 7.2: relative to the working directory
         dflags = flags.with_(copy_on_read=False, detect_zeroes="off")
         node = await open_node(self.node.graph, path, {"driver": "file"}, flags=dflags,
                                role=ChildRole.DATA)
