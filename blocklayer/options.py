@@ -51,6 +51,7 @@ class OpenFlags:
     detect_zeroes: str = "off"            # off | on | unmap
     allow_external_files: bool = True     # may follow backing/data-file names in images
     resize: bool = False                  # the user will resize (takes the resize perm)
+    check: bool = False                   # opened by ``check``: no automatic repair on open
 
     def with_(self, **changes: Any) -> "OpenFlags":
         return replace(self, **changes)

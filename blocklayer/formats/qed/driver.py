@@ -148,7 +148,7 @@ class QedDriver(BlockDriver):
                 autoclear_features=header.autoclear_features & L.AUTOCLEAR_FEATURE_MASK)
             await self.img.write_header()
             await file.flush()
-        if header.has(L.F_NEED_CHECK):
+        if header.has(L.F_NEED_CHECK) and not flags.check:
             # not closed cleanly: repair what can be, and clear the bit if nothing is left
             await check_image(self.img, fix=True)
 
