@@ -33,6 +33,9 @@ class DriverConformance:
         """Keyword arguments for open_image (``fmt=...`` or ``options=...``)."""
         raise NotImplementedError
 
+    def verify(self, filename: str) -> None:
+        """After each test: an outside check of the image (QEMU's ``check``)."""
+
     async def open(self, filename: str, **kw: Any) -> BlockNode:
         args = self.open_args(filename)
         return await open_image(args.pop("filename", filename), **args, **kw)
@@ -47,6 +50,7 @@ class DriverConformance:
             finally:
                 await node.close()
         asyncio.run(main())
+        self.verify(filename)
 
     # ---- the checks --------------------------------------------------------------------
     def test_length_and_fresh_reads_are_zero(self, tmp_path: Path) -> None:
@@ -99,6 +103,7 @@ class DriverConformance:
                 assert data[:65536] == bytes(65536)
             await node.close()
         asyncio.run(main())
+        self.verify(filename)
 
     def test_out_of_range_and_read_only(self, tmp_path: Path) -> None:
         filename = self.make(tmp_path)
