@@ -87,3 +87,37 @@ def qemu_info(path: Path) -> dict[str, Any]:
     data = json.loads(out.stdout)
     data.pop("filename", None)
     return data
+
+
+def _data_extents(path: Path) -> list[tuple[int, int]]:
+    import os
+    out = []
+    with open(path, "rb") as f:
+        fd, size, pos = f.fileno(), os.fstat(f.fileno()).st_size, 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            out.append((start, end))
+            pos = end
+    return out
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Byte equality of two (possibly huge, sparse) files, reading only their data."""
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    regions = sorted(set(_data_extents(a)) | set(_data_extents(b)))
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        for start, end in regions:
+            pos = start
+            while pos < end:
+                n = min(end - pos, 1 << 22)
+                fa.seek(pos)
+                fb.seek(pos)
+                if fa.read(n) != fb.read(n):
+                    return False
+                pos += n
+    return True

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from .driver import Qcow2Driver
 
 V3_SUFFIX = "(use version=v3 or greater)"
+#: qemu-img 7.2 writes the feature name table only into clusters this big [obs]
+FEATURE_TABLE_MIN_CLUSTER = 8192
 
 
 def _version(compat: Any) -> int:
@@ -130,7 +132,7 @@ async def create_qcow2(cls: type["Qcow2Driver"], filename: str, options: dict[st
                                  "refcount table", errno.EIO)
             if options.get("data_file"):
                 drv.header.data_file = str(options["data_file"])
-            if h.version >= 3:
+            if h.version >= 3 and cs >= FEATURE_TABLE_MIN_CLUSTER:
                 drv.header.feature_table = list(L.QEMU_FEATURE_TABLE)
                 drv.header.has_feature_table = True
             await drv.update_header()
