@@ -1,0 +1,4 @@
+"""``python3 -m blocklayer.tools.io``"""
+from .main import main
+
+main()
