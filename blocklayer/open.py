@@ -206,7 +206,8 @@ async def _open_file_child(graph: BlockGraph, filename: str | None, options: dic
     if driver is None:
         raise InvalidArgument("A block device must be specified for \"file\"")
     file_opts["driver"] = driver
-    file_flags = flags.with_(copy_on_read=False, detect_zeroes="off")
+    # QEMU: lower layers default to discard=unmap; the format decides what to pass down
+    file_flags = flags.with_(copy_on_read=False, detect_zeroes="off", discard_unmap=True)
     return await open_node(graph, fname, file_opts, flags=file_flags, role=ChildRole.FILE)
 
 

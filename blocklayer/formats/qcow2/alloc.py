@@ -597,6 +597,7 @@ class WritePath:
                     await self.write_l1_entry(i)
                     await self.free_clusters(off, cs, Discard.ALWAYS)
             await self.l2_cache.write_back()
+            await self.refcounts.shrink_table()
             await self.rb_cache.write_back()
             await self.file.flush()
             if not self.header.has_data_file:

@@ -27,6 +27,9 @@ from .cache import MetadataCache, cache_sizes
 from .compress import decompress
 from .mapping import SC, Geometry, Mapping
 from .refcount import Discard, Refcounts, block_dtype
+from .bitmap import BitmapMethods, load as load_bitmaps, open_writable as bitmaps_writable
+from .check import CheckMethods
+from .snapshot import SnapshotMethods, load as load_snapshots
 
 DISCARD_OPTIONS = {"pass-discard-request": Discard.REQUEST,
                    "pass-discard-snapshot": Discard.SNAPSHOT,
@@ -43,7 +46,7 @@ def nested() -> Iterator[None]:
         _io.REQUEST_DEPTH.reset(token)
 
 
-class Qcow2Driver(WritePath, BlockDriver):
+class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, WritePath, BlockDriver):
     format_name = "qcow2"
     is_format = True
     supports_backing = True
@@ -113,7 +116,7 @@ class Qcow2Driver(WritePath, BlockDriver):
             cb = struct.unpack_from(">I", head, 20)[0]
             if L.MIN_CLUSTER_BITS <= cb <= L.MAX_CLUSTER_BITS:
                 head = await file.read(0, 1 << cb)
-        h = L.parse_header(head, writable=writable)
+        h = L.parse_header(head, writable=writable and not flags.check)
         L.validate_bitmaps_ext(h)
         self.header = h
         self.geo = geo = Geometry(h)
@@ -152,6 +155,8 @@ class Qcow2Driver(WritePath, BlockDriver):
                                       "qemu 1.1 compatibility level")
         self.metadata_prealloc: bool | None = None
         self.bitmap_info: list[dict[str, object]] | None = None
+        await load_snapshots(self)
+        await load_bitmaps(self)
         self.data_node = file
         await self._open_data_file(options, flags)
         if writable:
@@ -189,7 +194,7 @@ class Qcow2Driver(WritePath, BlockDriver):
                                   "in images")
         from ...open import open_node
         path = str(name)             # QEMU 7.2: relative to the working directory
-        dflags = flags.with_(copy_on_read=False, detect_zeroes="off")
+        dflags = flags.with_(copy_on_read=False, detect_zeroes="off", discard_unmap=True)
         node = await open_node(self.node.graph, path, {"driver": "file"}, flags=dflags,
                                role=ChildRole.DATA)
         try:
@@ -202,7 +207,7 @@ class Qcow2Driver(WritePath, BlockDriver):
     async def _open_writable(self) -> None:
         h = self.header
         update = False
-        if h.incompatible_features & L.INCOMPAT_DIRTY:
+        if h.incompatible_features & L.INCOMPAT_DIRTY and not self.flags.check:
             from .repair import rebuild_refcounts
             await rebuild_refcounts(self)
             h.incompatible_features &= ~L.INCOMPAT_DIRTY
@@ -210,11 +215,10 @@ class Qcow2Driver(WritePath, BlockDriver):
         if h.autoclear_features & ~L.AUTOCLEAR_MASK:
             h.autoclear_features &= L.AUTOCLEAR_MASK
             update = True
-        if h.autoclear_features & L.AUTOCLEAR_BITMAPS:
-            # we do not track writes in persistent bitmaps: mark them inconsistent,
-            # as a program without bitmap support must
-            h.autoclear_features &= ~L.AUTOCLEAR_BITMAPS
+        if h.bitmaps is not None and not h.autoclear_features & L.AUTOCLEAR_BITMAPS:
+            h.bitmaps = None            # disowned by a program without bitmap support
             update = True
+        await bitmaps_writable(self)    # loaded bitmaps become in-use on disk
         if self.lazy_refcounts != h.lazy_refcounts:
             h.compatible_features ^= L.COMPAT_LAZY_REFCOUNTS
             update = True
@@ -226,6 +230,7 @@ class Qcow2Driver(WritePath, BlockDriver):
         if not hasattr(self, "header") or self.node.read_only:
             return
         with nested():
+            await self.store_bitmaps()
             await self.flush_caches()
             if self.header.incompatible_features & L.INCOMPAT_DIRTY:
                 self.header.incompatible_features &= ~L.INCOMPAT_DIRTY

@@ -373,6 +373,43 @@ class Refcounts:
         self.table_offset, self.table = table_off, new_table
         await self.free_clusters(old_off, old_clusters * cs, Discard.OTHER)
 
+    async def shrink_table(self) -> None:
+        """Drop refcount blocks that count nothing but themselves (after a shrink)."""
+        unused: list[int] = []
+        for i, off in enumerate(self.table.tolist()):
+            if not off:
+                continue
+            entry = await self.cache.get(off)
+            try:
+                counts = self._get_range(entry.table, 0, self.block_entries)
+            finally:
+                self.cache.put(entry)
+            own = off >> self.cluster_bits
+            if own >> self.block_bits == i:
+                counts[own & (self.block_entries - 1)] = 0
+            if not counts.any():
+                unused.append(i)
+        if not unused:
+            return
+        new_table = self.table.copy()
+        new_table[unused] = 0
+        await self.cache.write_back()
+        await self.file.write(self.table_offset, new_table.astype(">u8").tobytes())
+        await self.file.flush()
+        old_table, self.table = self.table, new_table
+        for i in unused:
+            off = int(old_table[i])
+            if (off >> self.cluster_bits) >> self.block_bits == i:
+                # it counted only itself: nothing else to update
+                self.cache.discard(off)
+                self.free_cluster_index = min(self.free_cluster_index,
+                                              off >> self.cluster_bits)
+                if self.discard_passthrough[Discard.ALWAYS]:
+                    self.pending_discards.append([off, off + self.cluster_size])
+            else:
+                await self.free_clusters(off, self.cluster_size, Discard.ALWAYS)
+        await self.process_discards()
+
     # ---- rebuild --------------------------------------------------------------------------
     async def rebuild(self, expected: np.ndarray) -> None:
         """Replace the refcount structures with new ones holding ``expected`` (the
