@@ -181,3 +181,41 @@ def test_qcow2_info(tmp_path):
 def test_no_file_interactive(tmp_path):
     q, b = both(tmp_path, [], stdin="length\nopen -o driver=raw img.raw\nlength\nhelp close\n")
     assert_same(q, b)
+
+
+def test_stdout_stderr_interleave_like_c(tmp_path):
+    """Piped together, stdout is block-buffered as in C: the error line comes first."""
+    import subprocess
+    from .conftest import ROOT, blocklayer_io_cmd, make_image, normalize
+    make_image(tmp_path, bytes(1 << 20))
+    args = R + c("length", "foo", "write 0 1", "length") + ["img.raw"]
+    outs = []
+    for cmd in (["qemu-io"], blocklayer_io_cmd()):
+        p = subprocess.run(cmd + args, cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True,
+                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                                "PYTHONUNBUFFERED": "1"})
+        outs.append(normalize(p.stdout))
+    assert outs[1] == outs[0]
+
+
+def test_copy_on_read_from_backing(tmp_path):
+    """-C copies what reads fetch from the backing file into the overlay."""
+    import shutil
+    import subprocess
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed")
+    for d in ("qemu", "ours"):
+        (tmp_path / d).mkdir()
+        base, top = tmp_path / d / "base.qcow2", tmp_path / d / "top.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1M"], check=True)
+        subprocess.run(["qemu-io", "-c", "write -P 7 0 128k", str(base)], check=True,
+                       capture_output=True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2",
+                        "-F", "qcow2", str(top)], check=True)
+    from .conftest import blocklayer_io_cmd, run_tool
+    args = ["-C"] + c("map", "read -P 7 0 64k", "map", "alloc 0 1M", "read -P 0 1020k 4k",
+                      "map") + ["top.qcow2"]
+    q = run_tool(["qemu-io"], tmp_path / "qemu", args, image="top.qcow2")
+    b = run_tool(blocklayer_io_cmd(), tmp_path / "ours", args, image="top.qcow2")
+    assert_same(q, b)

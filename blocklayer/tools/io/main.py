@@ -7,6 +7,7 @@ aio requests, closes the image and exits with 1 if any command failed.
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 from dataclasses import dataclass, field
 
@@ -170,7 +171,6 @@ async def _run_commands(session: Session, inv: Invocation) -> int:
             if not line:
                 break
             ret = await _one(session, line)
-            session.stdout.flush()
             if ret == QUIT:
                 break
             failed |= ret < 0
@@ -199,10 +199,22 @@ async def session_main(session: Session, inv: Invocation) -> int:
     return code
 
 
+def _c_stdout() -> io.TextIOBase:
+    """stdout buffered as C buffers it (by lines on a terminal, by blocks otherwise,
+    whatever PYTHONUNBUFFERED says), so stdout and stderr interleave as qemu-io's do."""
+    try:
+        if sys.stdout.isatty():
+            return sys.stdout                # type: ignore[return-value]
+        raw = open(sys.stdout.fileno(), "wb", buffering=4096, closefd=False)
+    except (AttributeError, OSError, ValueError):
+        return sys.stdout                    # type: ignore[return-value]
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``blocklayer-io`` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    session = Session(PROG)
+    session = Session(PROG, stdout=_c_stdout())  # type: ignore[arg-type]
     try:
         inv = parse_args(session, argv)
         code = asyncio.run(session_main(session, inv))
@@ -214,8 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         session.error(f"internal error: {type(exc).__name__}: {exc}")
         code = 1
     try:
-        sys.stdout.flush()
-    except BrokenPipeError:
+        session.stdout.flush()
+    except (BrokenPipeError, ValueError):
         pass
     raise SystemExit(code)
 

@@ -74,7 +74,7 @@ class Session:
         self.stdout.write(text)
 
     def raw_err(self, text: str) -> None:
-        self.stdout.flush()
+        # stdout stays buffered as in C: piped together, qemu-io's stderr comes first
         self.stderr.write(text if text.endswith("\n") else text + "\n")
         self.stderr.flush()
 
