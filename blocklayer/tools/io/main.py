@@ -12,9 +12,10 @@ import sys
 from dataclasses import dataclass, field
 
 from ... import __version__
-from ...errors import InvalidArgument
+from ...errors import BlockError, InvalidArgument, describe
 from ...options import split_keyval
 from . import cmd_aio, cmd_control, cmd_image, cmd_rw  # noqa: F401  (register commands)
+from .args import CommandError
 from .getopt import Getopt, GetoptError
 from .session import PROG, OpenRequest, Session, parse_aio, parse_cache, parse_discard
 from .table import QUIT, run
@@ -178,13 +179,12 @@ async def _run_commands(session: Session, inv: Invocation) -> int:
 
 
 async def _one(session: Session, line: str) -> int:
-    from .args import CommandError
     try:
         return await run(session, line)
     except CommandError as exc:
         return exc.code
-    except (OSError, ValueError, LookupError) as exc:   # a bug or an unexpected failure
-        session.error(f"{line.split()[0] if line.split() else line}: {exc}")
+    except (BlockError, OSError, ValueError, LookupError) as exc:   # unexpected failure
+        session.error(f"{line.split()[0] if line.split() else line}: {describe(exc)}")
         return -1
 
 
