@@ -332,6 +332,16 @@ async def create(drv: "Qcow2Driver", info: SnapshotInfo) -> None:
     if h.has_data_file:
         raise NotSupported("Snapshots are not supported with an external data file")
     await drv.flush_caches()
+    try:
+        await _create(drv, info)
+    except NotSupported:
+        raise
+    except BlockError as exc:       # QEMU reports only the errno here
+        raise BlockError(f"-{exc.errno} ({exc.strerror})", exc.errno) from None
+
+
+async def _create(drv: "Qcow2Driver", info: SnapshotInfo) -> None:
+    h = drv.header
     async with drv.lock:
         l1 = drv.mapping.l1
         sn = Snapshot(0, len(l1), _new_id(drv), info.name, info.vm_state_size,
