@@ -2,15 +2,20 @@
 in the order given, through the driver's bitmap methods (optional; a driver without
 them refuses cleanly):
 
-    async bitmap_list() -> list[dict]          # {"name", "granularity", "flags"} or objects
-    async bitmap_add(name, granularity: int | None, disabled: bool)
-    async bitmap_remove(name) / bitmap_clear(name) / bitmap_enable(name) / bitmap_disable(name)
-    async bitmap_merge(name, source_node, source_name)
+    bitmap_list() -> list[dict]                # {"name", "granularity", "flags", ...}
+    bitmap_add(name, granularity=None)         # persistent, enabled
+    bitmap_remove(name) / bitmap_clear(name)
+    bitmap_enable(name) / bitmap_disable(name)  or  bitmap_set_enabled(name, bool)
+    bitmap_find(name) -> handle                # a bitmap to merge from another image
+    bitmap_merge(name, source_name_or_handle)
+
+(each may be async or not).
 """
 from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import os
 from typing import TYPE_CHECKING
 
@@ -60,42 +65,69 @@ async def run(p, actions: list[tuple[str, str]], granularity: int | None) -> int
     graph = new_graph()
     node = await open_img(graph, filename, fmt=p.last("-f"), image_opts=p.has("--image-opts"),
                           read_only=False)
-    src = None
+    sources: dict[str, "BlockNode"] = {}
     try:
-        drv = node.driver
         for opt, value in actions:
             op = opt[2:]
-            method = getattr(drv, f"bitmap_{op}", None)
-            if method is None:
-                raise _unsupported(op, bitmap, node)
             try:
-                if op == "add":
-                    await method(bitmap, granularity, False)
-                elif op == "merge":
-                    source = node
-                    if p.has("-b"):
-                        if src is None:
-                            src = await open_img(graph, p.last("-b"), fmt=p.last("-F"),
-                                                 read_only=True)
-                        source = src
-                    await method(bitmap, source, value)
-                else:
-                    await method(bitmap)
+                await _apply(p, graph, node, op, bitmap, value, granularity, sources)
+            except _Unsupported:
+                raise _unsupported(op, bitmap, node) from None
             except BlockError as exc:
                 raise BlockError(f"Operation {op} on bitmap {bitmap} failed: {exc.message}",
                                  exc.errno) from None
         await node.flush()
     finally:
-        await close_all(node, src)
+        await close_all(node, *sources.values())
     return 0
+
+
+class _Unsupported(Exception):
+    pass
+
+
+async def _call(drv: object, name: str, *args: object, **kw: object) -> object:
+    method = getattr(drv, name, None)
+    if method is None:
+        raise _Unsupported(name)
+    result = method(*args, **kw)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+async def _apply(p, graph, node: "BlockNode", op: str, bitmap: str, value: str,  # type: ignore[no-untyped-def]
+                 granularity: int | None, sources: dict[str, "BlockNode"]) -> None:
+    drv = node.driver
+    if op == "add":
+        await _call(drv, "bitmap_add", bitmap, granularity=granularity)
+    elif op in ("enable", "disable"):
+        if hasattr(drv, f"bitmap_{op}"):
+            await _call(drv, f"bitmap_{op}", bitmap)
+        else:
+            await _call(drv, "bitmap_set_enabled", bitmap, op == "enable")
+    elif op == "merge":
+        source: object = value
+        if p.has("-b"):
+            src = sources.get("b")
+            if src is None:
+                src = sources["b"] = await open_img(graph, p.last("-b"), fmt=p.last("-F"),
+                                                    read_only=True)
+            source = await _call(src.driver, "bitmap_find", value)
+        await _call(drv, "bitmap_merge", bitmap, source)
+    else:
+        await _call(drv, f"bitmap_{op}", bitmap)
+
+
+async def list_bitmaps(node: "BlockNode") -> list[dict]:  # type: ignore[type-arg]
+    try:
+        return list(await _call(node.driver, "bitmap_list"))  # type: ignore[call-overload]
+    except _Unsupported:
+        return []
 
 
 async def copy_bitmap(src: "BlockNode", dst: "BlockNode", name: str) -> None:
     """``convert --bitmaps``: one bitmap, through the same optional methods."""
-    info = next((b for b in await src.driver.bitmap_list()  # type: ignore[attr-defined]
-                 if (b["name"] if isinstance(b, dict) else b.name) == name), None)
-    gran = None
-    if info is not None:
-        gran = info["granularity"] if isinstance(info, dict) else info.granularity
-    await dst.driver.bitmap_add(name, gran, False)  # type: ignore[attr-defined]
-    await dst.driver.bitmap_merge(name, src, name)  # type: ignore[attr-defined]
+    info = next((b for b in await list_bitmaps(src) if b["name"] == name), {})
+    await _call(dst.driver, "bitmap_add", name, granularity=info.get("granularity"))
+    await _call(dst.driver, "bitmap_merge", name, await _call(src.driver, "bitmap_find", name))

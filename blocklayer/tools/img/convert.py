@@ -472,15 +472,14 @@ async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
 
 async def _copy_bitmaps(src: "BlockNode", dst: "BlockNode", skip_broken: bool) -> None:
     """``--bitmaps``: copy persistent bitmaps through the drivers' optional bitmap API."""
-    drv, tdrv = src.driver, dst.driver
-    if not hasattr(tdrv, "bitmap_add"):
+    from . import bitmap as bitmap_cmd
+    if not hasattr(dst.driver, "bitmap_add"):
         raise InvalidArgument("Destination lacks bitmap support")
-    for bm in await drv.bitmap_list():   # type: ignore[attr-defined]
-        name = bm["name"] if isinstance(bm, dict) else bm.name
-        if (bm.get("in-use") if isinstance(bm, dict) else getattr(bm, "in_use", False)):
+    for bm in await bitmap_cmd.list_bitmaps(src):
+        name = bm["name"]
+        if bm.get("inconsistent") or "in-use" in bm.get("flags", ()):
             if skip_broken:
                 sys.stderr.write(f"{PROG}: warning: Skipping inconsistent bitmap '{name}'\n")
                 continue
             raise BlockError(f"Cannot copy inconsistent bitmap '{name}'")
-        from . import bitmap as bitmap_cmd
         await bitmap_cmd.copy_bitmap(src, dst, name)
