@@ -123,6 +123,7 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
         edge.perm, edge.shared = Perm.NONE, Perm.ALL
         backing_opts = extract_prefix(options, "backing")
         backing_ref = options.pop("backing", _UNSET)
+        _reject_unknown_options(cls, options, protocol=False)
         await node.driver.open(_driver_options(options), flags)
         node.refresh_limits()
         await node.refresh_total_bytes()
@@ -134,6 +135,23 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
 
 
 _UNSET = object()
+
+
+CHILD_PREFIXES = ("file", "backing", "data-file", "image")
+
+
+def _reject_unknown_options(cls: type, options: dict[str, Any], protocol: bool) -> None:
+    """QEMU's error for an option the driver does not know."""
+    known = set(cls.open_options) | {"x-probed", "filename"}
+    for key in options:
+        head = key.split(".", 1)[0]
+        if key in known or head in known or head in CHILD_PREFIXES:
+            continue
+        if protocol:
+            raise InvalidArgument(f"Block protocol '{cls.format_name}' doesn't support "
+                                  f"the option '{key}'")
+        raise InvalidArgument(f"Block format '{cls.format_name}' does not support "
+                              f"the option '{key}'")
 
 
 def _driver_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -184,6 +202,7 @@ async def _open_protocol(graph: BlockGraph, cls: type, filename: str | None,
         name = to_json_filename({"driver": cls.format_name, **options})
     node = BlockNode(graph, cls, name=node_name, flags=flags, options=options, filename=name)
     try:
+        _reject_unknown_options(cls, options, protocol=True)
         await node.driver.open(options, flags)
         node.refresh_limits()
         await node.refresh_total_bytes()

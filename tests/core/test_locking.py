@@ -104,3 +104,38 @@ def test_raw_writers_share_as_in_qemu(raw_image: Path) -> None:
         asyncio.run(main())
     finally:
         holder.close()
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "qed"])
+def test_blocklayer_io_and_qemu_io_refuse_each_others_writers(tmp_path: Path, fmt: str) -> None:
+    """The foundation issue's promise, tool against tool."""
+    from ..conftest import tool
+    path = tmp_path / f"img.{fmt}"
+    qemu_img("create", "-q", "-f", fmt, str(path), "1M")
+    holder = QemuIoHolder("-f", fmt, str(path))
+    try:
+        res = tool("io", "-f", fmt, "-c", "write 0 512", str(path))
+        assert res.returncode == 1
+        assert 'Failed to get "write" lock' in res.stderr and "Traceback" not in res.stderr
+        res = tool("io", "-r", "-U", "-f", fmt, "-c", "read 0 512", str(path))
+        assert res.returncode == 0, res.stderr
+    finally:
+        holder.close()
+    ours = subprocess.Popen([*tool_argv("io"), "-f", fmt, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert ours.stdin and ours.stdout
+        ours.stdin.write("length\n")
+        ours.stdin.flush()
+        assert "MiB" in ours.stdout.readline().replace("qemu-io> ", "")
+        res = qemu_io("-f", fmt, "-c", "write 0 512", str(path), check=False)
+        assert res.returncode == 1 and 'Failed to get "write" lock' in res.stderr
+        res = qemu_io("-r", "-U", "-f", fmt, "-c", "read 0 512", str(path), check=False)
+        assert res.returncode == 0, res.stderr
+    finally:
+        ours.communicate("quit\n", timeout=20)
+
+
+def tool_argv(name: str) -> list[str]:
+    import sys
+    return [sys.executable, "-m", f"blocklayer.tools.{name}"]

@@ -107,3 +107,13 @@ def test_block_file_works_with_copyfileobj(tmp_path: Path, raw_image: Path) -> N
         shutil.copyfileobj(src, dst)
     data = out.read_bytes()
     assert len(data) == 1 << 20 and data[4096:4101] == b"hello"
+
+
+def test_unknown_options_are_refused_as_qemu_does(raw_image: Path) -> None:
+    async def main() -> None:
+        with pytest.raises(InvalidArgument, match="Block format 'raw' does not support the option 'foo'"):
+            await open_image(None, {"driver": "raw", "file.filename": str(raw_image), "foo": "1"})
+        with pytest.raises(InvalidArgument, match="Block protocol 'file' doesn't support the option 'bar'"):
+            await open_image(None, {"driver": "raw", "file.filename": str(raw_image),
+                                    "file.bar": "1"})
+    asyncio.run(main())
