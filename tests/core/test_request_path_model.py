@@ -61,7 +61,7 @@ def _model_update(model: bytearray, kind: str, off: int, n: int, pat: int) -> No
             model[start:end] = bytes(end - start)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(ops=batches())
 def test_random_requests_match_model(tmp_path: Path, ops) -> None:
