@@ -104,6 +104,7 @@ class BlockNode:
         self.users: list[tuple[object, Perm, Perm]] = []   # holders outside the graph
         self.refcount = 1
         self.closed = False
+        self.closing = False
         self.total_bytes = 0
         self.limits = Limits()                 # cached driver limits (refresh_limits)
         self.allow_write_beyond_eof = False    # image creation grows its file freely
@@ -328,14 +329,21 @@ class BlockNode:
             await self.close()
 
     async def close(self) -> None:
-        """Close this node and release its children (they close when unreferenced)."""
-        if self.closed:
+        """Flush, close this node and release its children (they close when unreferenced)."""
+        if self.closed or self.closing:
             return
-        self.closed = True
+        self.closing = True
         try:
             await self.wait_idle()
+            if not self.read_only and not self.driver.is_protocol:
+                try:
+                    await self.flush()       # as QEMU's bdrv_close: data durable first
+                except Exception:
+                    pass                      # the driver's close reports what matters
+            self.closed = True
             await self.driver.close()
         finally:
+            self.closed = True
             self.graph.remove(self)
             for name in list(self.children):
                 edge = self.children.pop(name)

@@ -1,0 +1,43 @@
+"""Helpers shared by the benchmarks: timing a command, ratios, a results table."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def ours(tool: str) -> list[str]:
+    return [sys.executable, "-m", f"blocklayer.tools.{tool}"]
+
+
+def timed(argv: list[str], **kw: object) -> float:
+    """Seconds one command takes (it must succeed, or exit 0/3 for check with leaks)."""
+    start = time.perf_counter()
+    res = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, **kw)
+    took = time.perf_counter() - start
+    if res.returncode not in (0,):
+        raise SystemExit(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.decode()[-500:]}")
+    return took
+
+
+def table(rows: list[tuple[str, float, float]]) -> None:
+    print(f"| {'benchmark':44} | {'ours s':>8} | {'qemu s':>8} | {'ratio':>6} |")
+    print(f"|{'-' * 46}|{'-' * 10}|{'-' * 10}|{'-' * 8}|")
+    for name, mine, theirs in rows:
+        print(f"| {name:44} | {mine:8.2f} | {theirs:8.2f} | {mine / theirs:6.2f} |")
+    sys.stdout.flush()
+
+
+def half_allocated(path: str, fmt: str, size_gib: int, extra: list[str] | None = None) -> None:
+    """An image of ``size_gib`` GiB whose every other 64 MiB is written with data."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, *(extra or []), path,
+                    f"{size_gib}G"], check=True)
+    cmds = []
+    for i in range(0, size_gib * 16, 2):
+        cmds += ["-c", f"write -P {i % 250 + 1} {i * 64}M 64M"]
+    subprocess.run(["qemu-io", "-f", fmt, *cmds, path], check=True, stdout=subprocess.DEVNULL)
