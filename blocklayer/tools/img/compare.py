@@ -120,8 +120,9 @@ async def run(p) -> int:  # type: ignore[no-untyped-def]
                         return 1
                 off += chunk
                 progress.fraction(off, end)
-        progress.end()
         say("Images are identical.")
+        if progress.enabled:            # qemu-img ends compare's progress with a newline
+            print()
         return 0
     finally:
         await close_all(n1, n2)

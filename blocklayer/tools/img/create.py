@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 from blocklayer.errors import BlockError, InvalidArgument
@@ -70,12 +71,17 @@ async def create(filename: str, fmt: str, size: int | None, opts: dict[str, str]
     if backing_fmt is not None:
         raw_opts["backing_fmt"] = backing_fmt
     try:
+        if raw_opts.get("backing_file") and "backing_file" not in names:
+            raise InvalidArgument(f"Backing file not supported for file format '{fmt}'")
         normalized = normalize_create_options(fmt, raw_opts)
         backing = normalized.get("backing_file") or None
         backing_fmt = normalized.get("backing_fmt") or None
-        if backing and "backing_file" not in names:
-            raise InvalidArgument(f"Backing file not supported for file format '{fmt}'")
         if backing and not backing_fmt:
+            detected = await _probe_format(filename, backing)
+            if detected:        # qemu-img 7.2 ends this hint without a newline
+                sys.stderr.write(f"{PROG}: {filename}: Backing file specified without "
+                                 f"backing format\nDetected format of {detected}.")
+                return 1
             raise InvalidArgument("Backing file specified without backing format")
         if backing and not unsafe:
             bsize = await _backing_size(filename, backing, backing_fmt)
@@ -107,3 +113,17 @@ async def _backing_size(filename: str, backing: str, backing_fmt: str | None) ->
     finally:
         node.remove_user("user")
         await node.close()
+
+
+async def _probe_format(filename: str, backing: str) -> str | None:
+    """The format qemu-img names when it refuses a backing file without one."""
+    from blocklayer.open import full_backing_filename, open_image
+    try:
+        node = await open_image(full_backing_filename(filename, backing), read_only=True,
+                                graph=new_graph(), backing=False)
+    except BlockError:
+        return None
+    name = node.format_name
+    node.remove_user("user")
+    await node.close()
+    return name

@@ -60,16 +60,12 @@ async def run(p, action: str, name: str) -> int:  # type: ignore[no-untyped-def]
             except BlockError as exc:
                 raise _fail("apply", name, exc) from None
         elif action == "-d":
+            found = next((sn for sn in await drv.snapshot_list() if sn.id == name), None) \
+                or next((sn for sn in await drv.snapshot_list() if sn.name == name), None)
+            if found is None:
+                raise BlockError(f"Could not delete snapshot '{name}': snapshot not found")
             try:
-                try:
-                    await drv.snapshot_delete(name, None)
-                except BlockError as first:
-                    if isinstance(first, NotSupported):
-                        raise
-                    await drv.snapshot_delete(None, name)
-            except NotSupported as exc:     # nothing to find in a format without snapshots
-                raise BlockError(f"Could not delete snapshot '{name}': snapshot not found",
-                                 exc.errno) from None
+                await drv.snapshot_delete(found.id, found.name)
             except BlockError as exc:
                 raise _fail("delete", name, exc) from None
         if not read_only:
