@@ -28,6 +28,7 @@ from .compress import decompress
 from .mapping import SC, Geometry, Mapping
 from .refcount import Discard, Refcounts, block_dtype
 from .bitmap import BitmapMethods, load as load_bitmaps, open_writable as bitmaps_writable
+from .amend import AmendMethods
 from .check import CheckMethods
 from .snapshot import SnapshotMethods, load as load_snapshots
 
@@ -46,7 +47,8 @@ def nested() -> Iterator[None]:
         _io.REQUEST_DEPTH.reset(token)
 
 
-class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, WritePath, BlockDriver):
+class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, WritePath,
+                  BlockDriver):
     format_name = "qcow2"
     is_format = True
     supports_backing = True
