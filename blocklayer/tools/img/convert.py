@@ -375,6 +375,10 @@ def main(argv: list[str]) -> int:
         raise InvalidArgument("--target-is-zero requires use of -n flag")
     if p.has("--target-image-opts") and not p.has("-n"):
         raise InvalidArgument("--target-image-opts requires use of -n flag")
+    if p.has("-C") and p.has("--salvage"):
+        raise InvalidArgument("Cannot use copy offloading in salvaging mode")
+    if p.has("-C") and p.has("-c"):
+        raise InvalidArgument("Cannot enable copy offloading when -c is used")
     if p.has("-B") and not p.has("-F"):
         raise InvalidArgument("Use of backing file requires explicit backing format")
     if p.has("-B") and p.has("-n"):

@@ -43,7 +43,7 @@ async def run(p, action: str, name: str) -> int:  # type: ignore[no-untyped-def]
         elif action == "-c":
             now = time.time_ns()
             info = SnapshotInfo(id="", name=name, date_sec=now // 10**9,
-                                date_nsec=now % 10**9 // 1000 * 1000)
+                                date_nsec=now % 10**9 // 1000 * 1000, icount=0)
             try:
                 await drv.snapshot_create(info)
             except NotSupported as exc:     # qemu-img 7.2 prints the bare errno here

@@ -1,0 +1,49 @@
+"""The convert engine: cost follows allocated data, not virtual size; JSON progress;
+lean start-up."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .helpers import images_equal, ours, qimg, qio
+
+
+def _timed_convert(src: Path, dst: Path) -> float:
+    t0 = time.monotonic()
+    res = ours(["convert", "-O", "qcow2", src.name, dst.name], src.parent)
+    assert res.rc == 0, res.err
+    return time.monotonic() - t0
+
+
+def test_convert_cost_follows_allocation(tmp_path: Path) -> None:
+    for name, size in (("big.qcow2", "1T"), ("small.qcow2", "1G")):
+        assert qimg("create", "-q", "-f", "qcow2", name, size, cwd=tmp_path).returncode == 0
+        qio(tmp_path / name, "write -P 3 0 8M", "write -P 4 500M 8M")
+    big = _timed_convert(tmp_path / "big.qcow2", tmp_path / "obig.qcow2")
+    small = _timed_convert(tmp_path / "small.qcow2", tmp_path / "osmall.qcow2")
+    assert big < 3 * small + 1.0, (big, small)
+    images_equal(tmp_path / "big.qcow2", tmp_path / "obig.qcow2")
+    m = qimg("map", "--output=json", "obig.qcow2", cwd=tmp_path)
+    data = sum(e["length"] for e in json.loads(m.stdout) if e["data"])
+    assert data == 16 << 20
+
+
+def test_json_progress(tmp_path: Path) -> None:
+    qimg("create", "-q", "-f", "raw", "s.raw", "4M", cwd=tmp_path)
+    qio(tmp_path / "s.raw", "write -P 1 0 3M", fmt="raw")
+    res = ours(["convert", "--json-progress", "-f", "raw", "-O", "qcow2", "s.raw", "o.qcow2"],
+               tmp_path)
+    assert res.rc == 0, res.err
+    lines = [json.loads(x) for x in res.out.splitlines()]
+    assert lines[0]["progress"] == 0 and lines[-1] == {"progress": 100.0, "done": True}
+
+
+def test_startup_is_lean() -> None:
+    code = ("import sys, blocklayer.tools.img.main as m\n"
+            "bad = [n for n in ('asyncio', 'numpy', 'blocklayer.formats.qcow2.driver',"
+            " 'blocklayer.node') if n in sys.modules]\nprint(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
