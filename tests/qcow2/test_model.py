@@ -53,9 +53,10 @@ def test_random_ops_against_model(cfg: dict, batches: list) -> None:
             else:
                 off = off // cs * cs
                 n = cs
-                allocated, _ = await node.is_allocated(off, cs)
-                st_ = await node.block_status(off, cs)
-                if allocated and (st_.offset is not None or not st_.zero):
+                drv = node.driver
+                async with drv.lock:
+                    run_ = await drv.mapping.lookup(off, cs)
+                if run_.entry & 0x00FFFFFFFFFFFE00:
                     return                     # compression overwrites nothing
                 await node.write(off, bytes([pat]) * n, ReqFlag.COMPRESSED)
                 model[off:off + n] = bytes([pat]) * n
