@@ -47,3 +47,19 @@ def test_startup_is_lean() -> None:
             " 'blocklayer.node') if n in sys.modules]\nprint(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_locked_image_errors_match(tmp_path: Path) -> None:
+    from .helpers import assert_same
+    from tests.conftest import need
+    qimg("create", "-q", "-f", "qcow2", "lk.qcow2", "1M", cwd=tmp_path)
+    holder = subprocess.Popen([need("qemu-io"), "-c", "sleep 5000", "lk.qcow2"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.7)
+        for args in (["info", "lk.qcow2"], ["info", "-U", "lk.qcow2"],
+                     ["resize", "lk.qcow2", "2M"], ["check", "-r", "all", "lk.qcow2"]):
+            assert_same(args, tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
