@@ -247,3 +247,26 @@ def test_resize_grow_and_shrink(tmp_path: Path, opts: dict) -> None:
     model = bytearray(8 * MIB)
     apply_model(model, [("write", 0, kept, 1), ("write", 5 * MIB, 512, 3)])
     assert qemu_raw(img, tmp_path / "out.raw") == bytes(model)
+
+
+def test_reopen_read_write_and_back(tmp_path: Path) -> None:
+    from blocklayer.reopen import reopen_set_read_only
+    img = tmp_path / "img.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", str(img), str(SIZE))
+    qemu_io("-f", "qcow2", "-c", "write -P 5 0 1M", "-c", "abort", str(img), check=False)
+
+    async def go() -> None:
+        node = await open_qcow2(img, read_only=True)
+        try:
+            await reopen_set_read_only(node, False)
+            await our_ops(node, [("write", 2 * MIB, 70000, 6)])
+            await reopen_set_read_only(node, True)
+            assert not json.loads(qemu_img("info", "-U", "--output=json",
+                                           str(img)).stdout)["dirty-flag"]
+        finally:
+            await node.close()
+    run(go())
+    assert_clean(img)
+    model = bytearray(SIZE)
+    apply_model(model, [("write", 0, MIB, 5), ("write", 2 * MIB, 70000, 6)])
+    assert qemu_raw(img, tmp_path / "out.raw") == bytes(model)

@@ -178,6 +178,8 @@ class WritePath:
     # ---- write ----------------------------------------------------------------------------
     async def write(self: "Qcow2Driver", offset: int, data: bytes | bytearray | memoryview,
                     flags: ReqFlag) -> None:
+        if self.reopened_rw:
+            await self.finish_reopen_rw()
         if flags & ReqFlag.COMPRESSED:
             await self.write_compressed(offset, data)
             return
@@ -396,6 +398,8 @@ class WritePath:
     # ---- write zeroes -----------------------------------------------------------------------
     async def write_zeroes(self: "Qcow2Driver", offset: int, length: int,
                            flags: ReqFlag) -> None:
+        if self.reopened_rw:
+            await self.finish_reopen_rw()
         size = self.header.size
         scs = self.geo.subcluster_size
         head = offset % scs
@@ -522,6 +526,8 @@ class WritePath:
 
     # ---- discard ----------------------------------------------------------------------------
     async def discard(self: "Qcow2Driver", offset: int, length: int) -> None:
+        if self.reopened_rw:
+            await self.finish_reopen_rw()
         cs = self.cluster_size
         if (offset | length) % cs:
             if offset % cs or offset + length != self.header.size:
@@ -560,6 +566,8 @@ class WritePath:
 
     # ---- resize ------------------------------------------------------------------------------
     async def truncate(self: "Qcow2Driver", size: int, exact: bool, prealloc: Prealloc) -> None:
+        if self.reopened_rw:
+            await self.finish_reopen_rw()
         h = self.header
         if h.nb_snapshots:
             raise NotSupported("Can't resize an image which has snapshots")
@@ -684,6 +692,44 @@ class WritePath:
             await self._mark_dirty()
             await self._allocate(plan)
         return plan
+
+    # ---- reopen -------------------------------------------------------------------------
+    reopened_rw = False
+
+    async def reopen_prepare(self: "Qcow2Driver", options: dict, read_only: bool) -> object:
+        if read_only and not self.node.read_only:
+            from .driver import nested
+            with nested():                   # become clean while the file is writable
+                await self.flush_caches()
+                if self.header.incompatible_features & L.INCOMPAT_DIRTY:
+                    await self.set_incompatible(self.header.incompatible_features
+                                                & ~L.INCOMPAT_DIRTY)
+        if not read_only and self.node.read_only \
+                and self.header.incompatible_features & L.INCOMPAT_CORRUPT:
+            raise BlockError("qcow2: Image is corrupt; cannot be opened read/write",
+                             errno.EACCES)
+        return not read_only and self.node.read_only
+
+    async def reopen_commit(self: "Qcow2Driver", state: object) -> None:
+        # the file child becomes writable only after this: finish on the first change
+        self.reopened_rw = bool(state)
+
+    async def finish_reopen_rw(self: "Qcow2Driver") -> None:
+        """What a read-write open does (repair a dirty image, clear unknown autoclear
+        bits), done when a node reopened read-write first changes."""
+        async with self.reopen_lock:
+            if self.reopened_rw:
+                from .driver import nested
+                with nested():
+                    await self._open_writable()
+                self.reopened_rw = False
+
+    @property
+    def reopen_lock(self: "Qcow2Driver") -> asyncio.Lock:
+        lock = self.__dict__.get("_reopen_lock")
+        if lock is None:
+            lock = self.__dict__["_reopen_lock"] = asyncio.Lock()
+        return lock
 
     # ---- backing file and emptying -----------------------------------------------------
     async def change_backing_file(self: "Qcow2Driver", backing_file: str | None,
