@@ -182,6 +182,11 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
         if existing is not None:
             self.data_node = existing
             return
+        ref = options.get("data-file")
+        if isinstance(ref, str) and ref in self.node.graph.nodes:     # a node name
+            self.data_node = self.node.graph.find(ref).ref()
+            self.node.attach_child("data-file", ChildRole.DATA, self.data_node)
+            return
         if flags.no_io:
             self.data_node = None        # metadata only: never open it
             return
@@ -309,16 +314,17 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
         return self.header.size
 
     def has_zero_init(self) -> bool:
-        if self.header.has_data_file and not self.header.data_file_raw:
+        """QEMU's rule: an image without any L2 table reads as zeroes; a preallocated
+        one only if its data file does."""
+        preallocated = len(self.mapping.l1) > 0 and int(self.mapping.l1[0]) != 0
+        if not preallocated:
             return True
-        if self.header.data_file_raw:
-            return self.data_node is not None and self.data_node.driver.has_zero_init()
-        return self.file.driver.has_zero_init()
+        if self.header.crypt_method or self.data_node is None:
+            return False
+        return self.data_node.driver.has_zero_init()
 
     def get_info(self) -> DriverInfo:
         h = self.header
-        vm_state = h.l1_size_for_vm if hasattr(h, "l1_size_for_vm") else 0
-        del vm_state
         l1_vm = L.size_to_l1(h.size, h.cluster_bits, h.l2_entries)
         return DriverInfo(cluster_size=self.cluster_size,
                           vm_state_offset=l1_vm << (h.cluster_bits + self.geo.l2_bits),
