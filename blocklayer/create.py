@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import registry
-from .driver import Perm
+from .driver import CreateOption, Perm
 from .errors import InvalidArgument
 from .node import BlockGraph, BlockNode
 from .options import OpenFlags, parse_bool, parse_size
@@ -14,10 +14,20 @@ def create_option_names(fmt: str) -> list[str]:
     return [o.name for o in registry.get_driver(fmt).create_options]
 
 
+def all_create_options(fmt: str, protocol: str = "file") -> list[CreateOption]:
+    """A format's create options, then its protocol's that it does not have itself
+    (QEMU appends the protocol driver's list to the format driver's)."""
+    cls = registry.get_driver(fmt)
+    opts = list(cls.create_options)
+    if not cls.is_protocol:
+        names = {o.name for o in opts}
+        opts += [o for o in registry.get_driver(protocol).create_options if o.name not in names]
+    return opts
+
+
 def normalize_create_options(fmt: str, options: dict[str, Any]) -> dict[str, Any]:
     """Check ``-o`` options against the driver's list and convert their types."""
-    cls = registry.get_driver(fmt)
-    known = {o.name: o for o in cls.create_options}
+    known = {o.name: o for o in all_create_options(fmt)}
     out: dict[str, Any] = {}
     for key, value in options.items():
         opt = known.get(key)

@@ -22,12 +22,10 @@ class RawDriver(BlockDriver):
     can_fua = True
     can_truncate = True
     open_options = ("offset", "size")
+    # the format's own create option; preallocation, nocow and extent_size_hint are the
+    # file protocol's (QEMU appends the protocol's list to the format's)
     create_options = (
         CreateOption("size", "size", "Virtual disk size"),
-        CreateOption("preallocation", "string",
-                     "Preallocation mode (allowed values: off, falloc, full)"),
-        CreateOption("nocow", "bool", "Turn off copy-on-write (valid only on btrfs)"),
-        CreateOption("extent_size_hint", "size", "Extent size hint for the image file, 0 to disable"),
     )   # no defaults: qemu-img's "Formatting" line shows only what was set
 
     offset = 0

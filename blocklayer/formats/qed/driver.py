@@ -71,10 +71,9 @@ class QedDriver(BlockDriver):
         CreateOption("cluster_size", "size", "Cluster size (in bytes)", L.DEFAULT_CLUSTER_SIZE),
         CreateOption("table_size", "size", "L1/L2 table size (in clusters)",
                      L.DEFAULT_TABLE_SIZE),
-        CreateOption("preallocation", "string",
-                     "Preallocation mode of the protocol file (allowed values: off, falloc, "
-                     "full); it stays empty until written", "off"),
     )
+    #: qemu-img's Formatting line shows only cluster_size's default
+    create_defaults_shown = ("cluster_size",)
 
     img: QedImage
     backing_name: str | None = None

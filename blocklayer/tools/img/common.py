@@ -161,6 +161,8 @@ def print_create_options_help(fmt: str, with_header: str = "Supported options:",
     from blocklayer import registry
     cls = registry.get_driver(fmt)
     options = {o.name: o for o in cls.create_options}
+    if protocol_of is None and with_header == "Supported options:" and not cls.is_protocol:
+        with_header = f"Supported {fmt} options:"
     if protocol_of is not None and cls.is_format:
         try:
             proto = registry.get_driver(registry.protocol_for(protocol_of))
@@ -172,6 +174,9 @@ def print_create_options_help(fmt: str, with_header: str = "Supported options:",
     for opt in sorted(options.values(), key=lambda o: o.name):
         head = f"{opt.name}=<{OPT_TYPE_NAMES.get(opt.type, opt.type)}>"
         print(f"  {head:<22} - {opt.help}")
+    if protocol_of is None and not cls.is_protocol:
+        print("\nThe protocol level may support further options.\n"
+              "Specify the target filename to include those options.")
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,16 +15,17 @@ def main(argv: list[str]) -> int:
     p = parse(argv, "F:b:f:ho:qu", ["object="])
     fmt = p.last("-f", default="raw") or "raw"
     opts, want_help = parse_o_options(p.all("-o"))
+    if want_help:
+        filename = p.args[0] if p.args else None
+        _check_format(fmt, filename or "")
+        print_create_options_help(fmt, protocol_of=filename)
+        return 0
     if not p.args:
         raise UsageError("Expecting image file name")
     filename = p.args[0]
     size = parse_img_size(p.args[1], PROG) if len(p.args) > 1 else None
     if len(p.args) > 2:
         raise UsageError(f"Unexpected argument: {p.args[2]}")
-    if want_help:
-        _check_format(fmt, filename)
-        print_create_options_help(fmt, protocol_of=filename)
-        return 0
     backing = p.last("-b")
     backing_fmt = p.last("-F")
     return asyncio.run(create(filename, fmt, size, opts, backing, backing_fmt,
@@ -43,8 +44,12 @@ def format_line(filename: str, fmt: str, cls: type, options: dict[str, Any]) -> 
     """``Formatting 'f', fmt=F opt=value ...``: the driver's options, in its declared
     order, that are set or have a default."""
     parts = [f"Formatting '{filename}', fmt={fmt}"]
+    from blocklayer.create import all_create_options
     shown = getattr(cls, "create_defaults_shown", None)
-    for opt in cls.create_options:
+    own = {o.name for o in cls.create_options}
+    for opt in all_create_options(fmt):
+        if opt.name not in own and opt.name not in options:
+            continue
         default = opt.default if shown is None or opt.name in shown else None
         value = options.get(opt.name, default)
         if value is None:
