@@ -345,6 +345,9 @@ class BlockDriver:
 
     # ---- image management ----------------------------------------------------------
     async def check(self, mode: CheckMode) -> CheckResult:
+        """Check (and with ``mode`` repair) the image.  A check that cannot complete
+        raises :class:`BlockError`, with the lines found so far in ``check_messages``.
+        The node was opened with ``OpenFlags.check``: no repair happened on open."""
         raise NotSupported("This image format does not support checks")
 
     async def amend(self, options: dict[str, Any], force: bool) -> None:

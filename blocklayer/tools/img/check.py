@@ -79,7 +79,9 @@ async def _check(node: Any, mode: Any) -> "CheckResult":
     except NotSupported:
         raise CommandError("This image format does not support checks", 63) from None
     except BlockError as exc:
-        raise CommandError(f"Check failed: {exc.message}", 1) from None
+        for msg in getattr(exc, "check_messages", ()):
+            sys.stderr.write(msg.rstrip("\n") + "\n")
+        raise CommandError(f"Check failed: {exc.strerror}", 1) from None
     for msg in result.messages:
         sys.stderr.write(msg.rstrip("\n") + "\n")
     return result
@@ -90,7 +92,7 @@ async def run(filename: str, fmt: str | None, out: str, mode: Any, quiet: bool,
     from blocklayer.driver import CheckMode
     node = await open_img(new_graph(), filename, fmt=fmt, image_opts=image_opts,
                           read_only=mode == CheckMode.NONE, force_share=force_share,
-                          cache=cache, src_cache=True, backing=False)
+                          cache=cache, src_cache=True, backing=False, check=True)
     try:
         result = await _check(node, mode)
         if result.corruptions_fixed or result.leaks_fixed:

@@ -60,8 +60,8 @@ async def run(p, action: str, name: str) -> int:  # type: ignore[no-untyped-def]
             except BlockError as exc:
                 raise _fail("apply", name, exc) from None
         elif action == "-d":
-            found = next((sn for sn in await drv.snapshot_list() if sn.id == name), None) \
-                or next((sn for sn in await drv.snapshot_list() if sn.name == name), None)
+            # qemu-img deletes by name only (bdrv_snapshot_delete(bs, NULL, name))
+            found = next((sn for sn in await drv.snapshot_list() if sn.name == name), None)
             if found is None:
                 raise BlockError(f"Could not delete snapshot '{name}': snapshot not found")
             try:
