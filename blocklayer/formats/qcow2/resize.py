@@ -1,0 +1,221 @@
+"""Resizing (grow with optional preallocation, shrink as ``qemu-img resize --shrink``),
+reopening between read-only and read-write, the backing file name and emptying."""
+from __future__ import annotations
+
+import asyncio
+import errno
+import struct
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ...driver import Prealloc
+from ...errors import BlockError, InvalidArgument, NotSupported
+from . import layout as L
+from .mapping import CT, L1E_OFFSET_MASK, L2_BITMAP_ALL_ALLOC
+from .refcount import Discard
+
+if TYPE_CHECKING:
+    from .alloc import _Cluster
+    from .driver import Qcow2Driver
+
+
+class ResizePath:
+    """Mixed into :class:`~.driver.Qcow2Driver` (through :class:`~.alloc.WritePath`)."""
+
+    # ---- resize ------------------------------------------------------------------------------
+    async def truncate(self: "Qcow2Driver", size: int, exact: bool, prealloc: Prealloc) -> None:
+        if self.reopened_rw:
+            await self.finish_reopen_rw()
+        h = self.header
+        if h.nb_snapshots:
+            raise NotSupported("Can't resize an image which has snapshots")
+        if size % 512:
+            raise InvalidArgument("The new size must be a multiple of 512")
+        old = h.size
+        if size < old:
+            if prealloc is not Prealloc.OFF:
+                raise InvalidArgument("Preallocation can't be used for shrinking an image")
+            await self._shrink(size)
+        elif size > old:
+            await self.grow_l1(self.geo.l1_size_for(size))
+            if prealloc is not Prealloc.OFF:
+                await self.preallocate(old, size, prealloc)
+            elif h.has_data_file and self.data_node is not None \
+                    and self.data_node.total_bytes < size:
+                await self.data_node.truncate(size, exact, prealloc)
+        async with self.lock:
+            await self.file.write(24, struct.pack(">Q", size))
+            await self.file.flush()
+            h.size = size
+        self.metadata_prealloc = None
+
+    async def _shrink(self: "Qcow2Driver", size: int) -> None:
+        cs = self.cluster_size
+        start = -(-size // cs) * cs
+        await self.discard_clusters(start, self.header.size, Discard.ALWAYS, full=True)
+        async with self.lock:
+            new_l1 = self.geo.l1_size_for(size)
+            l1 = self.mapping.l1
+            for i in range(len(l1) - 1, new_l1 - 1, -1):
+                off = int(l1[i]) & L1E_OFFSET_MASK
+                if off:
+                    l1[i] = 0
+                    await self.write_l1_entry(i)
+                    await self.free_clusters(off, cs, Discard.ALWAYS)
+            await self.l2_cache.write_back()
+            await self.refcounts.shrink_table()
+            await self.rb_cache.write_back()
+            await self.file.flush()
+            if not self.header.has_data_file:
+                end = -(-self.file.total_bytes // cs)
+                last = await self._last_used_cluster(end)
+                if (last + 1) * cs < self.file.total_bytes:
+                    await self.file.truncate((last + 1) * cs)
+        if self.header.data_file_raw and self.data_node is not None:
+            await self.data_node.truncate(size)
+
+    async def _last_used_cluster(self: "Qcow2Driver", end: int) -> int:
+        i = end - 1
+        while i > 0:
+            first = max(0, i - (i & (self.refcounts.block_entries - 1)))
+            counts = await self.refcounts.get_run(first, i - first + 1)
+            nz = np.flatnonzero(counts)
+            if nz.size:
+                return first + int(nz[-1])
+            i = first - 1
+        return 0
+
+    async def grow_l1(self: "Qcow2Driver", new_size: int) -> None:
+        """Move the L1 table to a bigger one of exactly ``new_size`` entries."""
+        if new_size <= len(self.mapping.l1):
+            return
+        if new_size * 8 > L.MAX_L1_SIZE:
+            raise BlockError("Image is too big", errno.EFBIG)
+        async with self.lock:
+            old_off, old_size = self.header.l1_table_offset, len(self.mapping.l1)
+            table = np.zeros(new_size, np.uint64)
+            table[:old_size] = self.mapping.l1
+            new_off = await self.refcounts.alloc_clusters(new_size * 8)
+            await self.rb_cache.flush()
+            await self.file.write(new_off, table.astype(">u8").tobytes())
+            await self.file.flush()
+            await self.write_header_l1(new_off, new_size)
+            self.mapping.l1 = table
+            if old_size:
+                await self.free_clusters(old_off, old_size * 8, Discard.OTHER)
+
+    async def preallocate(self: "Qcow2Driver", start: int, end: int, mode: Prealloc) -> None:
+        """Allocate clusters for ``[start, end)`` without writing data (QEMU's
+        preallocate_co), then grow the file to hold them."""
+        cs = self.cluster_size
+        last_host = 0
+        pos = start
+        while pos < end:
+            stop = min(end, self._table_end(pos))
+            async with self.lock:
+                plan = await self._plan_prealloc(pos, stop)
+                if plan:
+                    await self._link_l2(pos, plan)
+                    last_host = max(last_host, max(c.host for c in plan) + cs)
+            pos = stop
+        async with self.lock:
+            await self.l2_cache.write_back()
+            await self.rb_cache.write_back()
+        target = self.data_node if self.header.has_data_file else self.file
+        if target is None:
+            return
+        if self.header.has_data_file:
+            last_host = max(last_host, end)
+        if last_host > target.total_bytes:
+            fmode = Prealloc.OFF if mode is Prealloc.METADATA else mode
+            await target.truncate(last_host, False, fmode)
+
+    async def _plan_prealloc(self: "Qcow2Driver", pos: int, stop: int) -> list[_Cluster]:
+        cs, geo = self.cluster_size, self.geo
+        l2_off = await self.l2_for_write(pos)
+        entry = await self.l2_cache.get(l2_off)
+        plan: list[_Cluster] = []
+        try:
+            p = pos - pos % cs
+            while p < stop:
+                idx = geo.l2_index(p)
+                e, b = self._read_entry(entry, idx)
+                if geo.cluster_type(e) in (CT.UNALLOCATED, CT.ZERO_PLAIN):
+                    from .alloc import _Cluster
+                    plan.append(_Cluster(idx, p, 0, cs, e, b, alloc=True,
+                                         new_bitmap=L2_BITMAP_ALL_ALLOC))
+                p += cs
+        finally:
+            self.l2_cache.put(entry)
+        if plan:
+            await self._mark_dirty()
+            await self._allocate(plan)
+        return plan
+
+    # ---- reopen -------------------------------------------------------------------------
+    reopened_rw = False
+
+    async def reopen_prepare(self: "Qcow2Driver", options: dict, read_only: bool) -> object:
+        if read_only and not self.node.read_only:
+            from .driver import nested
+            with nested():                   # become clean while the file is writable
+                await self.flush_caches()
+                if self.header.incompatible_features & L.INCOMPAT_DIRTY:
+                    await self.set_incompatible(self.header.incompatible_features
+                                                & ~L.INCOMPAT_DIRTY)
+        if not read_only and self.node.read_only \
+                and self.header.incompatible_features & L.INCOMPAT_CORRUPT:
+            raise BlockError("qcow2: Image is corrupt; cannot be opened read/write",
+                             errno.EACCES)
+        return not read_only and self.node.read_only
+
+    async def reopen_commit(self: "Qcow2Driver", state: object) -> None:
+        # the file child becomes writable only after this: finish on the first change
+        self.reopened_rw = bool(state)
+
+    async def finish_reopen_rw(self: "Qcow2Driver") -> None:
+        """What a read-write open does (repair a dirty image, clear unknown autoclear
+        bits), done when a node reopened read-write first changes."""
+        async with self.reopen_lock:
+            if self.reopened_rw:
+                from .driver import nested
+                with nested():
+                    await self._open_writable()
+                self.reopened_rw = False
+
+    @property
+    def reopen_lock(self: "Qcow2Driver") -> asyncio.Lock:
+        lock = self.__dict__.get("_reopen_lock")
+        if lock is None:
+            lock = self.__dict__["_reopen_lock"] = asyncio.Lock()
+        return lock
+
+    # ---- backing file and emptying -----------------------------------------------------
+    async def change_backing_file(self: "Qcow2Driver", backing_file: str | None,
+                                  backing_fmt: str | None) -> None:
+        h = self.header
+        if backing_file and h.data_file_raw:
+            raise NotSupported("Cannot use a backing file with data-file-raw")
+        if backing_file and len(backing_file.encode()) > L.MAX_BACKING_NAME:
+            raise InvalidArgument("Backing file name too long")
+        old = (h.backing_file, h.backing_format)
+        h.backing_file = backing_file or None
+        h.backing_format = (backing_fmt or None) if backing_file else None
+        from .driver import nested
+        try:
+            with nested():
+                await self.update_header()
+                await self.file.flush()
+        except BlockError:
+            h.backing_file, h.backing_format = old
+            raise
+        self.node.backing_file, self.node.backing_format = h.backing_file, h.backing_format
+
+    async def make_empty(self: "Qcow2Driver") -> None:
+        """Drop every cluster of the active layer (what ``commit`` does after copying)."""
+        from .driver import nested
+        with nested():
+            await self.discard_clusters(0, self.header.size, Discard.SNAPSHOT, full=True)
+            await self.flush_caches()
+
