@@ -6,7 +6,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import run
@@ -26,6 +26,9 @@ configs = st.sampled_from([{"cluster_size": CS}, {"extended_l2": True, "cluster_
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+# a compressed cluster freed while later ones were still being packed after it
+@example(cfg={"cluster_size": CS}, batches=[[("compress", 0, 1, 1), ("write", 0, 1, 1),
+                                             ("write", 0, 4097, 1), ("compress", 8192, 1, 1)]])
 @given(cfg=configs, batches=st.lists(st.lists(op, min_size=1, max_size=4), min_size=1,
                                      max_size=6))
 def test_random_ops_against_model(cfg: dict, batches: list) -> None:

@@ -377,7 +377,7 @@ class WritePath(ZeroPath, ResizePath):
                 if old & L2E_OFFSET_MASK:
                     raise BlockError("Compression can't overwrite anything", errno.EIO)
                 await self._mark_dirty()
-                coffset = await self.refcounts.alloc_bytes(len(out), self.compress_state)
+                coffset = await self.refcounts.alloc_bytes(len(out))
             try:
                 await self.file.write(coffset, out)
             except BaseException:

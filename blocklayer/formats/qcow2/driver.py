@@ -127,7 +127,6 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
             raise NotSupported("qcow2: encrypted images are not supported")
         self.lock = asyncio.Lock()
         self.ranges = RangeLock()
-        self.compress_state: dict[str, int] = {}
         # caches
         l2_n, rc_n = cache_sizes(options, cs, h.size, h.l2_entry_size)
         self.l2_cache = MetadataCache("L2", file, cs, l2_n,

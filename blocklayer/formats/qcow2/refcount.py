@@ -61,6 +61,7 @@ class Refcounts:
         self.cache = cache
         self.corrupt = corrupt
         self.free_cluster_index = 0
+        self.free_byte_offset = 0
         self.discard_passthrough = {Discard.NEVER: False, Discard.ALWAYS: True,
                                     Discard.REQUEST: False, Discard.SNAPSHOT: True,
                                     Discard.OTHER: False}
@@ -191,11 +192,12 @@ class Refcounts:
                 continue
             return n
 
-    async def alloc_bytes(self, size: int, state: dict[str, int]) -> int:
+    async def alloc_bytes(self, size: int) -> int:
         """Sub-cluster allocation for compressed data (QEMU's qcow2_alloc_bytes);
-        ``state['free_byte_offset']`` remembers where the last one ended."""
+        ``free_byte_offset`` remembers where the last one ended (forgotten when its
+        cluster is freed, so a cluster reused for something else is never shared)."""
         cs = self.cluster_size
-        offset = state.get("free_byte_offset", 0)
+        offset = self.free_byte_offset
         if offset and await self.get(offset >> self.cluster_bits) == self.max:
             offset = 0
         free_in_cluster = cs - offset % cs
@@ -212,7 +214,7 @@ class Refcounts:
             except _Again:
                 continue
             break
-        state["free_byte_offset"] = 0 if (offset + size) % cs == 0 else offset + size
+        self.free_byte_offset = 0 if (offset + size) % cs == 0 else offset + size
         return offset
 
     async def free_clusters(self, offset: int, size: int, kind: Discard) -> None:
@@ -278,6 +280,9 @@ class Refcounts:
 
     def _freed(self, indexes: np.ndarray, kind: Discard) -> None:
         self.free_cluster_index = min(self.free_cluster_index, int(indexes[0]))
+        if self.free_byte_offset and \
+                (self.free_byte_offset >> self.cluster_bits) in set(indexes.tolist()):
+            self.free_byte_offset = 0
         cs = self.cluster_size
         for i in indexes.tolist():
             off = i << self.cluster_bits
@@ -413,11 +418,14 @@ class Refcounts:
     # ---- rebuild --------------------------------------------------------------------------
     async def rebuild(self, expected: np.ndarray) -> None:
         """Replace the refcount structures with new ones holding ``expected`` (the
-        refcount of every cluster, not counting refcount structures), put after the
-        last used cluster; the old structures become free space."""
+        refcount of every cluster, not counting refcount structures), put at the end
+        of the file; the old structures become free space."""
         cs, epc = self.cluster_size, self.block_entries
         used = np.flatnonzero(expected)
-        first = int(used[-1]) + 1 if used.size else 1
+        # after everything, the old refcount structures included: they stay valid until
+        # the header switches to the new ones
+        first = max(int(used[-1]) + 1 if used.size else 1,
+                    -(-self.file.total_bytes // cs))
         n_blocks, table_clusters = 1, 1
         while True:
             total = first + n_blocks + table_clusters
