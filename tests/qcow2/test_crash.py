@@ -76,3 +76,34 @@ def test_tiny_caches(tmp_path: Path) -> None:
     model = bytearray(64 * MIB)
     apply_model(model, ops)
     assert qemu_raw(img, tmp_path / "out.raw") == bytes(model)
+
+
+CRASH_LAZY = """
+import asyncio, os, sys
+from pathlib import Path
+from tests.qcow2.helpers import create, open_qcow2, our_ops
+async def go(img):
+    await create(img, 64 << 20, lazy_refcounts=True, cluster_size=512)
+    node = await open_qcow2(img)
+    await our_ops(node, [("write", 0, 12 << 20, 4)])       # grows the refcount table
+    await node.flush()
+    await our_ops(node, [("write", 20 << 20, 3 << 20, 5), ("compress", 30 << 20, 512, 6)])
+    await node.driver.l2_cache.write_back()
+    os._exit(0)
+asyncio.run(go(Path(sys.argv[1])))
+"""
+
+
+def test_lazy_crash_after_refcount_table_growth(tmp_path: Path) -> None:
+    img = tmp_path / "img.qcow2"
+    subprocess.run([sys.executable, "-c", CRASH_LAZY, str(img)], check=True, cwd=ROOT)
+
+    async def reopen() -> None:
+        node = await open_qcow2(img)
+        await node.close()
+    run(reopen())
+    assert_clean(img)
+    model = bytearray(64 * MIB)
+    apply_model(model, [("write", 0, 12 * MIB, 4), ("write", 20 * MIB, 3 * MIB, 5),
+                        ("write", 30 * MIB, 512, 6)])
+    assert qemu_raw(img, tmp_path / "out.raw") == bytes(model)
