@@ -22,7 +22,9 @@ configs = st.sampled_from([{"cluster_size": CS}, {"extended_l2": True, "cluster_
                            {"refcount_bits": 1, "cluster_size": 512},
                            {"compat": "0.10", "cluster_size": CS},
                            {"lazy_refcounts": True, "compression_type": "zstd",
-                            "cluster_size": CS}])
+                            "cluster_size": CS},
+                           {"cluster_size": CS, "backing": True},
+                           {"cluster_size": 16384, "extended_l2": True, "backing": True}])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -35,8 +37,14 @@ def test_random_ops_against_model(cfg: dict, batches: list) -> None:
     from blocklayer.driver import ReqFlag
     with tempfile.TemporaryDirectory() as tmp:
         img = Path(tmp) / "img.qcow2"
+        cfg = dict(cfg)
         cs = cfg["cluster_size"]
         model = bytearray(SIZE)
+        if cfg.pop("backing", False):
+            base = Path(tmp) / "base.raw"
+            model[:] = bytes((i * 7 + i // 4096) % 251 + 1 for i in range(SIZE))
+            base.write_bytes(bytes(model))
+            cfg.update(backing_file=base.name, backing_fmt="raw")
 
         async def one(node, kind: str, off: int, n: int, pat: int) -> None:   # type: ignore[no-untyped-def]
             n = min(n, SIZE - off)
@@ -70,7 +78,7 @@ def test_random_ops_against_model(cfg: dict, batches: list) -> None:
                        for (c, d) in spans[i + 1:])
 
         async def go() -> None:
-            await create(img, SIZE, **cfg)
+            await create(img, None if "backing_file" in cfg else SIZE, **cfg)
             node = await open_qcow2(img, discard="unmap")
             try:
                 for batch in batches:
