@@ -62,7 +62,16 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
                     "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
                     "pass-discard-other", "discard-no-unref", "overlap-check",
                     "encrypt.key-secret", "encrypt.format")
+    #: in the order ``qemu-img create`` prints them in its ``Formatting`` line
     create_options = (
+        CreateOption("encryption", "bool", "Encrypt the image with format 'aes'. "
+                     "(Deprecated in favor of encrypt.format=aes)"),
+        CreateOption("cluster_size", "size", "qcow2 cluster size", 65536),
+        CreateOption("extended_l2", "bool", "Extended L2 tables", False),
+        CreateOption("preallocation", "string", "Preallocation mode (allowed values: off, "
+                     "metadata, falloc, full)"),
+        CreateOption("compression_type", "string", "Compression method used for image "
+                     "cluster compression", "zlib"),
         CreateOption("size", "size", "Virtual disk size"),
         CreateOption("compat", "string", "Compatibility level (v2 [0.10] or v3 [1.1])"),
         CreateOption("backing_file", "string", "File name of a base image"),
@@ -70,19 +79,17 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
         CreateOption("data_file", "string", "File name of an external data file"),
         CreateOption("data_file_raw", "bool", "The external data file must stay valid "
                      "as a raw image"),
-        CreateOption("encryption", "bool", "Encrypt the image with format 'aes'. "
-                     "(Deprecated in favor of encrypt.format=aes)"),
         CreateOption("encrypt.format", "string", "Encrypt the image, format choices: "
                      "'aes', 'luks'"),
-        CreateOption("cluster_size", "size", "qcow2 cluster size"),
-        CreateOption("extended_l2", "bool", "Extended L2 tables"),
-        CreateOption("preallocation", "string", "Preallocation mode (allowed values: off, "
-                     "metadata, falloc, full)"),
-        CreateOption("lazy_refcounts", "bool", "Postpone refcount updates"),
-        CreateOption("refcount_bits", "number", "Width of a reference count entry in bits"),
-        CreateOption("compression_type", "string", "Compression method used for image "
-                     "cluster compression"),
+        CreateOption("lazy_refcounts", "bool", "Postpone refcount updates", False),
+        CreateOption("refcount_bits", "number", "Width of a reference count entry in bits",
+                     16),
+        CreateOption("nocow", "bool", "Turn off copy-on-write (valid only on btrfs)"),
+        CreateOption("extent_size_hint", "size", "Extent size hint for the image file, 0 to "
+                     "disable"),
     )
+    create_defaults_shown = ("cluster_size", "extended_l2", "compression_type",
+                             "lazy_refcounts", "refcount_bits")
 
     header: L.Header
     corrupt_reported = False
