@@ -134,9 +134,13 @@ class Refcounts:
             self.cache.put(entry)
 
     # ---- allocation -----------------------------------------------------------------------
-    async def _alloc_noref(self, nb_clusters: int) -> int:
+    async def _alloc_noref(self, nb_clusters: int, for_bytes: bool = False) -> int:
         """QEMU's alloc_clusters_noref: the first run of free clusters at or after
-        ``free_cluster_index``; moves the index past it."""
+        ``free_cluster_index``; moves the index past it.
+
+        A whole-cluster allocation that takes the cluster compressed data was being
+        packed into (freed meanwhile) ends that packing, so the cluster is never shared
+        between compressed data and anything else."""
         if self.cache_discards:
             await self.process_discards()
         start = self.free_cluster_index
@@ -156,6 +160,7 @@ class Refcounts:
             else:
                 run += len(counts)
         self.free_cluster_index = start + nb_clusters
+        self._claimed(start, nb_clusters, for_bytes)
         if (self.free_cluster_index - 1) > (MAX_CLUSTER_OFFSET >> self.cluster_bits):
             raise BlockError("Cluster allocation beyond the maximum image size", errno.EFBIG)
         return start << self.cluster_bits
@@ -170,6 +175,11 @@ class Refcounts:
             except _Again:
                 continue
             return offset
+
+    def _claimed(self, start: int, nb_clusters: int, for_bytes: bool) -> None:
+        packing = self.free_byte_offset >> self.cluster_bits
+        if self.free_byte_offset and not for_bytes and start <= packing < start + nb_clusters:
+            self.free_byte_offset = 0
 
     async def alloc_clusters_at(self, offset: int, nb_clusters: int) -> int:
         """Allocate as many of the clusters at ``offset`` as are free (up to the first
@@ -186,6 +196,7 @@ class Refcounts:
                 n += len(counts)
             if n == 0:
                 return 0
+            self._claimed(idx, n, False)
             try:
                 await self.update(offset, n << self.cluster_bits, 1)
             except _Again:
@@ -203,7 +214,7 @@ class Refcounts:
         free_in_cluster = cs - offset % cs
         while True:
             if not offset or free_in_cluster < size:
-                new_cluster = await self._alloc_noref(1)
+                new_cluster = await self._alloc_noref(1, for_bytes=True)
                 if not offset or -(-offset // cs) * cs != new_cluster:
                     offset = new_cluster
                     free_in_cluster = cs
@@ -280,9 +291,6 @@ class Refcounts:
 
     def _freed(self, indexes: np.ndarray, kind: Discard) -> None:
         self.free_cluster_index = min(self.free_cluster_index, int(indexes[0]))
-        if self.free_byte_offset and \
-                (self.free_byte_offset >> self.cluster_bits) in set(indexes.tolist()):
-            self.free_byte_offset = 0
         cs = self.cluster_size
         for i in indexes.tolist():
             off = i << self.cluster_bits
@@ -459,3 +467,4 @@ class Refcounts:
         await self.write_header_reftable(table_off, table_clusters)
         self.table_offset, self.table = table_off, table
         self.free_cluster_index = 0
+        self.free_byte_offset = 0

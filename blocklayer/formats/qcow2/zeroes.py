@@ -42,7 +42,11 @@ class ZeroPath:
         if self.header.data_file_raw and self.data_node is not None:
             await self.data_node.write_zeroes(offset, length, flags)
         if self.header.version < 3:
-            raise NotSupported("zero clusters need qcow2 v3")
+            # no zero flag in v2: without a backing file a discard reads as zeroes
+            if self.node.backing is not None:
+                raise NotSupported("zero clusters need qcow2 v3")
+            await self.discard_clusters(offset, offset + length, Discard.REQUEST, full=False)
+            return
         await self.zeroize(offset, length, flags)
 
     async def _reads_zero(self: "Qcow2Driver", offset: int, length: int) -> bool:
@@ -131,13 +135,11 @@ class ZeroPath:
     async def _zero_subclusters(self: "Qcow2Driver", entry, index: int, offset: int, n: int,  # type: ignore[no-untyped-def]
                                 flags: ReqFlag) -> bool:
         if entry is None:
-            return self.node.backing is not None
+            return True           # QEMU 7.2 records the zero bits even with no backing
         old_e, old_b = self._read_entry(entry, index)
         ct = self.geo.cluster_type(old_e)
         if ct is CT.COMPRESSED:
             raise NotSupported("cannot zero part of a compressed cluster")
-        if ct is CT.UNALLOCATED and self.node.backing is None:
-            return True
         scs = self.geo.subcluster_size
         s0 = self.geo.sc_index(offset)
         s1 = s0 + -(-n // scs)
