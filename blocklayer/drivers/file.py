@@ -28,6 +28,7 @@ FALLOC_FL_ZERO_RANGE = 0x10
 SEEK_DATA, SEEK_HOLE = getattr(os, "SEEK_DATA", 3), getattr(os, "SEEK_HOLE", 4)
 MAX_TRANSFER = 1 << 30
 INLINE_WRITE_MAX = 4 << 20
+INLINE_WRITE_SMALL = 64 << 10
 T = TypeVar("T")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -187,8 +188,11 @@ class FileDriver(BlockDriver):
         fd = self.fd
         if self.direct:
             await _run(lambda: _direct_write(fd, offset, data), "write")
-        elif self.inline_writes and len(data) <= INLINE_WRITE_MAX:
-            # Buffered writes only copy into the page cache; do them on the loop thread.
+        elif self.inline_writes and (len(data) <= INLINE_WRITE_SMALL or (
+                len(data) <= INLINE_WRITE_MAX and self.node.state.in_flight <= 1)):
+            # Buffered writes only copy into the page cache: alone, or small, they are
+            # cheaper on the loop thread; large ones in parallel use the thread pool
+            # so they spread over the cores.
             try:
                 _pwrite_full(fd, offset, data)
             except OSError as exc:

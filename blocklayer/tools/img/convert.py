@@ -290,7 +290,7 @@ class Converter:
 
     def _sparse_pieces(self, offset: int, data: bytes) -> list[tuple[int, int, bool]]:
         """Split a buffer into data and zero runs; zero runs are whole ``-S`` blocks
-        (aligned to the image offset)."""
+        (aligned to the image offset).  ``(offset, length, is_data)`` in order."""
         from blocklayer.io import is_zero
         s = self.s.min_sparse
         n = len(data)
@@ -298,21 +298,35 @@ class Converter:
             return [(offset, n, True)]
         if is_zero(data):
             return [(offset, n, False)]
-        mv = memoryview(data)
-        zero = bytes(s)
-        pieces: list[list[Any]] = []
-        pos = 0
-        while pos < n:
-            step = s - (offset + pos) % s
-            end = min(pos + step, n)
-            chunk = mv[pos:end]
-            z = end - pos == s and chunk == zero
-            if pieces and pieces[-1][2] == (not z):
-                pieces[-1][1] += end - pos
+        import numpy as np
+        head = min((-offset) % s, n)
+        nblocks = (n - head) // s
+        body_end = head + nblocks * s
+        if nblocks == 0:
+            return [(offset, n, True)]
+        blocks = np.frombuffer(data, dtype=np.uint64, count=nblocks * s // 8,
+                               offset=head) if head % 8 == 0 and s % 8 == 0 else \
+            np.frombuffer(data, dtype=np.uint8, count=nblocks * s, offset=head)
+        is_data = blocks.reshape(nblocks, -1).any(axis=1)
+        cuts = np.flatnonzero(is_data[1:] != is_data[:-1]) + 1
+        runs: list[list] = []
+        if head:
+            runs.append([offset, head, True])
+        starts = np.concatenate(([0], cuts))
+        ends = np.concatenate((cuts, [nblocks]))
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            kind = bool(is_data[a])
+            start, length = offset + head + a * s, (b - a) * s
+            if runs and runs[-1][2] == kind:
+                runs[-1][1] += length
             else:
-                pieces.append([offset + pos, end - pos, not z])
-            pos = end
-        return [(a, b, c) for a, b, c in pieces]
+                runs.append([start, length, kind])
+        if body_end < n:
+            if runs[-1][2]:
+                runs[-1][1] += n - body_end
+            else:
+                runs.append([offset + body_end, n - body_end, True])
+        return [(a, b, c) for a, b, c in runs]
 
 
 # ---------------------------------------------------------------------------------------
