@@ -38,6 +38,26 @@ class _Again(Exception):
     """A refcount block was added; the caller must search for space again."""
 
 
+def refcount_blocks_needed(clusters: int, cluster_size: int, refcount_order: int,
+                           generous: bool = False) -> int:
+    """Refcount blocks that cover ``clusters`` plus themselves and their table (the
+    fixed point QEMU's qcow2_refcount_metadata_size finds)."""
+    per_table = cluster_size // 8
+    per_block = cluster_size * 8 >> refcount_order
+    table = blocks = n = 0
+    while True:
+        last = n
+        blocks = -(-(clusters + table + blocks) // per_block)
+        table = -(-blocks // per_table)
+        n = clusters + blocks + table
+        if n == last and generous:
+            clusters += -(-table // 2)
+            n, generous = 0, False
+            continue
+        if n == last:
+            return blocks
+
+
 def block_dtype(refcount_order: int) -> str:
     return {3: ">u1", 4: ">u2", 5: ">u4", 6: ">u8"}.get(refcount_order, "u1")
 
@@ -385,6 +405,51 @@ class Refcounts:
         await self.write_header_reftable(table_off, table_clusters)
         self.table_offset, self.table = table_off, new_table
         await self.free_clusters(old_off, old_clusters * cs, Discard.OTHER)
+
+    async def refcount_area(self, start_offset: int, additional_clusters: int) -> int:
+        """Put a refcount table (and the refcount blocks it lacks) at ``start_offset``,
+        sized to cover everything before it plus ``additional_clusters`` and itself;
+        return where the area ends (QEMU's qcow2_refcount_area, exact size)."""
+        cs, epc = self.cluster_size, self.block_entries
+        total_blocks = refcount_blocks_needed(start_offset // cs + additional_clusters, cs,
+                                              self.order)
+        area_index = (start_offset // cs) // epc
+        per_cluster = cs // 8
+        table_size = -(-total_blocks // per_cluster) * per_cluster
+        table_clusters = table_size * 8 // cs
+        if table_size * 8 > MAX_REFTABLE_SIZE:
+            raise NoSpace("Refcount table too large", errno.EFBIG)
+        new_table = np.zeros(table_size, np.uint64)
+        keep = min(len(self.table), table_size)
+        new_table[:keep] = self.table[:keep]
+        missing = int(np.count_nonzero(new_table[area_index:total_blocks] == 0))
+        table_offset = start_offset + missing * cs
+        end_offset = table_offset + table_clusters * cs
+        block_offset = start_offset
+        for i in range(area_index, total_blocks):
+            if new_table[i]:
+                entry = await self.cache.get(int(new_table[i]))
+            else:
+                entry = await self.cache.get(block_offset, empty=True)
+                self.cache.mark_dirty(entry)
+                new_table[i] = block_offset
+                block_offset += cs
+            first_covered = i * epc * cs
+            if first_covered < end_offset:
+                j = (start_offset - first_covered) // cs if first_covered < start_offset else 0
+                for k in range(j, min((end_offset - first_covered) // cs, epc)):
+                    self._set_one(entry.table, k, 1)
+                self.cache.mark_dirty(entry)
+            self.cache.put(entry)
+        await self.cache.flush()
+        await self.file.write(table_offset, new_table.astype(">u8").tobytes())
+        await self.file.flush()
+        old_off, old_entries = self.table_offset, len(self.table)
+        assert self.write_header_reftable is not None
+        await self.write_header_reftable(table_offset, table_clusters)
+        self.table_offset, self.table = table_offset, new_table
+        await self.free_clusters(old_off, old_entries * 8, Discard.OTHER)
+        return end_offset
 
     async def shrink_table(self) -> None:
         """Drop refcount blocks that count nothing but themselves (after a shrink)."""

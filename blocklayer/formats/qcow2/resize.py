@@ -12,7 +12,7 @@ import numpy as np
 from ...driver import Prealloc
 from ...errors import BlockError, InvalidArgument, NotSupported
 from . import layout as L
-from .mapping import CT, L1E_OFFSET_MASK, L2_BITMAP_ALL_ALLOC
+from .mapping import CT, L1E_OFFSET_MASK
 from .refcount import Discard
 
 if TYPE_CHECKING:
@@ -39,7 +39,9 @@ class ResizePath:
             await self._shrink(size)
         elif size > old:
             await self.grow_l1(self.geo.l1_size_for(size))
-            if prealloc is not Prealloc.OFF:
+            if prealloc in (Prealloc.FALLOC, Prealloc.FULL) and not h.has_data_file:
+                await self.preallocate_area(old, size, prealloc)
+            elif prealloc is not Prealloc.OFF:
                 await self.preallocate(old, size, prealloc)
             elif h.has_data_file and self.data_node is not None \
                     and self.data_node.total_bytes < size:
@@ -131,6 +133,48 @@ class ResizePath:
             fmode = Prealloc.OFF if mode is Prealloc.METADATA else mode
             await target.truncate(last_host, False, fmode)
 
+    async def preallocate_area(self: "Qcow2Driver", start: int, end: int,
+                               mode: Prealloc) -> None:
+        """falloc/full growth as QEMU lays it out: new refcount structures after the
+        last used cluster, then one contiguous data area, allocated in the file with
+        ``mode``; the L2 tables go wherever the allocator finds room."""
+        from .alloc import _Cluster
+        cs, geo = self.cluster_size, self.geo
+        first = -(-start // cs) * cs if start % cs else start
+        async with self.lock:
+            await self._mark_dirty()
+            last = await self._last_used_cluster(-(-self.file.total_bytes // cs))
+            nb_data = (-(-end // cs) * cs - first) // cs
+            if nb_data <= 0:
+                return
+            nb_l2 = -(-nb_data // geo.l2_entries) + 1
+            area = await self.refcounts.refcount_area((last + 1) * cs, nb_data + nb_l2)
+            got = await self.refcounts.alloc_clusters_at(area, nb_data)
+            if got != nb_data:
+                raise BlockError("qcow2: preallocation area is not free", errno.EIO)
+            await self.rb_cache.flush()
+        try:
+            await self.file.truncate(area + nb_data * cs, False, mode)
+        except BlockError:
+            async with self.lock:
+                await self.refcounts.free_clusters(area, nb_data * cs, Discard.OTHER)
+            raise
+        host, guest = area, first
+        while guest < first + nb_data * cs:
+            n = min(first + nb_data * cs - guest, self._table_end(guest) - guest) // cs
+            async with self.lock:
+                entry = await self.l2_cache.get(await self.l2_for_write(guest))
+                plan = []
+                for i in range(n):
+                    idx = geo.l2_index(guest + i * cs)
+                    e, b = self._read_entry(entry, idx)
+                    plan.append(_Cluster(idx, guest + i * cs, 0, cs, e, b,
+                                         host=host + i * cs, alloc=True, new_bitmap=b))
+                self.l2_cache.put(entry)
+                await self._link_l2(guest, plan)
+            guest += n * cs
+            host += n * cs
+
     async def _plan_prealloc(self: "Qcow2Driver", pos: int, stop: int) -> list[_Cluster]:
         cs, geo = self.cluster_size, self.geo
         l2_off = await self.l2_for_write(pos)
@@ -143,8 +187,9 @@ class ResizePath:
                 e, b = self._read_entry(entry, idx)
                 if geo.cluster_type(e) in (CT.UNALLOCATED, CT.ZERO_PLAIN):
                     from .alloc import _Cluster
-                    plan.append(_Cluster(idx, p, 0, cs, e, b, alloc=True,
-                                         new_bitmap=L2_BITMAP_ALL_ALLOC))
+                    # as QEMU: preallocated subclusters stay "unallocated" (they read
+                    # from the backing file, or as zeroes)
+                    plan.append(_Cluster(idx, p, 0, cs, e, b, alloc=True, new_bitmap=b))
                 p += cs
         finally:
             self.l2_cache.put(entry)
