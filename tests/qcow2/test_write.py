@@ -270,3 +270,24 @@ def test_reopen_read_write_and_back(tmp_path: Path) -> None:
     model = bytearray(SIZE)
     apply_model(model, [("write", 0, MIB, 5), ("write", 2 * MIB, 70000, 6)])
     assert qemu_raw(img, tmp_path / "out.raw") == bytes(model)
+
+
+@pytest.mark.parametrize("bits", [1, 16, 64])
+def test_refcount_table_growth(tmp_path: Path, bits: int) -> None:
+    img = tmp_path / "img.qcow2"
+    ops = [("write", 0, 9 * MIB, 1), ("write", 40 * MIB, 12 * MIB + 300, 2),
+           ("compress", 60 * MIB, 512, 3), ("discard", 0, 4 * MIB, 0),
+           ("write", 100, 3 * MIB, 4)]
+
+    async def go() -> None:
+        await create(img, 64 * MIB, cluster_size=512, refcount_bits=bits)
+        node = await open_qcow2(img, discard="unmap")
+        try:
+            await our_ops(node, ops)
+        finally:
+            await node.close()
+    run(go())
+    assert_clean(img)
+    model = bytearray(64 * MIB)
+    apply_model(model, ops)
+    assert qemu_raw(img, tmp_path / "out.raw") == bytes(model)

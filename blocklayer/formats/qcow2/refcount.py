@@ -361,67 +361,33 @@ class Refcounts:
             self.table[rt_index] = new_block
             raise _Again
         blocks_used = -(-max(cluster_index + 1, new_index + 1) // self.block_entries)
-        await self._grow_table(blocks_used, rt_index, new_block)
+        await self.refcount_area(blocks_used * self.block_entries * self.cluster_size, 0,
+                                 exact=False, new_index=rt_index, new_block=new_block)
         raise _Again
 
-    async def _grow_table(self, blocks_used: int, rt_index: int, new_block: int) -> None:
-        """Put a bigger refcount table, with refcount blocks describing it and
-        themselves, after everything the present blocks can describe, then switch."""
-        cs, epc = self.cluster_size, self.block_entries
-        first = blocks_used * epc                      # first cluster of the new area
-        old_entries = len(self.table)
-        n_blocks, table_clusters = 1, 1
-        while True:
-            entries = max(old_entries, rt_index + 1, blocks_used + n_blocks)
-            entries = entries + entries // 2          # room to grow
-            table_clusters = -(-(entries * 8) // cs)
-            need = -(-(n_blocks + table_clusters) // epc)
-            if need <= n_blocks:
-                break
-            n_blocks = need
-        if table_clusters * cs > MAX_REFTABLE_SIZE:
-            raise NoSpace("Refcount table too large", errno.EFBIG)
-        entries = table_clusters * cs // 8
-        new_table = np.zeros(entries, np.uint64)
-        new_table[:old_entries] = self.table
-        new_table[rt_index] = new_block
-        area = n_blocks + table_clusters
-        for k in range(n_blocks):
-            block_off = (first + k) * cs
-            new_table[blocks_used + k] = block_off
-            entry = await self.cache.get(block_off, empty=True)
-            lo = max(first, (blocks_used + k) * epc)
-            hi = min(first + area, (blocks_used + k + 1) * epc)
-            for c in range(lo, hi):
-                self._set_one(entry.table, c & (epc - 1), 1)
-            self.cache.mark_dirty(entry)
-            self.cache.put(entry)
-        await self.cache.flush()
-        table_off = (first + n_blocks) * cs
-        await self.file.write(table_off, new_table.astype(">u8").tobytes())
-        await self.file.flush()
-        old_off, old_clusters = self.table_offset, -(-(old_entries * 8) // cs)
-        assert self.write_header_reftable is not None
-        await self.write_header_reftable(table_off, table_clusters)
-        self.table_offset, self.table = table_off, new_table
-        await self.free_clusters(old_off, old_clusters * cs, Discard.OTHER)
-
-    async def refcount_area(self, start_offset: int, additional_clusters: int) -> int:
-        """Put a refcount table (and the refcount blocks it lacks) at ``start_offset``,
-        sized to cover everything before it plus ``additional_clusters`` and itself;
-        return where the area ends (QEMU's qcow2_refcount_area, exact size)."""
+    async def refcount_area(self, start_offset: int, additional_clusters: int, *,
+                            exact: bool = True, new_index: int = 0,
+                            new_block: int = 0) -> int:
+        """Put refcount blocks the table lacks and then a new refcount table at
+        ``start_offset``, covering everything before it, ``additional_clusters`` and
+        themselves (with room to grow unless ``exact``); ``new_block`` is a block not
+        yet in the table that belongs at ``new_index``.  Returns where the area ends
+        (QEMU's qcow2_refcount_area)."""
         cs, epc = self.cluster_size, self.block_entries
         total_blocks = refcount_blocks_needed(start_offset // cs + additional_clusters, cs,
-                                              self.order)
+                                              self.order, generous=not exact)
         area_index = (start_offset // cs) // epc
         per_cluster = cs // 8
-        table_size = -(-total_blocks // per_cluster) * per_cluster
+        table_size = total_blocks if exact else total_blocks + -(-total_blocks // 2)
+        table_size = -(-table_size // per_cluster) * per_cluster
         table_clusters = table_size * 8 // cs
         if table_size * 8 > MAX_REFTABLE_SIZE:
             raise NoSpace("Refcount table too large", errno.EFBIG)
         new_table = np.zeros(table_size, np.uint64)
         keep = min(len(self.table), table_size)
         new_table[:keep] = self.table[:keep]
+        if new_block:
+            new_table[new_index] = new_block
         missing = int(np.count_nonzero(new_table[area_index:total_blocks] == 0))
         table_offset = start_offset + missing * cs
         end_offset = table_offset + table_clusters * cs
