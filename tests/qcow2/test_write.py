@@ -291,3 +291,26 @@ def test_refcount_table_growth(tmp_path: Path, bits: int) -> None:
     model = bytearray(64 * MIB)
     apply_model(model, ops)
     assert qemu_raw(img, tmp_path / "out.raw") == bytes(model)
+
+
+@pytest.mark.parametrize("extended", [False, True], ids=["standard", "extended-l2"])
+def test_concurrent_writes_into_one_cluster(tmp_path: Path, extended: bool) -> None:
+    import asyncio
+    img = tmp_path / "img.qcow2"
+
+    async def go() -> None:
+        await create(img, 4 * MIB, extended_l2=extended)
+        node = await open_qcow2(img)
+        try:
+            await asyncio.gather(*(node.write(MIB + i * 4096 + 100, bytes([i + 1]) * 3000)
+                                   for i in range(16)))
+        finally:
+            await node.close()
+    run(go())
+    assert_clean(img)
+    info = json.loads(qemu_img("check", "--output=json", str(img)).stdout)
+    assert info["allocated-clusters"] == 1
+    model = bytearray(4 * MIB)
+    for i in range(16):
+        model[MIB + i * 4096 + 100:MIB + i * 4096 + 3100] = bytes([i + 1]) * 3000
+    assert qemu_raw(img, tmp_path / "out.raw") == bytes(model)
