@@ -57,27 +57,28 @@ def test_create_matches_qemu(tmp_path: Path, size: str, opts: dict) -> None:
 
 def test_create_with_backing_and_data_file(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    theirs_dir = tmp_path / "theirs"
+    theirs_dir.mkdir()
     monkeypatch.chdir(tmp_path)
-    base = tmp_path / "base.qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", str(base), "5M")
+    for d in (tmp_path, theirs_dir):
+        qemu_img("create", "-q", "-f", "qcow2", str(d / "base.qcow2"), "5M")
     for name, opts in (("b", {"backing_file": "base.qcow2", "backing_fmt": "qcow2"}),
                        ("d", {"data_file": "d.data", "data_file_raw": True}),
                        ("e", {"data_file": "e.data", "extended_l2": True})):
-        theirs, ours = tmp_path / f"{name}-theirs.qcow2", tmp_path / f"{name}.qcow2"
+        ours, theirs = tmp_path / f"{name}.qcow2", theirs_dir / f"{name}.qcow2"
         qopts = dict(opts)
-        if "data_file" in qopts:
-            qopts["data_file"] = "t" + str(qopts["data_file"])
         args = []
         if "backing_file" in qopts:
             args = ["-b", qopts.pop("backing_file"), "-F", qopts.pop("backing_fmt")]
-        qemu_img("create", "-q", "-f", "qcow2", *args, *_qemu_opts(qopts), str(theirs),
-                 *([] if args else ["5M"]))
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *args, *_qemu_opts(qopts),
+                        theirs.name, *([] if args else ["5M"])], cwd=theirs_dir, check=True)
         run(create(ours, None if args else 5 * MIB, **opts))
-        a, b = qemu_info(ours), qemu_info(theirs)
+        assert same_file(ours, theirs)
         if "data_file" in opts:
-            a["format-specific"]["data"].pop("data-file")
-            b["format-specific"]["data"].pop("data-file")
-            a.pop("actual-size"), b.pop("actual-size")
+            assert same_file(tmp_path / opts["data_file"], theirs_dir / opts["data_file"])
+        a, b = qemu_info(ours), qemu_info(theirs)
+        a.pop("full-backing-filename", None), b.pop("full-backing-filename", None)
         assert a == b
         assert_clean(ours)
 

@@ -77,6 +77,9 @@ def build_create_header(options: dict[str, Any]) -> tuple[L.Header, int, Preallo
     if data_file and version < 3:
         raise InvalidArgument("External data files are only supported with compatibility "
                               f"level 1.1 and above {V3_SUFFIX}")
+    if data_raw and prealloc is Prealloc.OFF:
+        # the L2 entries must point at the right place in the raw data file from the start
+        prealloc = Prealloc.METADATA
     if backing and data_raw:
         raise InvalidArgument("Backing file and data-file-raw cannot be used at the same "
                               "time")
