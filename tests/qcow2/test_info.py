@@ -176,3 +176,26 @@ def test_header_roundtrip() -> None:
     buf = h.build()
     back = L.parse_header(buf.ljust(65536, b"\0"))
     assert back == h
+
+
+def test_guest_write_aimed_at_metadata_refused(tmp_path: Path) -> None:
+    img = tmp_path / "img.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(img), "1M")
+    qemu_ops(img, [("write", 0, 4096, 7)])
+    h = L.parse_header(img.read_bytes()[:65536])
+    l1 = struct.unpack(">Q", img.read_bytes()[h.l1_table_offset:h.l1_table_offset + 8])[0]
+    l2 = l1 & 0x00FFFFFFFFFFFE00
+    _patch(img, l2, ">Q", (1 << 63) | h.refcount_table_offset)   # data "is" the reftable
+
+    async def write() -> None:
+        node = await open_qcow2(img)
+        try:
+            await node.write(0, b"\xff" * 512)
+        finally:
+            await node.close()
+    with pytest.raises(BlockError, match="Preventing invalid write on metadata"):
+        run(write())
+    info = json.loads(qemu_img("info", "--output=json", str(img)).stdout)
+    assert info["format-specific"]["data"]["corrupt"] is True
+    with pytest.raises(BlockError, match="Image is corrupt; cannot be opened read/write"):
+        run(open_qcow2(img))

@@ -199,6 +199,7 @@ class WritePath(ZeroPath, ResizePath):
                 plan = await self._plan_write(offset, len(data))
             if not any(c.update for c in plan):
                 host = plan[0].host + plan[0].w_start
+                await self.data_overlap_check(host, len(data))
                 await self.data_node.write(host, data)       # all in place, contiguous
                 return
             try:
@@ -319,6 +320,7 @@ class WritePath(ZeroPath, ResizePath):
             else:
                 pieces.append((host, buf))
         for host, buf in pieces:
+            await self.data_overlap_check(host, len(buf))
             await self.data_node.write(host, buf)
 
     async def _link_l2(self: "Qcow2Driver", offset: int, plan: list[_Cluster]) -> None:

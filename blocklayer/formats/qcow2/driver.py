@@ -25,7 +25,7 @@ from . import layout as L
 from .alloc import RangeLock, WritePath
 from .cache import MetadataCache, cache_sizes
 from .compress import decompress
-from .mapping import SC, Geometry, Mapping
+from .mapping import L1E_OFFSET_MASK, SC, Geometry, Mapping
 from .refcount import Discard, Refcounts, block_dtype
 from .bitmap import BitmapMethods, load as load_bitmaps, open_writable as bitmaps_writable
 from .amend import AmendMethods
@@ -308,6 +308,22 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
             if n and offset < start + n and start < offset + length:
                 await self._corrupt(f"Preventing invalid write on metadata (overlaps with "
                                     f"active table at {start:#x})", offset, length)
+
+    async def data_overlap_check(self, offset: int, length: int) -> None:
+        """Refuse guest data writes over any active metadata (QEMU's overlap check,
+        ``cached`` template): a hostile L2 entry must not aim guest data at tables."""
+        if self.header.has_data_file or length <= 0:
+            return
+        await self._overlap_check(offset, length)
+        start = offset - offset % self.cluster_size
+        lo, hi = np.uint64(start), np.uint64(offset + length)
+        for name, table in (("L2", self.mapping.l1 & np.uint64(L1E_OFFSET_MASK)),
+                            ("refcount block", self.refcounts.table)):
+            hit = (table >= lo) & (table < hi)
+            if hit.any():
+                where = int(table[hit][0])
+                await self._corrupt(f"Preventing invalid write on metadata (overlaps with "
+                                    f"active {name} table at {where:#x})", offset, length)
 
     # ---- geometry ---------------------------------------------------------------------------
     def limits(self) -> Limits:
