@@ -1,1 +1,13 @@
-"""The qcow2 format (docs/interop/qcow2.txt), split by concern."""
+"""The qcow2 format (docs/interop/qcow2.txt), split by concern.
+
+- :mod:`.layout`   header, header extensions, limits and QEMU's open-time checks
+- :mod:`.cache`    the bounded L2 / refcount-block cache and its write-back order
+- :mod:`.refcount` refcounts, cluster allocation, refcount table growth, rebuild
+- :mod:`.mapping`  guest -> host runs: L1/L2, subclusters, compressed descriptors
+- :mod:`.alloc`    allocating and compressed writes (copy-on-write, range locks)
+- :mod:`.zeroes`   zero clusters and discard
+- :mod:`.resize`   grow/shrink, preallocation, reopen, backing file, emptying
+- :mod:`.create`   new images laid out byte for byte as qemu-img lays them out
+- :mod:`.repair`   who references what; the refcount rebuild of dirty images
+- :mod:`.driver`   the BlockDriver: open/close, reads, block status, information
+"""

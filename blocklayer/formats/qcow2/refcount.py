@@ -266,7 +266,6 @@ class Refcounts:
         try:
             idx = first
             while idx <= last:
-                rt_index = idx >> self.block_bits
                 start = idx & (self.block_entries - 1)
                 n = min(last + 1 - idx, self.block_entries - start)
                 block = await self._block_for(idx)
@@ -285,7 +284,6 @@ class Refcounts:
                     zeros = np.flatnonzero(new == 0)
                     if zeros.size:
                         self._freed(idx + zeros, kind)
-                del rt_index
                 idx += n
         except BaseException:
             for idx, n in done:     # undo what was done (blocks exist, no allocation)
