@@ -10,4 +10,6 @@
 - :mod:`.create`   new images laid out byte for byte as qemu-img lays them out
 - :mod:`.repair`   who references what; the refcount rebuild of dirty images
 - :mod:`.driver`   the BlockDriver: open/close, reads, block status, information
+- :mod:`.check`, :mod:`.snapshot`, :mod:`.bitmap`, :mod:`.amend`: check and repair,
+  internal snapshots, persistent bitmaps, option amendment
 """
