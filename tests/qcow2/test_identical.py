@@ -52,3 +52,29 @@ def test_same_requests_same_bytes(tmp_path: Path, opts: dict) -> None:
             await node.close()
     run(go())
     assert same_file(ours, theirs)
+
+
+@pytest.mark.parametrize("cs,bits,ops", [
+    (512, 16, [("write", 0, 300 * 32768, 1)]),
+    (512, 16, [("write", 0, 12 * MIB, 1), ("write", 40 * MIB, 9 * MIB, 2)]),
+    (512, 64, [("write", 0, 20 * MIB, 1)]),
+    (1024, 1, [("write", 0, 9 * MIB, 1), ("write", 100 * MIB, 20 * MIB, 3)]),
+], ids=["many-l2", "reftable-growth", "growth-64bit", "1bit"])
+def test_big_writes_same_bytes(tmp_path: Path, cs: int, bits: int, ops: list) -> None:
+    """Long requests over many L2 tables, new refcount blocks and a refcount table
+    that has to grow, all placed where QEMU places them."""
+    theirs, ours = tmp_path / "theirs.qcow2", tmp_path / "ours.qcow2"
+    size = 128 * MIB
+    qemu_img("create", "-q", "-f", "qcow2", "-o", f"cluster_size={cs},refcount_bits={bits}",
+             str(theirs), str(size))
+    qemu_ops(theirs, ops)
+
+    async def go() -> None:
+        await create(ours, size, cluster_size=cs, refcount_bits=bits)
+        node = await open_qcow2(ours)
+        try:
+            await our_ops(node, ops)
+        finally:
+            await node.close()
+    run(go())
+    assert same_file(ours, theirs)

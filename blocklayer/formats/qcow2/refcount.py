@@ -193,6 +193,10 @@ class Refcounts:
             try:
                 await self.update(offset, nb << self.cluster_bits, 1)
             except _Again:
+                # search again from where this attempt started: the new refcount
+                # block may have left that space free (qemu-img lays images out so)
+                self.free_cluster_index = min(self.free_cluster_index,
+                                              offset >> self.cluster_bits)
                 continue
             return offset
 
