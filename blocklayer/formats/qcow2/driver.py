@@ -103,6 +103,12 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
         return 0
 
     @classmethod
+    async def measure(cls, options: dict[str, Any], source: Any = None) -> dict[str, int]:
+        """``qemu-img measure`` (see :mod:`.measure`)."""
+        from .measure import measure
+        return await measure(options, source)
+
+    @classmethod
     async def create(cls, filename: str, options: dict[str, Any], *,
                      open_file: Any = None) -> None:
         from .create import create_qcow2
