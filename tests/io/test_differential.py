@@ -171,8 +171,6 @@ def test_qcow2(tmp_path):
     assert_same(q, b)
 
 
-@pytest.mark.xfail(reason="qcow2 get_specific_info lists 'lazy-refcounts' after "
-                          "'refcount-bits'; QEMU lists it before", strict=False)
 def test_qcow2_info(tmp_path):
     q, b = _qcow2_both(tmp_path, c("info"))
     assert_same(q, b)

@@ -180,68 +180,7 @@ def print_create_options_help(fmt: str, with_header: str = "Supported options:",
               "Specify the target filename to include those options.")
 
 
-# ---------------------------------------------------------------------------------------
-# JSON as QEMU 7.2 prints it: dict keys in QDict bucket order, 4-space indent
-# ---------------------------------------------------------------------------------------
-
-def _qdict_bucket(key: str) -> int:
-    data = key.encode()
-    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
-    for i, ch in enumerate(data):
-        value = (value + (ch << (i * 5 % 24))) & 0xFFFFFFFF
-    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % 512
-
-
-def qdict_order(d: dict[str, Any]) -> list[str]:
-    """Keys in the order QEMU's QDict iterates them (same bucket: newest first)."""
-    keys = list(d)
-    index = {k: i for i, k in enumerate(keys)}
-    return sorted(keys, key=lambda k: (_qdict_bucket(k), -index[k]))
-
-
-def to_qjson(value: Any, indent: int = 0) -> str:
-    pad = "    " * (indent + 1)
-    end = "    " * indent
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        items = [f'{pad}{json.dumps(k)}: {to_qjson(value[k], indent + 1)}'
-                 for k in qdict_order(value)]
-        return "{\n" + ",\n".join(items) + "\n" + end + "}"
-    if isinstance(value, list):
-        if not value:
-            return "[]"
-        return "[\n" + ",\n".join(pad + to_qjson(v, indent + 1) for v in value) + "\n" + end + "]"
-    return json.dumps(value)
-
-
-def dump_human(value: Any, indent: int, out: list[str]) -> None:
-    """QEMU's dump of a QAPI object for human output (``Format specific information``)."""
-    pad = "    " * indent
-    if isinstance(value, dict):
-        for key in qdict_order(value):
-            v = value[key]
-            name = key.replace("-", " ")
-            if isinstance(v, (dict, list)):
-                out.append(f"{pad}{name}:")
-                dump_human(v, indent + 1, out)
-            else:
-                out.append(f"{pad}{name}: {_scalar(v)}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            if isinstance(v, (dict, list)):
-                out.append(f"{pad}[{i}]:")
-                dump_human(v, indent + 1, out)
-            else:
-                out.append(f"{pad}[{i}]: {_scalar(v)}")
-
-
-def _scalar(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "null"
-    return str(v)
+from ..qobject import dump_human, qdict_order, to_qjson  # noqa: E402,F401  (re-exported)
 
 
 # ---------------------------------------------------------------------------------------

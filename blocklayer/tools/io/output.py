@@ -116,28 +116,11 @@ def parse_pattern(text: str) -> int:
 
 
 def format_specific(info: dict[str, Any], indent: int = 1) -> str:
-    """ImageInfoSpecific data as qemu prints it (keys with spaces, 4 spaces a level)."""
+    """ImageInfoSpecific data as qemu prints it (keys with spaces, 4 spaces a level,
+    in QDict order)."""
+    from ..qobject import dump_human
     out: list[str] = []
-    _dump(info, indent, out)
-    return "".join(out)
+    dump_human(info, indent, out)
+    return "".join(line + "\n" for line in out)
 
 
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return "%f" % value
-    return str(value)
-
-
-def _dump(value: Any, indent: int, out: list[str]) -> None:
-    pad = " " * (4 * indent)
-    items = (value.items() if isinstance(value, dict)
-             else ((f"[{i}]", v) for i, v in enumerate(value)))
-    for key, item in items:
-        name = key.replace("-", " ") if isinstance(value, dict) else key
-        if isinstance(item, (dict, list)):
-            out.append(f"{pad}{name}:\n")
-            _dump(item, indent + 1, out)
-        else:
-            out.append(f"{pad}{name}: {_scalar(item)}\n")
