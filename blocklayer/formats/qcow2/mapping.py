@@ -25,6 +25,8 @@ OFLAG_ZERO = 1
 L2_BITMAP_ALL_ALLOC = 0xFFFFFFFF
 L2_BITMAP_ALL_ZEROES = 0xFFFFFFFF << 32
 COMPRESSED_SECTOR = 512
+#: clusters of a run compared one by one before the rest is compared in bulk
+SCALAR_SCAN = 32
 
 
 class SC(enum.Enum):
@@ -40,7 +42,11 @@ class SC(enum.Enum):
 
     @property
     def has_host(self) -> bool:
-        return self in (SC.NORMAL, SC.ZERO_ALLOC, SC.UNALLOCATED_ALLOC)
+        return self in HAS_HOST
+
+
+#: subcluster types whose L2 entry holds a host offset (a set: no enum arithmetic)
+HAS_HOST = frozenset((SC.NORMAL, SC.ZERO_ALLOC, SC.UNALLOCATED_ALLOC))
 
 
 class CT(enum.Enum):
@@ -113,12 +119,22 @@ class Geometry:
             return CT.UNALLOCATED
         return CT.NORMAL
 
+    def standard_type(self, entry: int) -> SC:
+        """The type of a standard (not extended) L2 entry: :meth:`cluster_type` as an
+        :class:`SC`, written out because it runs for every request."""
+        if entry & OFLAG_COMPRESSED:
+            return SC.COMPRESSED
+        off = entry & L2E_OFFSET_MASK
+        if entry & OFLAG_ZERO:
+            return SC.ZERO_ALLOC if off else SC.ZERO_PLAIN
+        if off or (self.has_data_file and entry & OFLAG_COPIED):
+            return SC.NORMAL
+        return SC.UNALLOCATED_PLAIN
+
     def subcluster_type(self, entry: int, bitmap: int, sc: int) -> SC:
-        ct = self.cluster_type(entry)
         if not self.extended_l2:
-            return {CT.COMPRESSED: SC.COMPRESSED, CT.ZERO_PLAIN: SC.ZERO_PLAIN,
-                    CT.ZERO_ALLOC: SC.ZERO_ALLOC, CT.NORMAL: SC.NORMAL,
-                    CT.UNALLOCATED: SC.UNALLOCATED_PLAIN}[ct]
+            return self.standard_type(entry)
+        ct = self.cluster_type(entry)
         if ct is CT.COMPRESSED:
             return SC.COMPRESSED
         if ct is CT.NORMAL:
@@ -172,21 +188,45 @@ class Mapping:
         """The run starting at guest ``offset`` (at most ``length`` bytes, at least one
         subcluster's worth of what is left in it)."""
         geo = self.geo
-        l2_index = geo.l2_index(offset)
-        in_cluster = geo.into_cluster(offset)
-        length = min(length, (geo.l2_entries - l2_index) * geo.cluster_size - in_cluster)
-        l2_off = await self.l2_offset(geo.l1_index(offset))
+        cs = geo.cluster_size
+        l2_index = (offset >> geo.cluster_bits) & (geo.l2_entries - 1)
+        in_cluster = offset & (cs - 1)
+        length = min(length, (geo.l2_entries - l2_index) * cs - in_cluster)
+        l1_index = offset >> (geo.cluster_bits + geo.l2_bits)
+        l1 = self.l1
+        l2_off = l1.item(l1_index) & L1E_OFFSET_MASK if l1_index < len(l1) else 0
         if not l2_off:
             return Run(SC.UNALLOCATED_PLAIN, offset, length)
-        entry = await self.cache.get(l2_off)
+        if l2_off & (cs - 1):
+            await self.l2_offset(l1_index)          # reports the corruption
+        cache = self.cache
+        entry = cache.entries.get(l2_off)
+        if entry is not None and not geo.extended_l2:
+            # cached standard table: no pin needed, nothing below awaits before reading it
+            cache.entries.move_to_end(l2_off)
+            return await self._run_standard(entry.table, l2_off, l2_index, offset, length)
+        entry = await cache.get(l2_off)
         try:
             if geo.extended_l2:
                 return await self._run_extended(entry.table, l2_off, l2_index, offset, length)
             return await self._run_standard(entry.table, l2_off, l2_index, offset, length)
         finally:
-            self.cache.put(entry)
+            cache.put(entry)
 
     async def _check(self, kind: SC, entry: int, l2_off: int, l2_index: int) -> None:
+        if self._suspect(kind, entry):
+            await self._report(kind, entry, l2_off, l2_index)
+
+    def _suspect(self, kind: SC, entry: int) -> bool:
+        """Whether ``entry`` of type ``kind`` is corrupt (cheap: runs for every lookup)."""
+        geo = self.geo
+        if kind is SC.INVALID:
+            return True
+        if kind is SC.COMPRESSED:
+            return geo.has_data_file
+        return kind in HAS_HOST and bool(entry & L2E_OFFSET_MASK & (geo.cluster_size - 1))
+
+    async def _report(self, kind: SC, entry: int, l2_off: int, l2_index: int) -> None:
         geo = self.geo
         if kind.has_host and (entry & L2E_OFFSET_MASK) % geo.cluster_size:
             await self.corrupt(f"Cluster allocation offset {entry & L2E_OFFSET_MASK:#x} "
@@ -202,28 +242,39 @@ class Mapping:
 
     async def _run_standard(self, table: np.ndarray, l2_off: int, l2_index: int,
                             offset: int, length: int) -> Run:
+        """The run in a standard L2 table: the first :data:`SCALAR_SCAN` clusters are
+        compared one by one with plain ints (most requests end there), the rest of a
+        long run with one vectorised pass."""
         geo = self.geo
         cs = geo.cluster_size
-        in_cluster = geo.into_cluster(offset)
+        in_cluster = offset & (cs - 1)
         nb = -(-(in_cluster + length) // cs)
-        ents = table[l2_index:l2_index + nb].astype(np.uint64)
-        first = int(ents[0])
-        kind = geo.subcluster_type(first, 0, 0)
-        await self._check(kind, first, l2_off, l2_index)
+        first = table.item(l2_index)
+        kind = geo.standard_type(first)
+        if self._suspect(kind, first):
+            await self._report(kind, first, l2_off, l2_index)
+        has_host = kind in HAS_HOST
         host_base = first & L2E_OFFSET_MASK
-        if kind is SC.COMPRESSED:
+        if kind is SC.COMPRESSED or nb == 1:
             n = 1
         else:
-            types = _standard_types(ents, geo.has_data_file)
-            same = types == types[0]
-            if kind.has_host:
-                offs = ents & np.uint64(L2E_OFFSET_MASK)
-                expect = np.uint64(host_base) + np.arange(nb, dtype=np.uint64) * np.uint64(cs)
-                same &= offs == expect
-            bad = np.flatnonzero(~same)
-            n = int(bad[0]) if bad.size else nb
+            n = 1
+            scalar_end = min(nb, SCALAR_SCAN)
+            standard_type = geo.standard_type
+            item = table.item
+            expect = host_base + cs
+            while n < scalar_end:
+                e = item(l2_index + n)
+                if standard_type(e) is not kind or (has_host
+                                                     and e & L2E_OFFSET_MASK != expect):
+                    break
+                n += 1
+                expect += cs
+            if n == scalar_end < nb:
+                n += _same_run(table[l2_index + n:l2_index + nb], kind, expect if has_host
+                               else None, cs, geo.has_data_file)
         run_len = min(n * cs - in_cluster, length)
-        host = host_base + in_cluster if kind.has_host else None
+        host = host_base + in_cluster if has_host else None
         return Run(kind, offset, run_len, host, first)
 
     async def _run_extended(self, table: np.ndarray, l2_off: int, l2_index: int,
@@ -255,6 +306,20 @@ class Mapping:
         run_len = min(pos - in_cluster, length)
         host = host_base + in_cluster if kind.has_host else None
         return Run(kind, offset, run_len, host, first)
+
+
+def _same_run(ents: np.ndarray, kind: SC, host: int | None, cs: int,
+              has_data_file: bool) -> int:
+    """How many of the standard L2 entries ``ents`` are of type ``kind`` and, when
+    ``host`` is given, map contiguously from host offset ``host`` on."""
+    ents = ents.astype(np.uint64)
+    same = _standard_types(ents, has_data_file) == kind.value
+    if host is not None:
+        offs = ents & np.uint64(L2E_OFFSET_MASK)
+        expect = np.uint64(host) + np.arange(len(ents), dtype=np.uint64) * np.uint64(cs)
+        same &= offs == expect
+    bad = np.flatnonzero(~same)
+    return int(bad[0]) if bad.size else len(ents)
 
 
 def _standard_types(ents: np.ndarray, has_data_file: bool) -> np.ndarray:
