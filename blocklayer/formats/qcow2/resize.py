@@ -28,8 +28,6 @@ class ResizePath:
         if self.reopened_rw:
             await self.finish_reopen_rw()
         h = self.header
-        if h.nb_snapshots:
-            raise NotSupported("Can't resize an image which has snapshots")
         if size % 512:
             raise InvalidArgument("The new size must be a multiple of 512")
         old = h.size
