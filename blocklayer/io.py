@@ -209,8 +209,8 @@ async def _aligned_read(node: "BlockNode", offset: int, length: int,
         return b""
     align = node.limits.request_alignment
     start, end = align_down(offset, align), align_up(offset + length, align)
-    cor = bool(flags & ReqFlag.COPY_ON_READ) and node.backing is not None \
-        and not node.read_only
+    cor = node.backing is not None and not node.read_only \
+        and bool(flags & ReqFlag.COPY_ON_READ)
     if cor:
         cluster = max(node.driver.get_info().cluster_size, align)
         start, end = align_down(offset, cluster), align_up(offset + length, cluster)

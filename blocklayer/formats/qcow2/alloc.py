@@ -9,11 +9,9 @@ that referenced them are gone (the refcount cache then depends on the L2 cache).
 """
 from __future__ import annotations
 
-import asyncio
 import errno
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING
 
 from ...driver import ReqFlag
 from ...errors import BlockError, InvalidArgument, NotSupported
@@ -26,47 +24,6 @@ from .zeroes import ZeroPath
 
 if TYPE_CHECKING:
     from .driver import Qcow2Driver
-
-
-# ---------------------------------------------------------------------------------------
-# Guest range lock
-# ---------------------------------------------------------------------------------------
-
-@dataclass(eq=False)
-class _Hold:
-    start: int
-    end: int
-    exclusive: bool
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class RangeLock:
-    """Shared/exclusive holds on guest byte ranges (cluster aligned by the callers)."""
-
-    def __init__(self) -> None:
-        self.holds: list[_Hold] = []
-
-    @asynccontextmanager
-    async def _hold(self, start: int, end: int, exclusive: bool) -> AsyncIterator[None]:
-        while True:
-            other = next((h for h in self.holds if h.start < end and start < h.end
-                          and (h.exclusive or exclusive)), None)
-            if other is None:
-                break
-            await other.done.wait()
-        hold = _Hold(start, end, exclusive)
-        self.holds.append(hold)
-        try:
-            yield
-        finally:
-            self.holds.remove(hold)
-            hold.done.set()
-
-    def shared(self, start: int, end: int):  # type: ignore[no-untyped-def]
-        return self._hold(start, end, False)
-
-    def exclusive(self, start: int, end: int):  # type: ignore[no-untyped-def]
-        return self._hold(start, end, True)
 
 
 @dataclass(slots=True)

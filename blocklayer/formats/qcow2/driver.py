@@ -22,10 +22,11 @@ from ...driver import (BlockDriver, BlockStatus, ChildRole, CreateOption, Driver
 from ...errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
 from ...options import OpenFlags, parse_bool
 from . import layout as L
-from .alloc import RangeLock, WritePath
+from .alloc import WritePath
 from .cache import MetadataCache, cache_sizes
 from .compress import decompress
 from .mapping import L1E_OFFSET_MASK, SC, Geometry, Mapping
+from .ranges import RangeLock
 from .refcount import Discard, Refcounts, block_dtype
 from .bitmap import BitmapMethods, load as load_bitmaps, open_writable as bitmaps_writable
 from .amend import AmendMethods
@@ -398,14 +399,18 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
         async with self.ranges.shared(start, end):
             return await self.read_unlocked(offset, length)
 
-    async def read_unlocked(self, offset: int, length: int) -> bytearray:
+    async def read_unlocked(self, offset: int, length: int) -> bytes | bytearray:
         """Read through the mapping; the caller holds the guest range."""
+        if length <= 0:
+            return bytearray()
+        async with self.lock:
+            run = await self.mapping.lookup(offset, length)
+        if run.length == length and run.kind is SC.NORMAL and self.data_node is not None:
+            return await self.data_node.read(run.host, length)    # one run: no copy
         out = bytearray(length)
         view = memoryview(out)
         pos, end = offset, offset + length
-        while pos < end:
-            async with self.lock:
-                run = await self.mapping.lookup(pos, end - pos)
+        while True:
             n = run.length
             dst = view[pos - offset:pos - offset + n]
             if run.kind in (SC.UNALLOCATED_PLAIN, SC.UNALLOCATED_ALLOC):
@@ -419,7 +424,10 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
                 skip = self.geo.into_cluster(pos)
                 dst[:] = cluster[skip:skip + n]
             pos += n
-        return out
+            if pos >= end:
+                return out
+            async with self.lock:
+                run = await self.mapping.lookup(pos, end - pos)
 
     async def _read_backing(self, pos: int, dst: memoryview) -> None:
         backing = self.node.backing

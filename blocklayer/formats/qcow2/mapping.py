@@ -45,8 +45,9 @@ class SC(enum.Enum):
         return self in HAS_HOST
 
 
-#: subcluster types whose L2 entry holds a host offset (a set: no enum arithmetic)
-HAS_HOST = frozenset((SC.NORMAL, SC.ZERO_ALLOC, SC.UNALLOCATED_ALLOC))
+#: subcluster types whose L2 entry holds a host offset (a tuple: ``in`` compares by
+#: identity, where a set would call Enum.__hash__, which is Python code)
+HAS_HOST = (SC.NORMAL, SC.ZERO_ALLOC, SC.UNALLOCATED_ALLOC)
 
 
 class CT(enum.Enum):
