@@ -9,14 +9,16 @@ that referenced them are gone (the refcount cache then depends on the L2 cache).
 """
 from __future__ import annotations
 
+import asyncio
 import errno
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ...driver import ReqFlag
 from ...errors import BlockError, InvalidArgument, NotSupported
 from . import layout as L
-from .compress import compress
+from .compress import compress_many
 from .mapping import CT, L2_BITMAP_ALL_ALLOC, L2E_OFFSET_MASK, OFLAG_COPIED, SC
 from .refcount import Discard
 from .resize import ResizePath
@@ -315,40 +317,81 @@ class WritePath(ZeroPath, ResizePath):
         if len(data) % cs and offset + len(data) != self.header.size:
             raise InvalidArgument("Compressed writes must be whole clusters")
         mv = memoryview(data)
-        for pos in range(0, len(data), cs):
-            chunk = bytes(mv[pos:pos + cs])
-            out = compress(self.header.compression_type, chunk.ljust(cs, b"\0"), cs - 1)
-            if out is None:
-                await self.write(offset + pos, chunk, ReqFlag.NONE)
-            else:
-                await self._write_compressed_cluster(offset + pos, out)
+        chunks = [mv[pos:pos + cs] for pos in range(0, len(data), cs)]
+        outs = await self._compress_clusters(chunks)
+        i = 0
+        while i < len(chunks):
+            if outs[i] is None:             # does not shrink: an ordinary write
+                await self.write(offset + i * cs, bytes(chunks[i]), ReqFlag.NONE)
+                i += 1
+                continue
+            j = i
+            while j < len(chunks) and outs[j] is not None:
+                j += 1
+            await self._write_compressed_clusters(offset + i * cs, outs[i:j])  # type: ignore[arg-type]
+            i = j
 
-    async def _write_compressed_cluster(self: "Qcow2Driver", offset: int,
-                                        out: bytes) -> None:
-        geo = self.geo
-        async with self.ranges.exclusive(offset, offset + self.cluster_size):
+    async def _compress_clusters(self: "Qcow2Driver",
+                                 chunks: list[memoryview]) -> list[bytes | None]:
+        """Each cluster compressed (the last one padded to a cluster); several are
+        compressed at once in the loop's thread pool."""
+        cs, kind = self.cluster_size, self.header.compression_type
+        if len(chunks[-1]) < cs:
+            chunks = chunks[:-1] + [memoryview(bytes(chunks[-1]).ljust(cs, b"\0"))]
+        if len(chunks) == 1:
+            return compress_many(kind, chunks, cs - 1)
+        groups = min(len(chunks), 2 * (os.cpu_count() or 1))
+        step = -(-len(chunks) // groups)
+        loop = asyncio.get_running_loop()
+        parts = await asyncio.gather(*(
+            loop.run_in_executor(None, compress_many, kind, chunks[k:k + step], cs - 1)
+            for k in range(0, len(chunks), step)))
+        return [out for part in parts for out in part]
+
+    async def _write_compressed_clusters(self: "Qcow2Driver", offset: int,
+                                         outs: list[bytes]) -> None:
+        """Consecutive compressed clusters from ``offset``: allocated in order under
+        one lock, written in as few requests as their packing allows, then linked."""
+        geo, cs = self.geo, self.cluster_size
+        placed: list[tuple[int, int, bytes]] = []       # (guest, host, compressed)
+        error: BlockError | None = None
+        async with self.ranges.exclusive(offset, offset + len(outs) * cs):
             async with self.lock:
-                l2_off = await self.l2_for_write(offset)
-                ei, bi = self._l2_pos(geo.l2_index(offset))
-                entry = await self.l2_cache.get(l2_off)
-                old = int(entry.table[ei])
-                self.l2_cache.put(entry)
-                if old & L2E_OFFSET_MASK:
-                    raise BlockError("Compression can't overwrite anything", errno.EIO)
-                await self._mark_dirty()
-                coffset = await self.refcounts.alloc_bytes(len(out))
+                for k, out in enumerate(outs):
+                    guest = offset + k * cs
+                    l2_off = await self.l2_for_write(guest)
+                    entry = await self.l2_cache.get(l2_off)
+                    old = int(entry.table[self._l2_pos(geo.l2_index(guest))[0]])
+                    self.l2_cache.put(entry)
+                    if old & L2E_OFFSET_MASK:
+                        error = BlockError("Compression can't overwrite anything", errno.EIO)
+                        break
+                    await self._mark_dirty()
+                    placed.append((guest, await self.refcounts.alloc_bytes(len(out)), out))
             try:
-                await self.file.write(coffset, out)
+                k = 0
+                while k < len(placed):
+                    j = k + 1
+                    while j < len(placed) and placed[j][1] == placed[j - 1][1] + len(placed[j - 1][2]):
+                        j += 1
+                    buf = placed[k][2] if j == k + 1 else b"".join(p[2] for p in placed[k:j])
+                    await self.file.write(placed[k][1], buf)
+                    k = j
             except BaseException:
                 async with self.lock:
-                    await self.refcounts.free_clusters(coffset, len(out), Discard.NEVER)
+                    for _, coffset, out in placed:
+                        await self.refcounts.free_clusters(coffset, len(out), Discard.NEVER)
                 raise
             async with self.lock:
                 await self.l2_cache.set_dependency(self.rb_cache)
                 self.l2_cache.set_flush_dependency()
-                entry = await self.l2_cache.get(await self.l2_for_write(offset))
-                entry.table[ei] = geo.compressed_entry(coffset, len(out))
-                if bi >= 0:
-                    entry.table[bi] = 0
-                self.l2_cache.mark_dirty(entry)
-                self.l2_cache.put(entry)
+                for guest, coffset, out in placed:
+                    ei, bi = self._l2_pos(geo.l2_index(guest))
+                    entry = await self.l2_cache.get(await self.l2_for_write(guest))
+                    entry.table[ei] = geo.compressed_entry(coffset, len(out))
+                    if bi >= 0:
+                        entry.table[bi] = 0
+                    self.l2_cache.mark_dirty(entry)
+                    self.l2_cache.put(entry)
+        if error is not None:
+            raise error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zlib
+from typing import Sequence
 
 from ...errors import BlockError, NotSupported
 from .layout import COMPRESSION_ZLIB, COMPRESSION_ZSTD
@@ -11,14 +12,27 @@ from .layout import COMPRESSION_ZLIB, COMPRESSION_ZSTD
 
 def compress(kind: int, data: bytes | bytearray | memoryview, limit: int) -> bytes | None:
     """Compressed ``data``, or None when it does not fit in ``limit`` bytes."""
+    return compress_many(kind, [data], limit)[0]
+
+
+def compress_many(kind: int, chunks: Sequence[bytes | bytearray | memoryview],
+                  limit: int) -> list[bytes | None]:
+    """:func:`compress` of each chunk (one zstd context serves them all).  zlib and
+    zstd release the GIL, so worker threads running this use all the cores."""
+    out: list[bytes | None] = []
     if kind == COMPRESSION_ZLIB:
-        c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9)
-        out = c.compress(data) + c.flush()
+        for data in chunks:
+            c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9)
+            res = c.compress(data) + c.flush()
+            out.append(res if len(res) <= limit else None)
     elif kind == COMPRESSION_ZSTD:
-        out = _zstd().ZstdCompressor().compress(bytes(data))
+        z = _zstd().ZstdCompressor()
+        for data in chunks:
+            res = z.compress(data)
+            out.append(res if len(res) <= limit else None)
     else:
         raise NotSupported(f"qcow2: unknown compression type: {kind}")
-    return out if len(out) <= limit else None
+    return out
 
 
 def decompress(kind: int, data: bytes, cluster_size: int) -> bytes:

@@ -156,8 +156,6 @@ class Converter:
                 aligned = g - g % self.cluster - gstart
                 if aligned > off:
                     stop = aligned
-            if self.s.compressed:
-                stop = min(off + self.cluster - (gstart + off) % self.cluster, end)
             yield i, off, stop - off, kind
             off = stop
 
@@ -278,15 +276,45 @@ class Converter:
         await self.target.write_zeroes(off, n, ReqFlag.MAY_UNMAP)
 
     async def _write_compressed(self, off: int, data: bytes) -> None:
+        """Cluster by cluster (cut at target cluster boundaries): zero clusters are
+        zeroed, the others written compressed, runs of whole ones in one request so
+        the driver compresses them in parallel."""
         from blocklayer.driver import ReqFlag
         from blocklayer.io import is_zero
-        if is_zero(data):
-            await self._zero(off, len(data))
-            return
-        await self._throttle(len(data))
-        if len(data) < self.cluster and off + len(data) < self.target.total_bytes:
-            data = data + bytes(self.cluster - len(data))
-        await self.target.write(off, data, ReqFlag.COMPRESSED)
+        c, mv, end = self.cluster, memoryview(data), off + len(data)
+        run: list[int] = []                 # [start, end) of pending compressed clusters
+        zrun: list[int] = []                # [start, end) of pending zero clusters
+
+        async def flush() -> None:
+            if zrun:
+                await self._zero(zrun[0], zrun[1] - zrun[0])
+                zrun.clear()
+            if run:
+                await self._throttle(run[1] - run[0])
+                await self.target.write(run[0], mv[run[0] - off:run[1] - off],
+                                        ReqFlag.COMPRESSED)
+                run.clear()
+
+        pos = off
+        while pos < end:
+            stop = min(pos - pos % c + c, end)
+            piece = mv[pos - off:stop - off]
+            if is_zero(piece):
+                if run or (zrun and zrun[1] != pos):
+                    await flush()
+                zrun[:] = [zrun[0] if zrun else pos, stop]
+            elif stop - pos < c and stop < self.target.total_bytes or pos % c:
+                await flush()               # a partial cluster, padded, on its own
+                await self._throttle(stop - pos)
+                await self.target.write(pos, bytes(piece) + bytes(c - (stop - pos)) if
+                                        stop - pos < c and stop < self.target.total_bytes
+                                        else bytes(piece), ReqFlag.COMPRESSED)
+            else:
+                if zrun or (run and run[1] != pos):
+                    await flush()
+                run[:] = [run[0] if run else pos, stop]
+            pos = stop
+        await flush()
 
     def _sparse_pieces(self, offset: int, data: bytes) -> list[tuple[int, int, bool]]:
         """Split a buffer into data and zero runs; zero runs are whole ``-S`` blocks
