@@ -282,7 +282,7 @@ async def node_write(node: "BlockNode", offset: int, data: bytes | bytearray | m
     if not node.flags.cache.writeback and REQUEST_DEPTH.get() == 0:
         flags |= ReqFlag.FUA          # writethrough: every guest write is durable
     async with _request(node, "write", offset, length, write=True):
-        if flags & ReqFlag.COMPRESSED and not node.driver.can_compressed_write:
+        if flags and flags & ReqFlag.COMPRESSED and not node.driver.can_compressed_write:
             raise NotSupported("Compression is not supported for this drive", errno.ENOTSUP)
         mode = node.flags.detect_zeroes
         if mode != "off" and not flags & ReqFlag.COMPRESSED and is_zero(data):
@@ -353,11 +353,12 @@ async def _merge_unaligned(node: "BlockNode", offset: int, data: bytes | bytearr
 async def _write_split(node: "BlockNode", offset: int, data: bytes | bytearray | memoryview,
                        flags: ReqFlag) -> None:
     drv = node.driver
-    fua = bool(flags & ReqFlag.FUA)
+    # ``flags and``: int truth is C code, Flag arithmetic is Python (per request)
+    fua = bool(flags and flags & ReqFlag.FUA)
     if fua and not drv.can_fua:
         flags &= ~ReqFlag.FUA
     max_xfer = node.limits.max_transfer
-    if flags & ReqFlag.COMPRESSED:
+    if flags and flags & ReqFlag.COMPRESSED:
         max_xfer = 0     # a compressed write is one cluster; the driver checks
     length = len(data)
     if not max_xfer or length <= max_xfer:

@@ -138,7 +138,7 @@ class WritePath(ZeroPath, ResizePath):
                     flags: ReqFlag) -> None:
         if self.reopened_rw:
             await self.finish_reopen_rw()
-        if flags & ReqFlag.COMPRESSED:
+        if flags and flags & ReqFlag.COMPRESSED:
             await self.write_compressed(offset, data)
             return
         if self.data_node is None:

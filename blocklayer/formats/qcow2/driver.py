@@ -308,10 +308,10 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
     async def _overlap_check(self, offset: int, length: int) -> None:
         """Refuse metadata writes over the header, the L1 or the refcount table."""
         h = self.header
-        regions = [(0, self.cluster_size),
-                   (h.l1_table_offset, h.l1_size * 8),
-                   (h.refcount_table_offset, h.refcount_table_clusters * self.cluster_size)]
-        for start, n in regions:
+        for start, n in ((0, self.cluster_size),
+                         (h.l1_table_offset, h.l1_size * 8),
+                         (h.refcount_table_offset,
+                          h.refcount_table_clusters * self.cluster_size)):
             if n and offset < start + n and start < offset + length:
                 await self._corrupt(f"Preventing invalid write on metadata (overlaps with "
                                     f"active table at {start:#x})", offset, length)
@@ -323,10 +323,11 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
             return
         await self._overlap_check(offset, length)
         start = offset - offset % self.cluster_size
-        lo, hi = np.uint64(start), np.uint64(offset + length)
+        # one unsigned comparison per entry: (t - start) wraps around below start
+        lo, n = np.uint64(start), np.uint64(offset + length - start)
         for name, table in (("L2", self.mapping.l1 & np.uint64(L1E_OFFSET_MASK)),
                             ("refcount block", self.refcounts.table)):
-            hit = (table >= lo) & (table < hi)
+            hit = (table - lo) < n
             if hit.any():
                 where = int(table[hit][0])
                 await self._corrupt(f"Preventing invalid write on metadata (overlaps with "

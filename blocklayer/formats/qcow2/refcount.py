@@ -136,7 +136,16 @@ class Refcounts:
         return off
 
     async def get(self, cluster_index: int) -> int:
-        return int((await self.get_run(cluster_index, 1))[0])
+        if self.bits < 8:
+            return int((await self.get_run(cluster_index, 1))[0])
+        off = await self._load_block(cluster_index >> self.block_bits)
+        if not off:
+            return 0
+        entry = await self.cache.get(off)
+        try:
+            return entry.table.item(cluster_index & (self.block_entries - 1))
+        finally:
+            self.cache.put(entry)
 
     async def get_run(self, cluster_index: int, count: int) -> np.ndarray:
         """Refcounts of up to ``count`` clusters from ``cluster_index`` (at least one,
@@ -165,6 +174,8 @@ class Refcounts:
             await self.process_discards()
         start = self.free_cluster_index
         run = 0
+        if nb_clusters == 1 and self.reserved is None and await self.get(start) == 0:
+            run = 1             # the usual case: the next cluster is free (no arrays)
         while run < nb_clusters:
             c = start + run
             counts = await self.get_run(c, nb_clusters - run)
@@ -275,19 +286,30 @@ class Refcounts:
                 block = await self._block_for(idx)
                 entry = await self.cache.get(block)
                 try:
-                    old = self._get_range(entry.table, start, start + n).astype(np.int64)
-                    new = old + addend
-                    if new.min() < 0 or new.max() > self.max:
-                        raise BlockError("qcow2: refcount out of range", errno.EINVAL)
-                    self._set_range(entry.table, start, new.astype(np.uint64))
+                    if n == 1 and self.bits >= 8:      # one cluster: plain ints
+                        value = entry.table.item(start) + addend
+                        if value < 0 or value > self.max:
+                            raise BlockError("qcow2: refcount out of range", errno.EINVAL)
+                        entry.table[start] = value
+                        new = None
+                    else:
+                        old = self._get_range(entry.table, start, start + n).astype(np.int64)
+                        new = old + addend
+                        if new.min() < 0 or new.max() > self.max:
+                            raise BlockError("qcow2: refcount out of range", errno.EINVAL)
+                        self._set_range(entry.table, start, new.astype(np.uint64))
                     self.cache.mark_dirty(entry)
                 finally:
                     self.cache.put(entry)
                 done.append((idx, n))
                 if addend < 0:
-                    zeros = np.flatnonzero(new == 0)
-                    if zeros.size:
-                        self._freed(idx + zeros, kind)
+                    if new is None:
+                        if value == 0:
+                            self._freed(np.array([idx], np.int64), kind)
+                    else:
+                        zeros = np.flatnonzero(new == 0)
+                        if zeros.size:
+                            self._freed(idx + zeros, kind)
                 idx += n
         except BaseException:
             for idx, n in done:     # undo what was done (blocks exist, no allocation)
