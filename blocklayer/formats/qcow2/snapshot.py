@@ -200,7 +200,10 @@ async def write_snapshots(drv: "Qcow2Driver") -> None:
     h.nb_snapshots, h.snapshots_offset = len(drv.snapshots), new_off
     drv.snapshots_size = len(data)
     if old_size:
-        await drv.free_clusters(old_off, old_size, Discard.SNAPSHOT)
+        try:
+            await drv.free_clusters(old_off, old_size, Discard.SNAPSHOT)
+        except BlockError:
+            pass    # as QEMU: the new table is in place; an old one past EOF just leaks
 
 
 # ---------------------------------------------------------------------------------------
