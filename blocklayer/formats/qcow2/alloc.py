@@ -306,9 +306,25 @@ class WritePath(ZeroPath, ResizePath):
                 await self.free_any_cluster(c.old_entry, Discard.NEVER)
 
     # ---- compressed writes -------------------------------------------------------------
+    #: compressions started by :meth:`compress_ahead`: guest offset -> (data, task)
+    _compress_ahead: dict[int, tuple[object, "asyncio.Future[list[bytes | None]]"]] | None = None
+
+    def compress_ahead(self: "Qcow2Driver", offset: int, data: memoryview) -> None:
+        """Start compressing ``data`` in the thread pool now; a compressed write of the
+        same object at ``offset`` uses the result (so a copy loop can compress ahead
+        of its in-order writes).  Anything else is compressed again at write time."""
+        if self._compress_ahead is None:
+            self._compress_ahead = {}
+        cs = self.cluster_size
+        mv = memoryview(data)
+        chunks = [mv[pos:pos + cs] for pos in range(0, len(data), cs)]
+        self._compress_ahead[offset] = (data, asyncio.ensure_future(
+            self._compress_clusters(chunks, inline=False)))
+
     async def write_compressed(self: "Qcow2Driver", offset: int,
                                data: bytes | bytearray | memoryview) -> None:
         cs = self.cluster_size
+        ahead = self._compress_ahead.pop(offset, None) if self._compress_ahead else None
         if self.header.has_data_file:
             raise NotSupported("Compression is not supported with an external data file",
                                errno.ENOTSUP)
@@ -318,7 +334,10 @@ class WritePath(ZeroPath, ResizePath):
             raise InvalidArgument("Compressed writes must be whole clusters")
         mv = memoryview(data)
         chunks = [mv[pos:pos + cs] for pos in range(0, len(data), cs)]
-        outs = await self._compress_clusters(chunks)
+        if ahead is not None and ahead[0] is data:
+            outs = await ahead[1]
+        else:
+            outs = await self._compress_clusters(chunks)
         i = 0
         while i < len(chunks):
             if outs[i] is None:             # does not shrink: an ordinary write
@@ -331,14 +350,15 @@ class WritePath(ZeroPath, ResizePath):
             await self._write_compressed_clusters(offset + i * cs, outs[i:j])  # type: ignore[arg-type]
             i = j
 
-    async def _compress_clusters(self: "Qcow2Driver",
-                                 chunks: list[memoryview]) -> list[bytes | None]:
+    async def _compress_clusters(self: "Qcow2Driver", chunks: list[memoryview],
+                                 inline: bool = True) -> list[bytes | None]:
         """Each cluster compressed (the last one padded to a cluster); several are
-        compressed at once in the loop's thread pool."""
+        compressed at once in the loop's thread pool (one alone on the loop thread,
+        if ``inline``)."""
         cs, kind = self.cluster_size, self.header.compression_type
         if len(chunks[-1]) < cs:
             chunks = chunks[:-1] + [memoryview(bytes(chunks[-1]).ljust(cs, b"\0"))]
-        if len(chunks) == 1:
+        if len(chunks) == 1 and inline:
             return compress_many(kind, chunks, cs - 1)
         groups = min(len(chunks), 2 * (os.cpu_count() or 1))
         step = -(-len(chunks) // groups)
@@ -357,13 +377,15 @@ class WritePath(ZeroPath, ResizePath):
         error: BlockError | None = None
         async with self.ranges.exclusive(offset, offset + len(outs) * cs):
             async with self.lock:
+                table = None
                 for k, out in enumerate(outs):
                     guest = offset + k * cs
-                    l2_off = await self.l2_for_write(guest)
-                    entry = await self.l2_cache.get(l2_off)
-                    old = int(entry.table[self._l2_pos(geo.l2_index(guest))[0]])
-                    self.l2_cache.put(entry)
-                    if old & L2E_OFFSET_MASK:
+                    if table is None or geo.l2_index(guest) == 0:
+                        l2_off = await self.l2_for_write(guest)
+                        entry = await self.l2_cache.get(l2_off)
+                        table = entry.table.copy()
+                        self.l2_cache.put(entry)
+                    if int(table[self._l2_pos(geo.l2_index(guest))[0]]) & L2E_OFFSET_MASK:
                         error = BlockError("Compression can't overwrite anything", errno.EIO)
                         break
                     await self._mark_dirty()
@@ -385,13 +407,19 @@ class WritePath(ZeroPath, ResizePath):
             async with self.lock:
                 await self.l2_cache.set_dependency(self.rb_cache)
                 self.l2_cache.set_flush_dependency()
+                entry = None
                 for guest, coffset, out in placed:
-                    ei, bi = self._l2_pos(geo.l2_index(guest))
-                    entry = await self.l2_cache.get(await self.l2_for_write(guest))
+                    idx = geo.l2_index(guest)
+                    if entry is None or idx == 0:
+                        if entry is not None:
+                            self.l2_cache.put(entry)
+                        entry = await self.l2_cache.get(await self.l2_for_write(guest))
+                        self.l2_cache.mark_dirty(entry)
+                    ei, bi = self._l2_pos(idx)
                     entry.table[ei] = geo.compressed_entry(coffset, len(out))
                     if bi >= 0:
                         entry.table[bi] = 0
-                    self.l2_cache.mark_dirty(entry)
+                if entry is not None:
                     self.l2_cache.put(entry)
         if error is not None:
             raise error

@@ -194,9 +194,11 @@ class Converter:
             item = await queue.get()
             if item is None:
                 return
-            data = None
+            data: Any = None
             if item.kind is Kind.DATA:
                 data = await self._read(item)
+                if self.s.compressed:
+                    data = self._compressed_plan(item.offset, data)
             await self._wait_turn(item.seq)
             try:
                 await self._write(item, data)
@@ -254,7 +256,7 @@ class Converter:
                 return
             assert data is not None
             if self.s.compressed:
-                await self._write_compressed(item.offset, data)
+                await self._write_compressed(data)
                 return
             for off, n, is_data in self._sparse_pieces(item.offset, data):
                 if is_data:
@@ -275,46 +277,54 @@ class Converter:
         from blocklayer.driver import ReqFlag
         await self.target.write_zeroes(off, n, ReqFlag.MAY_UNMAP)
 
-    async def _write_compressed(self, off: int, data: bytes) -> None:
-        """Cluster by cluster (cut at target cluster boundaries): zero clusters are
-        zeroed, the others written compressed, runs of whole ones in one request so
-        the driver compresses them in parallel."""
-        from blocklayer.driver import ReqFlag
+    def _compressed_plan(self, off: int, data: bytes) -> list[tuple[int, int, Any]]:
+        """Cut at target cluster boundaries: ``(offset, length, None)`` for zero runs,
+        ``(offset, length, buffer)`` for runs to write compressed (whole clusters
+        together; a partial cluster alone, padded unless it ends the image).  The
+        target, if it can, starts compressing them now, ahead of their turn."""
         from blocklayer.io import is_zero
         c, mv, end = self.cluster, memoryview(data), off + len(data)
-        run: list[int] = []                 # [start, end) of pending compressed clusters
-        zrun: list[int] = []                # [start, end) of pending zero clusters
-
-        async def flush() -> None:
-            if zrun:
-                await self._zero(zrun[0], zrun[1] - zrun[0])
-                zrun.clear()
-            if run:
-                await self._throttle(run[1] - run[0])
-                await self.target.write(run[0], mv[run[0] - off:run[1] - off],
-                                        ReqFlag.COMPRESSED)
-                run.clear()
-
+        size = self.target.total_bytes
+        plan: list[list[Any]] = []
         pos = off
         while pos < end:
             stop = min(pos - pos % c + c, end)
             piece = mv[pos - off:stop - off]
             if is_zero(piece):
-                if run or (zrun and zrun[1] != pos):
-                    await flush()
-                zrun[:] = [zrun[0] if zrun else pos, stop]
-            elif stop - pos < c and stop < self.target.total_bytes or pos % c:
-                await flush()               # a partial cluster, padded, on its own
-                await self._throttle(stop - pos)
-                await self.target.write(pos, bytes(piece) + bytes(c - (stop - pos)) if
-                                        stop - pos < c and stop < self.target.total_bytes
-                                        else bytes(piece), ReqFlag.COMPRESSED)
+                kind = "zero"
+            elif stop - pos < c and stop < size or pos % c:
+                kind = "alone"
             else:
-                if zrun or (run and run[1] != pos):
-                    await flush()
-                run[:] = [run[0] if run else pos, stop]
+                kind = "data"
+            last = plan[-1] if plan else None
+            if kind != "alone" and last is not None and last[3] == kind:
+                last[1] = stop - last[0]
+            else:
+                plan.append([pos, stop - pos, None, kind])
             pos = stop
-        await flush()
+        out = []
+        ahead = getattr(self.target.driver, "compress_ahead", None)
+        for pos, n, _, kind in plan:
+            buf: Any = None
+            if kind == "data":
+                buf = mv[pos - off:pos - off + n]
+            elif kind == "alone":
+                buf = bytes(mv[pos - off:pos - off + n])
+                if n < c and pos + n < size:
+                    buf += bytes(c - n)
+            if buf is not None and ahead is not None and not pos % c:
+                ahead(pos, buf)
+            out.append((pos, n, buf))
+        return out
+
+    async def _write_compressed(self, plan: list[tuple[int, int, Any]]) -> None:
+        from blocklayer.driver import ReqFlag
+        for pos, n, buf in plan:
+            if buf is None:
+                await self._zero(pos, n)
+            else:
+                await self._throttle(n)
+                await self.target.write(pos, buf, ReqFlag.COMPRESSED)
 
     def _sparse_pieces(self, offset: int, data: bytes) -> list[tuple[int, int, bool]]:
         """Split a buffer into data and zero runs; zero runs are whole ``-S`` blocks
