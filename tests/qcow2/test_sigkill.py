@@ -4,42 +4,16 @@ every request flushed before the kill reads back."""
 from __future__ import annotations
 
 import json
-import random
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import qemu_img, run, tool
 
-from . import crash_writer as cw
+from ..crash_writer import kill_at_random, plan
 from .helpers import create, open_qcow2
 
-HERE = Path(__file__).resolve().parent
-
-
-def _kill_at_random(img: Path, seed: int) -> int:
-    rng = random.Random(seed)
-    stop_after = rng.randrange(1, 30)
-    proc = subprocess.Popen([sys.executable, str(HERE / "crash_writer.py"), str(img), str(seed)],
-                            stdout=subprocess.PIPE, text=True)
-    flushed = 0
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("F"):
-                flushed = int(line.split()[1])
-                if flushed // 12 >= stop_after:
-                    break
-            elif line.startswith("DONE"):
-                break
-        time.sleep(rng.random() * 0.03)      # somewhere inside the next batch
-    finally:
-        proc.kill()
-        proc.wait()
-    return flushed
+SIZE = 32 << 20
 
 
 async def _verify(img: Path, done: list) -> None:
@@ -56,9 +30,8 @@ async def _verify(img: Path, done: list) -> None:
                                        (5, True), (6, True)])
 def test_sigkill_then_repair(tmp_path: Path, seed: int, lazy: bool) -> None:
     img = tmp_path / "img.qcow2"
-    run(create(img, cw.SIZE, cluster_size=str(cw.CLUSTER),
-               lazy_refcounts="on" if lazy else None))
-    flushed = _kill_at_random(img, seed)
+    run(create(img, SIZE, cluster_size="4096", lazy_refcounts="on" if lazy else None))
+    flushed = kill_at_random(img, "qcow2", seed, compress=True)
     assert flushed > 0
     before = json.loads(qemu_img("check", "--output=json", str(img), check=False).stdout
                         or "{}")
@@ -66,7 +39,7 @@ def test_sigkill_then_repair(tmp_path: Path, seed: int, lazy: bool) -> None:
         assert not before.get("corruptions"), before
         res = tool("img", "check", "-r", "all", str(img))
         assert res.returncode == 0, res.stdout + res.stderr
-    run(_verify(img, cw.plan(seed)[:flushed]))
+    run(_verify(img, plan(seed, SIZE, compress=True)[:flushed]))
     after = json.loads(qemu_img("check", "--output=json", str(img), check=False).stdout)
     assert not after.get("corruptions") and not after.get("leaks"), after
     assert not after.get("check-errors"), after

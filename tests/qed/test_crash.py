@@ -2,10 +2,6 @@
 read-write open, and every write flushed before the kill reads back."""
 from __future__ import annotations
 
-import random
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,10 +9,10 @@ import pytest
 from blocklayer.formats.qed import layout
 from tests.conftest import run
 
-from . import crash_writer as cw
+from ..crash_writer import kill_at_random, plan
 from .helpers import create, open_qed, our_check, qemu_check
 
-HERE = Path(__file__).resolve().parent
+SIZE = 16 << 20
 
 
 def _need_check(path: Path) -> bool:
@@ -26,37 +22,20 @@ def _need_check(path: Path) -> bool:
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
 def test_sigkill_then_repair(tmp_path: Path, seed: int) -> None:
     img = tmp_path / "img.qed"
-    model = bytearray(cw.SIZE)
+    model = bytearray(SIZE)
     backing = seed % 2 == 0
     if backing:
         base = tmp_path / "base.raw"
-        model[:] = bytes(range(256)) * (cw.SIZE // 256)
+        model[:] = bytes(range(256)) * (SIZE // 256)
         base.write_bytes(model)
-        run(create(img, cw.SIZE, cluster_size=cw.CLUSTER, table_size=2,
+        run(create(img, SIZE, cluster_size=4096, table_size=2,
                    backing_file=base.name, backing_fmt="raw"))
     else:
-        run(create(img, cw.SIZE, cluster_size=cw.CLUSTER, table_size=2))
-    rng = random.Random(seed)
-    stop_after = rng.randrange(1, 20)
-    proc = subprocess.Popen([sys.executable, str(HERE / "crash_writer.py"), str(img), str(seed)],
-                            stdout=subprocess.PIPE, text=True)
-    flushed = 0
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("F"):
-                flushed = int(line.split()[1])
-                if flushed // 12 >= stop_after:
-                    break
-            elif line.startswith("DONE"):
-                break
-        time.sleep(rng.random() * 0.02)
-    finally:
-        proc.kill()
-        proc.wait()
+        run(create(img, SIZE, cluster_size=4096, table_size=2))
+    flushed = kill_at_random(img, "qed", seed)
     assert flushed > 0
     assert _need_check(img)                      # killed within the 5 s quiet period
-    run(_reopen_and_verify(img, model, cw.plan(seed)[:flushed]))
+    run(_reopen_and_verify(img, model, plan(seed, SIZE)[:flushed]))
     assert not _need_check(img)                  # repaired on the read-write open
     theirs = qemu_check(img)
     assert theirs["corruptions"] == theirs["check-errors"] == 0
