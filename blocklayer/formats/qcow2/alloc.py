@@ -24,6 +24,8 @@ from .refcount import Discard
 from .resize import ResizePath
 from .zeroes import ZeroPath
 
+_CPUS = os.cpu_count() or 1       # compression jobs per compressed write
+
 if TYPE_CHECKING:
     from .driver import Qcow2Driver
 
@@ -360,7 +362,7 @@ class WritePath(ZeroPath, ResizePath):
             chunks = chunks[:-1] + [memoryview(bytes(chunks[-1]).ljust(cs, b"\0"))]
         if len(chunks) == 1 and inline:
             return compress_many(kind, chunks, cs - 1)
-        groups = min(len(chunks), 2 * (os.cpu_count() or 1))
+        groups = min(len(chunks), _CPUS)
         step = -(-len(chunks) // groups)
         loop = asyncio.get_running_loop()
         parts = await asyncio.gather(*(
@@ -377,15 +379,18 @@ class WritePath(ZeroPath, ResizePath):
         error: BlockError | None = None
         async with self.ranges.exclusive(offset, offset + len(outs) * cs):
             async with self.lock:
-                table = None
+                olds: list[int] = []
                 for k, out in enumerate(outs):
                     guest = offset + k * cs
-                    if table is None or geo.l2_index(guest) == 0:
-                        l2_off = await self.l2_for_write(guest)
-                        entry = await self.l2_cache.get(l2_off)
-                        table = entry.table.copy()
+                    idx = geo.l2_index(guest)
+                    if k == 0 or idx == 0:      # the entries this L2 table has for us
+                        entry = await self.l2_cache.get(await self.l2_for_write(guest))
+                        stride = 2 if geo.extended_l2 else 1
+                        n = min(len(outs) - k, (len(entry.table) // stride) - idx)
+                        olds = entry.table[stride * idx:stride * (idx + n):stride].tolist()
                         self.l2_cache.put(entry)
-                    if int(table[self._l2_pos(geo.l2_index(guest))[0]]) & L2E_OFFSET_MASK:
+                        first = idx
+                    if olds[idx - first] & L2E_OFFSET_MASK:
                         error = BlockError("Compression can't overwrite anything", errno.EIO)
                         break
                     await self._mark_dirty()
