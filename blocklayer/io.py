@@ -214,6 +214,7 @@ async def _aligned_read(node: "BlockNode", offset: int, length: int,
     if cor:
         cluster = max(node.driver.get_info().cluster_size, align)
         start, end = align_down(offset, cluster), align_up(offset + length, cluster)
+    data: bytes | bytearray
     async with tracked(node, start, end, serialising=cor):
         if cor:
             data = await _copy_on_read(node, start, end - start)

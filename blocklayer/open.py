@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 from . import registry
-from .driver import ChildRole, Perm
+from .driver import BlockDriver, ChildRole, Perm
 from .errors import BlockError, InvalidArgument, NodeNotFound
 from .memory import tune_malloc
 from .node import BlockGraph, BlockNode
@@ -103,7 +103,7 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
         if driver_name is None:
             header = await file_node.read(0, min(registry.PROBE_BUF_SIZE, file_node.total_bytes)) \
                 if file_node.total_bytes else b""
-            driver_name = registry.probe_format(header, filename)
+            driver_name = registry.probe_format(bytes(header), filename)
             probed = True
             if driver_name == "raw":
                 options["x-probed"] = True
@@ -140,7 +140,7 @@ _UNSET = object()
 CHILD_PREFIXES = ("file", "backing", "data-file", "image")
 
 
-def _reject_unknown_options(cls: type, options: dict[str, Any], protocol: bool) -> None:
+def _reject_unknown_options(cls: type[BlockDriver], options: dict[str, Any], protocol: bool) -> None:
     """QEMU's error for an option the driver does not know."""
     known = set(cls.open_options) | {"x-probed", "filename"}
     for key in options:
@@ -191,7 +191,7 @@ def _apply_generic_options(options: dict[str, Any], flags: OpenFlags) -> OpenFla
     return flags
 
 
-async def _open_protocol(graph: BlockGraph, cls: type, filename: str | None,
+async def _open_protocol(graph: BlockGraph, cls: type[BlockDriver], filename: str | None,
                          options: dict[str, Any], flags: OpenFlags,
                          node_name: str | None) -> BlockNode:
     if filename is not None and "filename" not in options:
