@@ -345,7 +345,10 @@ class Converter:
         blocks = np.frombuffer(data, dtype=np.uint64, count=nblocks * s // 8,
                                offset=head) if head % 8 == 0 and s % 8 == 0 else \
             np.frombuffer(data, dtype=np.uint8, count=nblocks * s, offset=head)
-        is_data = blocks.reshape(nblocks, -1).any(axis=1)
+        blocks = blocks.reshape(nblocks, -1)
+        if blocks[:, 0].all():          # every block starts with data: nothing to skip
+            return [(offset, n, True)]
+        is_data = blocks.any(axis=1)
         cuts = np.flatnonzero(is_data[1:] != is_data[:-1]) + 1
         runs: list[list] = []
         if head:
