@@ -28,6 +28,8 @@ from ...errors import BlockError
 from . import layout as L
 from .mapping import (CT, L1E_OFFSET_MASK, L2_BITMAP_ALL_ALLOC, L2_BITMAP_ALL_ZEROES,
                       L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO)
+from .check_bulk import (Memo, batches, copied_flags_ok, count_batch, l1_is_plain,
+                         read_tables)
 from .refcount import REFT_OFFSET_MASK, Discard
 from .snapshot import EXTRA_V3_MIN, read_table, write_snapshots
 
@@ -71,6 +73,8 @@ class _Check:
         self.nb_clusters = n
         self.rebuild = False
         self.stats = _Stats()
+        #: kept for the COPIED pass when nothing is repaired (None: keep nothing)
+        self.memo: Memo | None = None if fix else Memo()
 
     # ---- the in-memory refcount table ------------------------------------------------
     def _grow(self, last: int) -> None:
@@ -99,24 +103,21 @@ class _Check:
         seg[seg < self.max] += 1
 
     def inc_clusters(self, offsets: np.ndarray) -> None:
-        """One more reference to each whole cluster at ``offsets`` (data clusters)."""
+        """One more reference to each whole cluster at ``offsets`` (data clusters): in
+        bulk, or entry by entry through :meth:`inc` (which says what is wrong in QEMU's
+        order) when an offset is unaligned (it then touches two clusters) or beyond the
+        end, or a refcount would overflow."""
         if not offsets.size:
             return
-        beyond = offsets + U64(self.cs) - U64(self.file_len) >= U64(self.cs)
-        if self.file_len < self.cs:
-            beyond = offsets >= U64(self.file_len)
-        for off in offsets[beyond].tolist():
-            self.inc(off, self.cs)          # reports it
-        idx = (offsets[~beyond] >> U64(self.cb)).astype(np.int64)
-        if not idx.size:
-            return
-        self._grow(int(idx.max()))
-        np.add.at(self.refs, idx, 1)
-        over = np.flatnonzero(self.refs > self.max)
-        for k in over.tolist():
-            for _ in range(int(self.refs[k]) - self.max):
-                self._overflow(k)
-            self.refs[k] = self.max
+        if not ((offsets >= U64(self.file_len)) | ((offsets % U64(self.cs)) != 0)).any():
+            idx = (offsets >> U64(self.cb)).astype(np.int64)
+            self._grow(int(idx.max()))
+            np.add.at(self.refs, idx, 1)
+            if not (self.refs[idx] > self.max).any():
+                return
+            np.subtract.at(self.refs, idx, 1)
+        for off in offsets.tolist():
+            self.inc(off, self.cs)
 
     def _overflow(self, index: int) -> None:
         self.msg.append(f"ERROR: overflow cluster offset={index << self.cb:#x}")
@@ -164,6 +165,18 @@ class _Check:
             self.res.check_errors += 1
             raise
         l1 = np.frombuffer(bytes(raw), ">u8").astype(U64)
+        if l1_is_plain(l1, self.cs, self.file_len):
+            offsets = (l1[l1 != 0] & U64(L1E_OFFSET_MASK)).tolist()
+            for group in batches(offsets, self.cs):
+                words = await read_tables(self.drv, group)
+                if words is not None and count_batch(self, group, words, frag):
+                    if active and self.memo and self.memo.keep(words.nbytes):
+                        self.memo.tables[tuple(group)] = words
+                    continue
+                for l2_off in group:        # something to say: table by table
+                    self.inc(l2_off, self.cs)
+                    await self.check_l2(l2_off, frag, active)
+            return
         for i in np.flatnonzero(l1).tolist():
             e = int(l1[i])
             if e & L1E_RESERVED_MASK:
@@ -384,6 +397,9 @@ class _Check:
                 res.check_errors += span
                 i += span
                 continue
+            if (self.memo and len(disk) == rc.block_entries and not fix
+                    and self.memo.keep(disk.nbytes)):
+                self.memo.blocks[i >> rc.block_bits] = disk
             used = np.flatnonzero((disk != 0) | (want != 0))
             if used.size:
                 highest = i + int(used[-1])
@@ -488,7 +504,7 @@ async def check_refcounts(drv: "Qcow2Driver", res: CheckResult, fix: CheckMode) 
     res.allocated_clusters = c.stats.allocated
     res.fragmented_clusters = c.stats.fragmented
     res.compressed_clusters = c.stats.compressed
-    await check_oflag_copied(drv, res, fix)
+    await check_oflag_copied(drv, res, fix, c.memo if not fix else None)
     res.image_end_offset = (highest + 1) * cs
 
 
@@ -503,7 +519,8 @@ def _restore(res: CheckResult, saved: CheckResult) -> None:
     res.corruptions_fixed, res.leaks_fixed = saved.corruptions_fixed, saved.leaks_fixed
 
 
-async def check_oflag_copied(drv: "Qcow2Driver", res: CheckResult, fix: CheckMode) -> None:
+async def check_oflag_copied(drv: "Qcow2Driver", res: CheckResult, fix: CheckMode,
+                             memo: Memo | None = None) -> None:
     """COPIED in the active L1 and L2 tables must say refcount == 1."""
     geo, rc, cs = drv.geo, drv.refcounts, drv.cluster_size
     if fix & CheckMode.FIX_ERRORS:
@@ -515,6 +532,8 @@ async def check_oflag_copied(drv: "Qcow2Driver", res: CheckResult, fix: CheckMod
     head = "Repairing" if repair else "ERROR"
     l1 = drv.mapping.l1
     reftable = await _read_reftable(drv)
+    if await copied_flags_ok(drv, reftable, memo):
+        return                  # nothing to say or repair (checked in bulk)
 
     async def refcount(off: int) -> int | None:
         i = (off >> geo.cluster_bits) >> rc.block_bits
