@@ -33,6 +33,8 @@ from .amend import AmendMethods
 from .check import CheckMethods
 from .snapshot import SnapshotMethods, load as load_snapshots
 
+_DATA_AT = Status.DATA | Status.OFFSET_VALID
+_DATA_AT_RECURSE = _DATA_AT | Status.RECURSE
 DISCARD_OPTIONS = {"pass-discard-request": Discard.REQUEST,
                    "pass-discard-snapshot": Discard.SNAPSHOT,
                    "pass-discard-other": Discard.OTHER}
@@ -449,6 +451,12 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
             if self.metadata_prealloc is None:
                 self.metadata_prealloc = await self._detect_metadata_prealloc()
             run = await self.mapping.lookup(offset, length)
+        kind = run.kind
+        if kind is SC.NORMAL:               # the common answers without Flag arithmetic
+            flags = _DATA_AT_RECURSE if self.metadata_prealloc else _DATA_AT
+            return BlockStatus(flags, run.length, run.host, self.data_node)
+        if kind is SC.UNALLOCATED_PLAIN:
+            return BlockStatus(Status.NONE, run.length, None, None)
         flags = Status.NONE
         host = file = None
         if run.kind.has_host:

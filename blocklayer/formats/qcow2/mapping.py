@@ -25,7 +25,8 @@ OFLAG_ZERO = 1
 L2_BITMAP_ALL_ALLOC = 0xFFFFFFFF
 L2_BITMAP_ALL_ZEROES = 0xFFFFFFFF << 32
 COMPRESSED_SECTOR = 512
-#: clusters of a run compared one by one before the rest is compared in bulk
+#: clusters of a run compared one by one before the rest is compared in bulk (runs of
+#: up to four times this are compared one by one to their end: cheaper than numpy)
 SCALAR_SCAN = 32
 
 
@@ -260,7 +261,7 @@ class Mapping:
             n = 1
         else:
             n = 1
-            scalar_end = min(nb, SCALAR_SCAN)
+            scalar_end = nb if nb <= 4 * SCALAR_SCAN else SCALAR_SCAN
             standard_type = geo.standard_type
             item = table.item
             expect = host_base + cs
