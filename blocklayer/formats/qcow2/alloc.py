@@ -321,7 +321,7 @@ class WritePath(ZeroPath, ResizePath):
         mv = memoryview(data)
         chunks = [mv[pos:pos + cs] for pos in range(0, len(data), cs)]
         self._compress_ahead[offset] = (data, asyncio.ensure_future(
-            self._compress_clusters(chunks, inline=False)))
+            self._compress_clusters(chunks, ahead=True)))
 
     async def write_compressed(self: "Qcow2Driver", offset: int,
                                data: bytes | bytearray | memoryview) -> None:
@@ -353,16 +353,17 @@ class WritePath(ZeroPath, ResizePath):
             i = j
 
     async def _compress_clusters(self: "Qcow2Driver", chunks: list[memoryview],
-                                 inline: bool = True) -> list[bytes | None]:
-        """Each cluster compressed (the last one padded to a cluster); several are
-        compressed at once in the loop's thread pool (one alone on the loop thread,
-        if ``inline``)."""
+                                 ahead: bool = False) -> list[bytes | None]:
+        """Each cluster compressed (the last one padded to a cluster) in the loop's
+        thread pool: split over the cores, or as one job when compressing ahead (the
+        requests in flight keep the cores busy).  One cluster written now is compressed
+        on the loop thread."""
         cs, kind = self.cluster_size, self.header.compression_type
         if len(chunks[-1]) < cs:
             chunks = chunks[:-1] + [memoryview(bytes(chunks[-1]).ljust(cs, b"\0"))]
-        if len(chunks) == 1 and inline:
+        if len(chunks) == 1 and not ahead:
             return compress_many(kind, chunks, cs - 1)
-        groups = min(len(chunks), _CPUS)
+        groups = 1 if ahead else min(len(chunks), _CPUS)
         step = -(-len(chunks) // groups)
         loop = asyncio.get_running_loop()
         parts = await asyncio.gather(*(

@@ -286,11 +286,12 @@ class Converter:
         c, mv, end = self.cluster, memoryview(data), off + len(data)
         size = self.target.total_bytes
         plan: list[list[Any]] = []
+        maybe_zero = not _starts_nonzero(data, (-off) % c, c)
         pos = off
         while pos < end:
             stop = min(pos - pos % c + c, end)
             piece = mv[pos - off:stop - off]
-            if is_zero(piece):
+            if (maybe_zero or pos - off < (-off) % c or stop - pos < c) and is_zero(piece):
                 kind = "zero"
             elif stop - pos < c and stop < size or pos % c:
                 kind = "alone"
@@ -368,6 +369,17 @@ class Converter:
             else:
                 runs.append([offset + body_end, n - body_end, True])
         return [(a, b, c) for a, b, c in runs]
+
+
+def _starts_nonzero(data: bytes, head: int, block: int) -> bool:
+    """True if every whole ``block`` of ``data`` after ``head`` bytes starts with a
+    non-zero 8-byte word (so none of them is all zeroes)."""
+    import numpy as np
+    n = (len(data) - head) // block
+    if n <= 0 or head % 8 or block % 8:
+        return False
+    words = np.frombuffer(data, dtype=np.uint64, count=n * block // 8, offset=head)
+    return bool(words[::block // 8].all())
 
 
 # ---------------------------------------------------------------------------------------
