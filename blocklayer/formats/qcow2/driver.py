@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import struct
+from dataclasses import replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -27,6 +28,9 @@ from .cache import MetadataCache, cache_sizes
 from .compress import decompress
 from .mapping import L1E_OFFSET_MASK, SC, Geometry, Mapping
 from .ranges import RangeLock
+
+#: how many L2 tables one block-status answer may look at
+MAX_MERGED_LOOKUPS = 256
 from .refcount import Discard, Refcounts, block_dtype
 from .bitmap import BitmapMethods, load as load_bitmaps, open_writable as bitmaps_writable
 from .amend import AmendMethods
@@ -451,6 +455,7 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
             if self.metadata_prealloc is None:
                 self.metadata_prealloc = await self._detect_metadata_prealloc()
             run = await self.mapping.lookup(offset, length)
+            run = await self._extend_run(run, offset, length)
         kind = run.kind
         if kind is SC.NORMAL:               # the common answers without Flag arithmetic
             flags = _DATA_AT_RECURSE if self.metadata_prealloc else _DATA_AT
@@ -471,6 +476,25 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Wr
         if run.kind is SC.COMPRESSED:
             flags |= Status.COMPRESSED
         return BlockStatus(flags, run.length, host, file)
+
+    async def _extend_run(self, run: Any, offset: int, length: int) -> Any:
+        """Merge the runs of the following L2 tables while they continue this one (same
+        kind, contiguous host offsets), so block status answers long runs at once."""
+        kind = run.kind
+        if kind is not SC.NORMAL and kind is not SC.UNALLOCATED_PLAIN \
+                and kind is not SC.ZERO_PLAIN:
+            return run
+        total = run.length
+        for _ in range(MAX_MERGED_LOOKUPS):
+            if total >= length:
+                break
+            nxt = await self.mapping.lookup(offset + total, length - total)
+            if nxt.kind is not kind or (kind is SC.NORMAL and nxt.host != run.host + total):
+                break
+            total += nxt.length
+        if total != run.length:
+            run = replace(run, length=total)
+        return run
 
     async def _detect_metadata_prealloc(self) -> bool:
         """QEMU's qcow2_detect_metadata_preallocation: far more clusters referenced

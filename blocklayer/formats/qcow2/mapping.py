@@ -265,13 +265,16 @@ class Mapping:
             standard_type = geo.standard_type
             item = table.item
             expect = host_base + cs
+            same = first + cs if has_host else first     # the entry that continues the run
+            step = cs if has_host else 0
             while n < scalar_end:
                 e = item(l2_index + n)
-                if standard_type(e) is not kind or (has_host
-                                                     and e & L2E_OFFSET_MASK != expect):
+                if e != same and (standard_type(e) is not kind or (
+                        has_host and e & L2E_OFFSET_MASK != expect)):
                     break
                 n += 1
                 expect += cs
+                same += step
             if n == scalar_end < nb:
                 n += _same_run(table[l2_index + n:l2_index + nb], kind, expect if has_host
                                else None, cs, geo.has_data_file)
