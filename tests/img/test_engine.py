@@ -63,3 +63,16 @@ def test_locked_image_errors_match(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_compressed_convert_names_the_failing_cluster(tmp_path: Path) -> None:
+    # requests of many clusters, but the error names the cluster, as qemu-img's
+    # one-cluster requests do
+    from .helpers import assert_same_effect
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "src.raw").write_bytes(b"z" * (3 << 16) + bytes(range(256)) * 4)
+    qimg("create", "-q", "-f", "qcow2", "dst.qcow2", "1M", cwd=base)
+    qio(base / "dst.qcow2", "write -P 1 128k 4k")
+    assert_same_effect(["convert", "-n", "-c", "-f", "raw", "-O", "qcow2", "src.raw",
+                        "dst.qcow2"], base, tmp_path)

@@ -341,16 +341,23 @@ class WritePath(ZeroPath, ResizePath):
         else:
             outs = await self._compress_clusters(chunks)
         i = 0
-        while i < len(chunks):
-            if outs[i] is None:             # does not shrink: an ordinary write
-                await self.write(offset + i * cs, bytes(chunks[i]), ReqFlag.NONE)
-                i += 1
-                continue
-            j = i
-            while j < len(chunks) and outs[j] is not None:
-                j += 1
-            await self._write_compressed_clusters(offset + i * cs, outs[i:j])  # type: ignore[arg-type]
-            i = j
+        try:
+            while i < len(chunks):
+                if outs[i] is None:             # does not shrink: an ordinary write
+                    await self.write(offset + i * cs, bytes(chunks[i]), ReqFlag.NONE)
+                    i += 1
+                    continue
+                j = i
+                while j < len(chunks) and outs[j] is not None:
+                    j += 1
+                await self._write_compressed_clusters(offset + i * cs, outs[i:j])  # type: ignore[arg-type]
+                i = j
+        except BlockError as exc:
+            # where a write of many clusters failed (QEMU's convert, one cluster per
+            # request, names the cluster)
+            if not hasattr(exc, "guest_offset"):
+                exc.guest_offset = offset + i * cs      # type: ignore[attr-defined]
+            raise
 
     async def _compress_clusters(self: "Qcow2Driver", chunks: list[memoryview],
                                  ahead: bool = False) -> list[bytes | None]:
@@ -393,6 +400,7 @@ class WritePath(ZeroPath, ResizePath):
                         first = idx
                     if olds[idx - first] & L2E_OFFSET_MASK:
                         error = BlockError("Compression can't overwrite anything", errno.EIO)
+                        error.guest_offset = guest      # type: ignore[attr-defined]
                         break
                     await self._mark_dirty()
                     placed.append((guest, await self.refcounts.alloc_bytes(len(out)), out))
@@ -403,7 +411,11 @@ class WritePath(ZeroPath, ResizePath):
                     while j < len(placed) and placed[j][1] == placed[j - 1][1] + len(placed[j - 1][2]):
                         j += 1
                     buf = placed[k][2] if j == k + 1 else b"".join(p[2] for p in placed[k:j])
-                    await self.file.write(placed[k][1], buf)
+                    try:
+                        await self.file.write(placed[k][1], buf)
+                    except BlockError as exc:
+                        exc.guest_offset = placed[k][0]  # type: ignore[attr-defined]
+                        raise
                     k = j
             except BaseException:
                 async with self.lock:

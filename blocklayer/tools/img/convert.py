@@ -321,11 +321,16 @@ class Converter:
     async def _write_compressed(self, plan: list[tuple[int, int, Any]]) -> None:
         from blocklayer.driver import ReqFlag
         for pos, n, buf in plan:
-            if buf is None:
-                await self._zero(pos, n)
-            else:
-                await self._throttle(n)
-                await self.target.write(pos, buf, ReqFlag.COMPRESSED)
+            try:
+                if buf is None:
+                    await self._zero(pos, n)
+                else:
+                    await self._throttle(n)
+                    await self.target.write(pos, buf, ReqFlag.COMPRESSED)
+            except BlockError as exc:        # named by the cluster, as one per request
+                at = getattr(exc, "guest_offset", pos)
+                raise BlockError(f"error while writing at byte {at}: {exc.strerror}",
+                                 exc.errno) from None
 
     def _sparse_pieces(self, offset: int, data: bytes) -> list[tuple[int, int, bool]]:
         """Split a buffer into data and zero runs; zero runs are whole ``-S`` blocks
