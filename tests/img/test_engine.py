@@ -76,3 +76,16 @@ def test_compressed_convert_names_the_failing_cluster(tmp_path: Path) -> None:
     qio(base / "dst.qcow2", "write -P 1 128k 4k")
     assert_same_effect(["convert", "-n", "-c", "-f", "raw", "-O", "qcow2", "src.raw",
                         "dst.qcow2"], base, tmp_path)
+
+
+def test_compressed_convert_read_error_names_the_cluster(tmp_path: Path) -> None:
+    # qemu-img -c reads one cluster per request: an error at byte 153600 (sector 300,
+    # QEMU's blkdebug) is reported at 131072
+    from .helpers import ours as run_ours
+    (tmp_path / "src.raw").write_bytes(b"z" * (1 << 20))
+    src = ('json:{"driver": "raw", "file": {"driver": "blkdebug", "inject-error.iotype": '
+           '"read", "inject-error.offset": "153600", "image": {"driver": "file", '
+           '"filename": "src.raw"}}}')
+    res = run_ours(["convert", "-c", "-O", "qcow2", src, "out.qcow2"], tmp_path)
+    assert res.rc == 1
+    assert res.err == "blocklayer-img: error while reading at byte 131072: Input/output error\n"

@@ -226,7 +226,8 @@ class Converter:
             return await node.read(item.src_offset, item.length)
         except BlockError as exc:
             if not self.s.salvage:
-                raise BlockError(f"error while reading at byte {item.offset}: "
+                at = await self._failing_cluster(item) if self.s.compressed else item.offset
+                raise BlockError(f"error while reading at byte {at}: "
                                  f"{exc.strerror}", exc.errno) from None
         out = bytearray(item.length)
         for pos in range(0, item.length, 512):
@@ -237,6 +238,20 @@ class Converter:
                 sys.stderr.write(f"{PROG}: warning: error while reading offset "
                                  f"{item.offset + pos}: {exc.strerror}\n")
         return bytes(out)
+
+    async def _failing_cluster(self, item: Item) -> int:
+        """The first target cluster of ``item`` that cannot be read (qemu-img reads one
+        cluster per request when compressing, and names it)."""
+        node, c = self.sources[item.src].node, self.cluster
+        pos, end = item.offset, item.offset + item.length
+        while pos < end:
+            stop = min(pos - pos % c + c, end)
+            try:
+                await node.read(item.src_offset + pos - item.offset, stop - pos)
+            except BlockError:
+                return pos
+            pos = stop
+        return item.offset
 
     async def _throttle(self, n: int) -> None:
         if not self.s.rate:
