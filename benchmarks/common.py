@@ -16,7 +16,9 @@ def ours(tool: str) -> list[str]:
 
 
 def timed(argv: list[str], **kw: object) -> float:
-    """Seconds one command takes (it must succeed, or exit 0/3 for check with leaks)."""
+    """Seconds one command takes (it must succeed).  Dirty pages left by whatever ran
+    before are written back first (not timed), so neither side pays for the other."""
+    os.sync()
     start = time.perf_counter()
     res = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, **kw)
     took = time.perf_counter() - start
