@@ -56,6 +56,11 @@ class Item:
     src_offset: int
 
 
+def sectors(size: int) -> int:
+    """``size`` rounded up to whole 512-byte sectors."""
+    return -(-size // 512) * 512
+
+
 @dataclass
 class Source:
     node: "BlockNode"
@@ -78,7 +83,7 @@ class Converter:
         for node in sources:
             s = Source(node, pos)
             self.sources.append(s)
-            pos += s.size
+            pos += sectors(s.size)       # qemu-img lays sources out in whole sectors
         self.total = pos
         self.target = target
         self.s = settings
@@ -326,8 +331,8 @@ class Converter:
                 buf = mv[pos - off:pos - off + n]
             elif kind == "alone":
                 buf = bytes(mv[pos - off:pos - off + n])
-                if n < c and pos + n < size:
-                    buf += bytes(c - n)
+                if n < c and pos + n < size:        # pad to the cluster or the image end
+                    buf += bytes(min(c, size - pos) - n)
             if buf is not None and ahead is not None and not pos % c:
                 ahead(pos, buf)
             out.append((pos, n, buf))
@@ -515,7 +520,7 @@ async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
             if len(sources) > 1:
                 raise InvalidArgument("No support for concatenating multiple snapshot")
             await _load_snapshot(sources[0], snap)
-        total = sum(n.total_bytes for n in sources)
+        total = sum(sectors(n.total_bytes) for n in sources)
         if p.has("--bitmaps") and not hasattr(sources[0].driver, "bitmap_list"):
             raise InvalidArgument("Source lacks bitmap support")
         try:
