@@ -12,9 +12,10 @@ block status "all data".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import errno
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from .driver import BlockStatus, Prealloc, ReqFlag, Status
 from .errors import BlockError, InvalidArgument, NotSupported, ReadOnlyError
@@ -29,6 +30,17 @@ COR_CHUNK = 1 << 20
 REQUEST_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("request_depth", default=0)
 #: the task that owns the drained sections it is inside (its own requests pass)
 DRAIN_OWNER: contextvars.ContextVar[object] = contextvars.ContextVar("drain_owner", default=None)
+
+
+@contextlib.contextmanager
+def metadata_io() -> Iterator[None]:
+    """Run a driver's own metadata I/O (at open, close, on a timer) as nested requests:
+    no drain wait and no end-of-file check on its children."""
+    token = REQUEST_DEPTH.set(REQUEST_DEPTH.get() + 1)
+    try:
+        yield
+    finally:
+        REQUEST_DEPTH.reset(token)
 
 
 def _zeros(n: int, _cache: dict[int, bytes] = {}) -> bytes:

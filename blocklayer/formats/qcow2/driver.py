@@ -9,11 +9,10 @@ anything that may change their mapping).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import struct
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -44,14 +43,7 @@ DISCARD_OPTIONS = {"pass-discard-request": Discard.REQUEST,
                    "pass-discard-other": Discard.OTHER}
 
 
-@contextlib.contextmanager
-def nested() -> Iterator[None]:
-    """Run metadata I/O as a nested request (no end-of-file check on the file child)."""
-    token = _io.REQUEST_DEPTH.set(_io.REQUEST_DEPTH.get() + 1)
-    try:
-        yield
-    finally:
-        _io.REQUEST_DEPTH.reset(token)
+nested = _io.metadata_io       # metadata I/O of this node, not a request from outside
 
 
 class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, WritePath,

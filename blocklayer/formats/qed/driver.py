@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 from ...driver import (BlockDriver, BlockStatus, CheckMode, CheckResult, CreateOption,
                        DriverInfo, Limits, Prealloc, ReqFlag, Status)
 from ...errors import BlockError, InvalidArgument, NoSpace, NotSupported
-from ...io import REQUEST_DEPTH
+from ...io import metadata_io
 from ...options import OpenFlags
 from . import layout as L
 from .check import check_image
@@ -203,11 +203,11 @@ class QedDriver(BlockDriver):
             self._timer_task = asyncio.ensure_future(self._timer_work())
 
     async def _timer_work(self) -> None:
-        REQUEST_DEPTH.set(1)        # metadata work of this node, not a request from outside
         try:
-            async with self.queue.turn():
-                if self._timer is None and not self.node.closed:
-                    await self._clear_need_check()
+            with metadata_io():     # metadata work of this node, not a request from outside
+                async with self.queue.turn():
+                    if self._timer is None and not self.node.closed:
+                        await self._clear_need_check()
         except BlockError:
             pass                    # stays dirty; the next open checks it
 

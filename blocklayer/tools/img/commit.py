@@ -4,10 +4,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from blocklayer.errors import BlockError, InvalidArgument
+from blocklayer.errors import BlockError
 
-from .args import PROG, UsageError, parse
-from .common import close_all, new_graph, progress_from
+from .args import UsageError, parse
+from .common import close_all, new_graph, parse_rate, progress_from
 
 CHUNK = 2 << 20
 
@@ -16,15 +16,7 @@ def main(argv: list[str]) -> int:
     p = parse(argv, "f:ht:b:dpqr:", ["object=", "image-opts", "json-progress"])
     if len(p.args) != 1:
         raise UsageError("Expecting one image file name")
-    rate = 0
-    if p.has("-r"):
-        from blocklayer.options import parse_size
-        try:
-            rate = parse_size(p.last("-r") or "", "rate")
-        except InvalidArgument:
-            raise InvalidArgument("Invalid rate limit specified. You may use k, M, G, T, P "
-                                  f"or E suffixes for\n{PROG}: kilobytes, megabytes, gigabytes,"
-                                  " terabytes, petabytes and exabytes.") from None
+    rate = parse_rate(p.last("-r"))
     return asyncio.run(run(p, rate))
 
 

@@ -232,3 +232,18 @@ def progress_from(parsed: Any) -> Progress:
     json_lines = parsed.has("--json-progress")
     enabled = parsed.has("-p") and not parsed.has("-q")
     return Progress(enabled, json_lines)
+
+
+def parse_rate(text: str | None) -> int:
+    """``-r``: a rate limit in bytes per second, with qemu-img's error."""
+    from blocklayer.options import parse_size
+
+    from .args import PROG
+    if text is None:
+        return 0
+    try:
+        return parse_size(text, "rate")
+    except InvalidArgument:
+        raise InvalidArgument("Invalid rate limit specified. You may use k, M, G, T, P "
+                              f"or E suffixes for\n{PROG}: kilobytes, megabytes, gigabytes,"
+                              " terabytes, petabytes and exabytes.") from None

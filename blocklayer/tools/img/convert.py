@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from blocklayer.errors import BlockError, InvalidArgument
 
-from .args import PROG, UsageError, parse
+from .args import PROG, parse
 from .common import (Progress, close_all, new_graph, open_img, parse_o_options,
-                     print_create_options_help, progress_from)
+                     parse_rate, print_create_options_help, progress_from)
 
 if TYPE_CHECKING:
     from blocklayer.node import BlockNode
@@ -437,14 +437,7 @@ def main(argv: list[str]) -> int:
         if not 1 <= parallel <= 16:
             raise InvalidArgument("Invalid number of coroutines. Allowed number of "
                                   "coroutines is between 1 and 16")
-    rate = 0
-    if p.has("-r"):
-        try:
-            rate = parse_size(p.last("-r") or "", "x")
-        except InvalidArgument:
-            raise InvalidArgument("Invalid rate limit specified. You may use k, M, G, T, P "
-                                  f"or E suffixes for\n{PROG}: kilobytes, megabytes, gigabytes,"
-                                  " terabytes, petabytes and exabytes.") from None
+    rate = parse_rate(p.last("-r"))
     out_fmt = p.last("-O")
     opts, want_help = parse_o_options(p.all("-o"))
     if want_help:
