@@ -3,7 +3,8 @@
 Requests allocate buffers of up to several MiB.  glibc serves those with mmap, or from
 the heap and trims it on free, so every request would page-fault its buffer in afresh
 (ten times the cost of the copy itself).  Raising the mmap and trim thresholds keeps
-such buffers in the heap.  Called once when the first image opens; a no-op elsewhere.
+such buffers in the heap, and one arena (the GIL serialises allocation anyway) keeps
+worker threads from growing heaps of their own.  Called once when the first image opens; a no-op elsewhere.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 _tuned = [False]
 
 
@@ -24,5 +26,6 @@ def tune_malloc() -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
         libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
+        libc.mallopt(M_ARENA_MAX, 1)
     except (OSError, AttributeError):
         pass

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ...driver import ReqFlag
 from ...errors import BlockError, InvalidArgument, NotSupported
 from . import layout as L
@@ -156,6 +158,9 @@ class WritePath(ZeroPath, ResizePath):
         cs = self.cluster_size
         start, end = offset - offset % cs, -(-(offset + len(data)) // cs) * cs
         async with self.ranges.exclusive(start, end):
+            if (len(data) >= 2 * cs and not offset % cs and not len(data) % cs
+                    and not self.geo.extended_l2 and await self._write_fresh(offset, data)):
+                return
             async with self.lock:
                 plan = await self._plan_write(offset, len(data))
             if not any(c.update for c in plan):
@@ -173,6 +178,45 @@ class WritePath(ZeroPath, ResizePath):
                 raise
             async with self.lock:
                 await self._link_l2(offset, plan)
+
+    async def _write_fresh(self: "Qcow2Driver", offset: int, data: memoryview) -> bool:
+        """Whole clusters that are all unallocated (the common case of a copy into a new
+        image): one allocation, one data write and one L2 update for the whole run, in
+        the same order as the general path.  False if any cluster is allocated."""
+        cs, n = self.cluster_size, len(data) // self.cluster_size
+        i0 = self.geo.l2_index(offset)
+        own_file = not self.header.has_data_file
+        async with self.lock:
+            l2_off = await self.l2_for_write(offset)
+            entry = await self.l2_cache.get(l2_off)
+            try:
+                if entry.table[i0:i0 + n].any():
+                    return False
+            finally:
+                self.l2_cache.put(entry)
+            await self._mark_dirty()
+            host = await self.refcounts.alloc_clusters(n * cs) if own_file else offset
+        try:
+            await self.data_overlap_check(host, n * cs)
+            await self.data_node.write(host, data)
+        except BaseException:
+            if own_file:
+                async with self.lock:
+                    await self.refcounts.free_clusters(host, n * cs, Discard.NEVER)
+            raise
+        async with self.lock:
+            l2_off = await self.l2_for_write(offset)
+            if self._need_accurate_refcounts() and own_file:
+                await self.l2_cache.set_dependency(self.rb_cache)
+            self.l2_cache.set_flush_dependency()
+            entry = await self.l2_cache.get(l2_off)
+            try:
+                entry.table[i0:i0 + n] = np.arange(host, host + n * cs, cs,
+                                                   dtype=np.uint64) | np.uint64(OFLAG_COPIED)
+                self.l2_cache.mark_dirty(entry)
+            finally:
+                self.l2_cache.put(entry)
+        return True
 
     async def _plan_write(self: "Qcow2Driver", offset: int, length: int) -> list[_Cluster]:
         geo, cs = self.geo, self.cluster_size
@@ -266,6 +310,9 @@ class WritePath(ZeroPath, ResizePath):
     async def _write_plan(self: "Qcow2Driver", offset: int, data: memoryview,
                           plan: list[_Cluster]) -> None:
         """Write the data and the copied-on-write parts, merged into host runs."""
+        if not any(c.cow for c in plan):
+            await self._write_runs(offset, data, plan)
+            return
         pieces: list[tuple[int, bytearray]] = []
         for c in plan:
             lo = min([c.w_start] + [a for a, _ in c.cow])
@@ -283,6 +330,23 @@ class WritePath(ZeroPath, ResizePath):
         for host, buf in pieces:
             await self.data_overlap_check(host, len(buf))
             await self.data_node.write(host, buf)
+
+    async def _write_runs(self: "Qcow2Driver", offset: int, data: memoryview,
+                          plan: list[_Cluster]) -> None:
+        """No copy-on-write: each run of host-contiguous clusters is written straight
+        from the caller's buffer."""
+        i = 0
+        while i < len(plan):
+            j = i + 1
+            while j < len(plan) and plan[j].host == plan[j - 1].host + self.cluster_size:
+                j += 1
+            first, last = plan[i], plan[j - 1]
+            d0 = first.guest + first.w_start - offset
+            d1 = last.guest + last.w_end - offset
+            host = first.host + first.w_start
+            await self.data_overlap_check(host, d1 - d0)
+            await self.data_node.write(host, data[d0:d1])
+            i = j
 
     async def _link_l2(self: "Qcow2Driver", offset: int, plan: list[_Cluster]) -> None:
         """Point the L2 entries at the new clusters, then free what they replaced."""
