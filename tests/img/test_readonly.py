@@ -68,6 +68,7 @@ ERRORS = [
     "commit -f raw a.raw", "commit -b nonexistent c.qcow2", "bitmap c.qcow2 bm",
     "bitmap --add c.qcow2", "bitmap -g 64k --remove c.qcow2 bm", "bench -c x a.raw",
     "bench --flush-interval=3 a.raw", "bench --pattern=300 a.raw",
+    "bench -w --flush-interval=2 -d 4 -c 10 -f raw a.raw",
 ]
 
 

@@ -87,7 +87,7 @@ async def run(p, opts: dict[str, str], want_help: bool) -> int:  # type: ignore[
                 if not exc.message.startswith("Error") else exc from None
         await node.refresh_total_bytes()
         await node.flush()
-        progress.set(100.0)
+        progress.current = 100.0      # printed once, by the end (as qemu-img)
         progress.end()
     finally:
         await close_all(node)

@@ -55,8 +55,8 @@ def main(argv: list[str]) -> int:
     write = p.has("-w")
     if flush_interval and not write:
         raise InvalidArgument("--flush-interval is only available in write tests")
-    if p.has("--no-drain") and not flush_interval:
-        raise InvalidArgument("--no-drain requires a flush interval")
+    if flush_interval and flush_interval < depth:
+        raise InvalidArgument("Flush interval can't be smaller than depth")
     if len(p.args) != 1:
         raise UsageError("Expecting one image file name")
     cache = "none" if p.has("-n") else p.last("-t")

@@ -39,6 +39,7 @@ async def run(p) -> int:  # type: ignore[no-untyped-def]
     top = await open_img(graph, p.args[0], fmt=p.last("-f"), image_opts=p.has("--image-opts"),
                          read_only=False, cache=p.last("-t"), backing=not unsafe)
     new = None
+    progress = progress_from(p)
     try:
         if not unsafe:
             if new_name:
@@ -52,15 +53,15 @@ async def run(p) -> int:  # type: ignore[no-untyped-def]
                     inner = exc.message.split(": ", 1)[1] if ": " in exc.message else exc.message
                     raise BlockError(f"Could not open new backing file '{new_name}': {inner}",
                                      exc.errno) from None
-            progress = progress_from(p)
             await _copy_differences(top, new, progress)
-            progress.end()
         try:
             await top.driver.change_backing_file(new_name or None,
                                                  new_fmt if new_name else None)
         except BlockError as exc:
             raise _change_error(new_name, exc) from None
         await top.flush()
+        progress.current = 100.0
+        progress.end()
     finally:
         await close_all(top, new)
     return 0
