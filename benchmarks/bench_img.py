@@ -1,8 +1,10 @@
 """blocklayer-img vs qemu-img in the same run (issue 5's benchmarks).
 
-    python3 benchmarks/bench_img.py [--gib 4] [--small-clusters-mib 1024]
+    python3 benchmarks/bench_img.py [--gib 4] [--small-clusters-mib 1024] [--rounds 5]
 
-Each row is our time / qemu-img's time for the same command on the same input:
+Each row is our time / qemu-img's time for the same command on the same input, the
+two run alternately ``--rounds`` times (medians; the ratio column is the median of the
+per-round ratios):
 convert raw->qcow2, qcow2->raw, qcow2->qcow2 compressed (zlib, zstd) of a half-allocated
 image; map and check of a qcow2 with 512-byte clusters and millions of allocated
 clusters; convert of a 1 TiB sparse image with 100 MiB allocated, and (ours only) the
@@ -15,28 +17,27 @@ import os
 import subprocess
 import tempfile
 
-from common import half_allocated, ours, table, timed
+from common import half_allocated, interleaved, ours, table, timed
+
+ROUNDS = 5
 
 
 def both(rows: list, name: str, args: list[str], clean: list[str] = ()) -> tuple[float, float]:
-    for path in clean:
-        if os.path.exists(path):
-            os.unlink(path)
-    mine = timed([*ours("img"), *args])
-    for path in clean:
-        if os.path.exists(path):
-            os.unlink(path)
-    theirs = timed(["qemu-img", *args])
-    rows.append((name, mine, theirs))
+    mine, theirs, ratio = interleaved([*ours("img"), *args], ["qemu-img", *args], ROUNDS,
+                                      tuple(clean))
+    rows.append((name, mine, theirs, ratio))
     return mine, theirs
 
 
 def main() -> None:
+    global ROUNDS
     ap = argparse.ArgumentParser()
     ap.add_argument("--gib", type=int, default=4)
     ap.add_argument("--small-clusters-mib", type=int, default=1024,
                     help="data written into the 512-byte-cluster image (2048 clusters/MiB)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
     args = ap.parse_args()
+    ROUNDS = args.rounds
     rows: list = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
         p = lambda name: os.path.join(tmp, name)  # noqa: E731
@@ -75,8 +76,10 @@ def main() -> None:
                            stdout=subprocess.DEVNULL)
         big, _ = both(rows, "convert 1 TiB sparse (100 MiB) qcow2->qcow2",
                       ["convert", "-O", "qcow2", p("sparse1T.qcow2"), p("o1.qcow2")], [p("o1.qcow2")])
-        small_t = timed([*ours("img"), "convert", "-O", "qcow2", p("sparse1G.qcow2"), p("o2.qcow2")])
-        rows.append(("ours: 1 TiB sparse vs 1 GiB, same data", big, small_t))
+        small_t, _, _ = interleaved(
+            [*ours("img"), "convert", "-O", "qcow2", p("sparse1G.qcow2"), p("o2.qcow2")],
+            ["true"], ROUNDS, (p("o2.qcow2"),))
+        rows.append(("ours: 1 TiB sparse vs 1 GiB, same data", big, small_t, big / small_t))
     table(rows)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -27,11 +28,33 @@ def timed(argv: list[str], **kw: object) -> float:
     return took
 
 
-def table(rows: list[tuple[str, float, float]]) -> None:
+def interleaved(ours_argv: list[str], qemu_argv: list[str], rounds: int,
+                clean: tuple[str, ...] = ()) -> tuple[float, float, float]:
+    """Run ours and QEMU's command alternately ``rounds`` times (removing ``clean``
+    before each run, untimed) and return (median ours, median QEMU, median of the
+    per-round ratios).  Single runs that write gigabytes vary by 2-4x on this VM (the
+    host's memory and disk), so one run of each proves little."""
+    mine, theirs, ratios = [], [], []
+    for _ in range(rounds):
+        pair = []
+        for argv in (ours_argv, qemu_argv):
+            for path in clean:
+                if os.path.exists(path):
+                    os.unlink(path)
+            pair.append(timed(argv))
+        mine.append(pair[0])
+        theirs.append(pair[1])
+        ratios.append(pair[0] / pair[1])
+    return statistics.median(mine), statistics.median(theirs), statistics.median(ratios)
+
+
+def table(rows: list[tuple]) -> None:
+    """Rows of (name, ours, qemu) or (name, ours, qemu, ratio)."""
     print(f"| {'benchmark':44} | {'ours s':>8} | {'qemu s':>8} | {'ratio':>6} |")
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 10}|{'-' * 8}|")
-    for name, mine, theirs in rows:
-        print(f"| {name:44} | {mine:8.2f} | {theirs:8.2f} | {mine / theirs:6.2f} |")
+    for name, mine, theirs, *ratio in rows:
+        r = ratio[0] if ratio else mine / theirs
+        print(f"| {name:44} | {mine:8.2f} | {theirs:8.2f} | {r:6.2f} |")
     sys.stdout.flush()
 
 
