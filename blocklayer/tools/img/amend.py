@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from blocklayer.errors import BlockError, InvalidArgument
 
 from .args import UsageError, parse
 from .common import OPT_TYPE_NAMES, close_all, new_graph, open_img, parse_o_options, progress_from
+
+if TYPE_CHECKING:
+    from blocklayer.driver import BlockDriver
 
 
 def _supports_amend(cls: type) -> bool:
@@ -14,7 +18,7 @@ def _supports_amend(cls: type) -> bool:
     return getattr(cls, "amend", None) is not getattr(BlockDriver, "amend")
 
 
-def amend_options(cls: type) -> tuple:  # type: ignore[type-arg]
+def amend_options(cls: "type[BlockDriver]") -> tuple:  # type: ignore[type-arg]
     """The options ``amend`` accepts: ``amend_options`` if the driver lists them."""
     opts = getattr(cls, "amend_options", None)
     return tuple(opts) if opts is not None else tuple(cls.create_options)

@@ -27,7 +27,7 @@ class Differ(Exception):
     pass
 
 
-def _first_diff(a: bytes, b: bytes) -> int | None:
+def _first_diff(a: bytes | bytearray, b: bytes | bytearray) -> int | None:
     if a == b:
         return None
     step = 512
@@ -44,7 +44,7 @@ async def _status(node: "BlockNode", name: str, off: int, n: int):  # type: igno
         raise CommandError(f"Sector allocation test failed for {name}", 3) from None
 
 
-async def _read(node: "BlockNode", name: str, off: int, n: int) -> bytes:
+async def _read(node: "BlockNode", name: str, off: int, n: int) -> bytes | bytearray:
     try:
         return await node.read(off, n)
     except BlockError as exc:
@@ -52,7 +52,7 @@ async def _read(node: "BlockNode", name: str, off: int, n: int) -> bytes:
                            4) from None
 
 
-def _is_zero(data: bytes) -> bool:
+def _is_zero(data: bytes | bytearray) -> bool:
     from blocklayer.io import is_zero
     return is_zero(data)
 

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blocklayer.errors import BlockError, InvalidArgument
 
 from .args import PROG, UsageError, parse
 from .common import (new_graph, parse_img_size, parse_o_options, print_create_options_help)
+
+if TYPE_CHECKING:
+    from blocklayer.driver import BlockDriver
 
 
 def main(argv: list[str]) -> int:
@@ -32,7 +35,7 @@ def main(argv: list[str]) -> int:
                               unsafe=p.has("-u"), quiet=p.has("-q")))
 
 
-def _check_format(fmt: str, filename: str) -> type:
+def _check_format(fmt: str, filename: str) -> "type[BlockDriver]":
     from blocklayer import registry
     try:
         return registry.get_driver(fmt)
@@ -40,7 +43,7 @@ def _check_format(fmt: str, filename: str) -> type:
         raise InvalidArgument(f"{filename}: Unknown file format '{fmt}'") from None
 
 
-def format_line(filename: str, fmt: str, cls: type, options: dict[str, Any]) -> str:
+def format_line(filename: str, fmt: str, cls: "type[BlockDriver]", options: dict[str, Any]) -> str:
     """``Formatting 'f', fmt=F opt=value ...``: the driver's options, in its declared
     order, that are set or have a default."""
     parts = [f"Formatting '{filename}', fmt={fmt}"]

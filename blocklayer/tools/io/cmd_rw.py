@@ -16,7 +16,7 @@ from .table import command
 FAILED = (BlockError, OSError, ValueError)
 
 
-def verify(session: Session, data: bytes, value: int, offset: int, start: int = 0,
+def verify(session: Session, data: bytes | bytearray, value: int, offset: int, start: int = 0,
            count: int | None = None) -> bool:
     """Pattern check of ``data[start:start+count]``; prints qemu-io's line on a mismatch."""
     count = len(data) - start if count is None else count

@@ -85,7 +85,7 @@ def _printable(b: int) -> str:
     return ch if ch.isascii() and ch.isalnum() else "."
 
 
-def dump_buffer(data: bytes, offset: int) -> str:
+def dump_buffer(data: bytes | bytearray, offset: int) -> str:
     """``-v``: 16 bytes a line, hex then the alphanumeric characters."""
     lines = []
     for i in range(0, len(data), 16):
