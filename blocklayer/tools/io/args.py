@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Iterator
+import time
+from types import SimpleNamespace
+from typing import Any, Awaitable, Callable, Iterator, Mapping
 
+from ...driver import ReqFlag
 from ...errors import BlockError
 from .getopt import Getopt, GetoptError
 from .output import REQUEST_MAX_BYTES, NumberError, cvtnum, parse_pattern
@@ -39,6 +42,51 @@ class Options:
     @property
     def operands(self) -> list[str]:
         return self._getopt.operands
+
+
+#: What an option letter sets: a bool attribute (its name), an attribute parsed from the
+#: option's argument (name, parser), a request flag or'd into ``flags``, or nothing.
+OptionSpec = Mapping[str, "str | tuple[str, Callable[[Session, str], Any]] | ReqFlag | None"]
+
+
+def parse_options(session: Session, argv: list[str], spec: OptionSpec,
+                  stop: str = "") -> tuple[SimpleNamespace, list[str]]:
+    """A command's options by table: the namespace has every attribute of ``spec``
+    (False or None unless given), ``flags``, and ``stopped`` (the first option of
+    ``stop`` seen: parsing ends there, as qemu-io acts on it at once)."""
+    short = "".join(k + (":" if isinstance(v, tuple) else "") for k, v in spec.items())
+    got = SimpleNamespace(flags=ReqFlag.NONE, stopped=None)
+    for v in spec.values():
+        if isinstance(v, str):
+            setattr(got, v, False)
+        elif isinstance(v, tuple):
+            setattr(got, v[0], None)
+    opts = Options(session, argv, short)
+    for opt, arg in opts:
+        what = spec[opt]
+        if isinstance(what, ReqFlag):
+            got.flags |= what
+        elif isinstance(what, tuple):
+            setattr(got, what[0], what[1](session, arg or ""))
+        elif what is not None:
+            setattr(got, what, True)
+        if opt in stop:
+            got.stopped = opt
+            break
+    return got, opts.operands
+
+
+async def timed_request(session: Session, what: str,
+                        request: Awaitable[Any]) -> tuple[float, Any]:
+    """(seconds, result) of one request; a failure prints qemu-io's ``WHAT failed:``
+    line and raises CommandError with the negative errno."""
+    t0 = time.perf_counter()
+    try:
+        result = await request
+    except (BlockError, OSError, ValueError) as exc:
+        session.out(f"{what} failed: {strerror(exc)}\n")
+        raise CommandError(-errno_of(exc)) from None
+    return time.perf_counter() - t0, result
 
 
 def usage(session: Session, name: str) -> int:

@@ -4,65 +4,65 @@ or the end of the session waits for them)."""
 from __future__ import annotations
 
 import errno
-import time
+from typing import Any, Awaitable, Callable
 
 from ...driver import Perm, ReqFlag
-from .args import CommandError, Options, iovec_lengths, num, pattern, strerror, usage
-from .cmd_rw import FAILED, verify
+from .args import (CommandError, OptionSpec, iovec_lengths, num, parse_options, pattern,
+                   timed_request, usage)
+from .cmd_rw import report_done, report_read
 from .helptext import HELP
-from .output import dump_buffer, report
 from .session import Session
 from .table import command
+
+
+AIO_READ_OPTS: OptionSpec = {"C": "machine", "P": ("pat", pattern), "i": "inject",
+                             "q": "quiet", "v": "verbose"}
+AIO_WRITE_OPTS: OptionSpec = {"C": "machine", "f": ReqFlag.FUA, "i": "inject", "q": "quiet",
+                              "P": ("pat", pattern), "u": ReqFlag.MAY_UNMAP, "z": "zeroes"}
+
+
+def _inject_invalid(session: Session, kind: str) -> int:
+    """``-i``: account an invalid request, as qemu-io does, and do nothing else."""
+    session.out(f"injecting invalid {kind} request\n")
+    session.require_node().stats.invalid(kind)
+    return 0
+
+
+def _request_lengths(session: Session, texts: list[str], kind: str) -> int:
+    """The total of a vectored request's lengths; a bad one counts as invalid."""
+    try:
+        return sum(iovec_lengths(session, texts))
+    except CommandError:
+        session.require_node().stats.invalid(kind)
+        raise
+
+
+def _submit(session: Session, what: str, request: Awaitable[Any],
+            done: Callable[[float, Any], object]) -> None:
+    """Run ``request`` in the background; ``done(seconds, result)`` prints its report."""
+    async def run() -> None:
+        try:
+            elapsed, result = await timed_request(session, what, request)
+        except CommandError:
+            return
+        done(elapsed, result)
+
+    session.submit(run())
 
 
 @command("aio_read", "asynchronously reads a number of bytes",
          args="[-Ciqv] [-P pattern] off len [len..]", argmin=2, argmax=-1,
          help=HELP["aio_read"])
 async def aio_read_cmd(session: Session, argv: list[str]) -> int:
-    machine = quiet = verbose = False
-    pat: int | None = None
-    node = session.node
-    assert node is not None
-    opts = Options(session, argv, "CP:iqv")
-    for opt, arg in opts:
-        if opt == "C":
-            machine = True
-        elif opt == "P":
-            pat = pattern(session, arg or "")
-        elif opt == "i":
-            session.out("injecting invalid read request\n")
-            node.stats.invalid("read")
-            return 0
-        elif opt == "q":
-            quiet = True
-        elif opt == "v":
-            verbose = True
-    if len(opts.operands) < 2:
+    o, operands = parse_options(session, argv, AIO_READ_OPTS, stop="i")
+    if o.inject:
+        return _inject_invalid(session, "read")
+    if len(operands) < 2:
         return usage(session, "aio_read")
-    offset = num(session, opts.operands[0])
-    try:
-        count = sum(iovec_lengths(session, opts.operands[1:]))
-    except CommandError:
-        node.stats.invalid("read")
-        raise
-
-    async def run() -> None:
-        t0 = time.perf_counter()
-        try:
-            data = await node.read(offset, count)
-        except FAILED as exc:
-            session.out(f"readv failed: {strerror(exc)}\n")
-            return
-        elapsed = time.perf_counter() - t0
-        if pat is not None:
-            verify(session, data, pat, offset)
-        if quiet:
-            return
-        if verbose:
-            session.out(dump_buffer(data, offset))
-        session.out(report("read", elapsed, offset, count, count, 1, machine))
-
-    session.submit(run())
+    offset = num(session, operands[0])
+    count = _request_lengths(session, operands[1:], "read")
+    _submit(session, "readv", session.require_node().read(offset, count),
+            lambda elapsed, data: report_read(session, o, data, offset, elapsed))
     return 0
 
 
@@ -70,63 +70,28 @@ async def aio_read_cmd(session: Session, argv: list[str]) -> int:
          args="[-Cfiquz] [-P pattern] off len [len..]", argmin=2, argmax=-1,
          perm=Perm.WRITE, help=HELP["aio_write"])
 async def aio_write_cmd(session: Session, argv: list[str]) -> int:
-    machine = quiet = zeroes = False
-    flags = ReqFlag.NONE
-    pat = 0xcd
-    node = session.node
-    assert node is not None
-    opts = Options(session, argv, "CfiqP:uz")
-    for opt, arg in opts:
-        if opt == "C":
-            machine = True
-        elif opt == "f":
-            flags |= ReqFlag.FUA
-        elif opt == "q":
-            quiet = True
-        elif opt == "u":
-            flags |= ReqFlag.MAY_UNMAP
-        elif opt == "P":
-            pat = pattern(session, arg or "")
-        elif opt == "i":
-            session.out("injecting invalid write request\n")
-            node.stats.invalid("write")
-            return 0
-        elif opt == "z":
-            zeroes = True
-    ops = opts.operands
+    o, ops = parse_options(session, argv, AIO_WRITE_OPTS, stop="i")
+    if o.inject:
+        return _inject_invalid(session, "write")
     if len(ops) < 2:
         return usage(session, "aio_write")
-    if zeroes and len(ops) != 2:
+    if o.zeroes and len(ops) != 2:
         session.out("-z supports only a single length parameter\n")
         return -errno.EINVAL
-    if flags & ReqFlag.MAY_UNMAP and not zeroes:
+    if o.flags & ReqFlag.MAY_UNMAP and not o.zeroes:
         session.out("-u requires -z to be specified\n")
         return -errno.EINVAL
     offset = num(session, ops[0])
-    if zeroes:
+    node = session.require_node()
+    if o.zeroes:
         count = num(session, ops[1])
+        request = node.write_zeroes(offset, count, o.flags)
     else:
-        try:
-            count = sum(iovec_lengths(session, ops[1:]))
-        except CommandError:
-            node.stats.invalid("write")
-            raise
-
-    async def run() -> None:
-        t0 = time.perf_counter()
-        try:
-            if zeroes:
-                await node.write_zeroes(offset, count, flags)
-            else:
-                await node.write(offset, bytes([pat]) * count, flags)
-        except FAILED as exc:
-            session.out(f"aio_write failed: {strerror(exc)}\n")
-            return
-        if not quiet:
-            session.out(report("wrote", time.perf_counter() - t0, offset, count, count, 1,
-                               machine))
-
-    session.submit(run())
+        count = _request_lengths(session, ops[1:], "write")
+        pat = 0xcd if o.pat is None else o.pat
+        request = node.write(offset, bytes([pat]) * count, o.flags)
+    _submit(session, "aio_write", request,
+            lambda elapsed, _: report_done(session, o, "wrote", elapsed, offset, count))
     return 0
 
 

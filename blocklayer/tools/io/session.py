@@ -89,6 +89,11 @@ class Session:
             self.raw_err(str(data.get("message", "")))
 
     # ---- the image -----------------------------------------------------------------------
+    def require_node(self) -> "BlockNode":
+        """The open image (the command table runs file commands only with one open)."""
+        assert self.node is not None
+        return self.node
+
     async def open(self, req: OpenRequest) -> bool:
         """Open ``req``; on failure print qemu-io's line and return False."""
         if self.node is not None:
