@@ -15,7 +15,7 @@ from ...reopen import reopen
 from .args import CommandError, Options, num, usage
 from .cmd_rw import FAILED
 from .helptext import HELP
-from .session import OpenRequest, Session, parse_aio, parse_cache, parse_discard
+from .session import OpenRequest, Session, parse_cache
 from .table import COMMANDS, QUIT, command, find
 
 
@@ -36,26 +36,10 @@ async def open_cmd(session: Session, argv: list[str]) -> int:
     opts = Options(session, argv, "snCro:ki:t:d:U")
     try:
         for opt, arg in opts:
-            if opt == "s":
-                req.snapshot = True
-            elif opt == "n":
-                req.cache = parse_cache("none")
-            elif opt == "C":
-                req.copy_on_read = True
-            elif opt == "r":
-                req.read_only = True
-            elif opt == "k":
-                req.aio = "native"
-            elif opt == "i":
-                req.aio = parse_aio(arg or "")
-            elif opt == "t":
-                req.cache = parse_cache(arg or "")
-            elif opt == "d":
-                req.discard_unmap = parse_discard(arg or "")
-            elif opt == "o":
+            if opt == "o":
                 parse_keyval(session, arg or "", req.options)
-            elif opt == "U":
-                req.force_share = True
+            else:
+                req.apply_option(opt, arg or "")
     except InvalidArgument as exc:
         session.error(exc.message)
         return -errno.EINVAL

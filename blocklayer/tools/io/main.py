@@ -17,7 +17,7 @@ from ...options import split_keyval
 from . import cmd_aio, cmd_control, cmd_image, cmd_rw  # noqa: F401  (register commands)
 from .args import CommandError
 from .getopt import Getopt, GetoptError
-from .session import PROG, OpenRequest, Session, parse_aio, parse_cache, parse_discard
+from .session import PROG, OpenRequest, Session
 from .table import QUIT, run
 
 USAGE = """\
@@ -90,36 +90,20 @@ def parse_args(session: Session, argv: list[str]) -> Invocation:
             if opt == "V":
                 session.out(f"{session.prog} version {__version__}\n")
                 raise Exit(0)
+            if req.apply_option(opt, arg):
+                continue
             if opt == "c":
                 inv.commands.append(arg)
             elif opt == "f":
                 inv.fmt = arg
-            elif opt == "r":
-                req.read_only = True
-            elif opt == "s":
-                req.snapshot = True
-            elif opt == "n":
-                req.cache = parse_cache("none")
-            elif opt == "C":
-                req.copy_on_read = True
             elif opt == "m":
                 inv.misalign = True
-            elif opt == "k":
-                req.aio = "native"
-            elif opt == "i":
-                req.aio = parse_aio(arg)
-            elif opt == "t":
-                req.cache = parse_cache(arg)
-            elif opt == "d":
-                req.discard_unmap = parse_discard(arg)
             elif opt == "T":
                 pass                      # tracing: accepted, there are no trace events
             elif opt == "O":
                 session.warn(f"--object is not supported, ignoring '{arg}'")
             elif opt == "I":
                 inv.image_opts = True
-            elif opt == "U":
-                req.force_share = True
     except GetoptError as exc:
         session.raw_err(str(exc))
         session.out(USAGE.format(prog=session.prog))

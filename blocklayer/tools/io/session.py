@@ -56,6 +56,31 @@ class OpenRequest:
     force_share: bool = False
     aio: str = "threads"
 
+    def apply_option(self, opt: str, arg: str) -> bool:
+        """Take one of the open options that the command line and the ``open`` command
+        share (-r -s -n -C -k -i -t -d -U); False if ``opt`` is not one of them."""
+        if opt == "r":
+            self.read_only = True
+        elif opt == "s":
+            self.snapshot = True
+        elif opt == "n":
+            self.cache = parse_cache("none")
+        elif opt == "C":
+            self.copy_on_read = True
+        elif opt == "k":
+            self.aio = "native"
+        elif opt == "i":
+            self.aio = parse_aio(arg)
+        elif opt == "t":
+            self.cache = parse_cache(arg)
+        elif opt == "d":
+            self.discard_unmap = parse_discard(arg)
+        elif opt == "U":
+            self.force_share = True
+        else:
+            return False
+        return True
+
 
 class Session:
     """One qemu-io session: at most one open image."""
