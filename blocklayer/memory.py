@@ -8,8 +8,6 @@ worker threads from growing heaps of their own.  Called once when the first imag
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -23,7 +21,7 @@ def tune_malloc() -> None:
         return
     _tuned[0] = True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        from .libc import LIBC as libc
         libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
         libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
         libc.mallopt(M_ARENA_MAX, 1)
