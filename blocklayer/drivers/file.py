@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import errno
 import mmap
 import os
@@ -19,6 +18,7 @@ from typing import Any, Callable, TypeVar
 from ..driver import (BlockDriver, BlockStatus, CreateOption, Limits, Perm, Prealloc,
                       ReqFlag, Status)
 from ..errors import BlockError, HostIOError, InvalidArgument, NotSupported
+from ..libc import LIBC as _libc
 from ..locking import ImageLock, ofd_supported
 from ..options import OpenFlags, parse_bool
 
@@ -31,7 +31,6 @@ INLINE_WRITE_MAX = 4 << 20
 INLINE_WRITE_SMALL = 64 << 10
 T = TypeVar("T")
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
@@ -80,7 +79,7 @@ class FileDriver(BlockDriver):
     @classmethod
     async def create(cls, filename: str, options: dict[str, Any], *,
                      open_file: Any = None) -> None:
-        size = int(options.get("size", 0))
+        size = -(-int(options.get("size", 0)) // 512) * 512     # whole sectors, as QEMU
         prealloc = Prealloc(options.get("preallocation", "off"))
         if prealloc is Prealloc.METADATA:
             raise InvalidArgument("Unsupported preallocation mode 'metadata'")

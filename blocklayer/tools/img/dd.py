@@ -59,10 +59,10 @@ async def run(p, src_name: str, dst_name: str, bs: int, count: int | None,  # ty
         if count is not None and count * bs < size:
             size = count * bs
         in_pos = skip * bs
-        size = max(size - in_pos, 0)
         try:
             await create_image(dst_name, out_fmt,
-                               options=normalize_create_options(out_fmt, {"size": size}),
+                               options=normalize_create_options(
+                                   out_fmt, {"size": max(size - in_pos, 0)}),
                                graph=graph)
         except BlockError as exc:
             raise BlockError(f"{dst_name}: error while creating output image: {exc.message}",
@@ -72,14 +72,10 @@ async def run(p, src_name: str, dst_name: str, bs: int, count: int | None,  # ty
             import sys
             sys.stderr.write(f"{PROG}: {src_name}: cannot skip to specified offset\n")
             return 0
-        zero_init = dst.driver.has_zero_init()
-        from blocklayer.io import is_zero
         out_pos = 0
-        while in_pos < size:
+        while in_pos < size:          # every block is written, zeroes too (as qemu-img)
             n = min(bs, size - in_pos)
-            data = await src.read(in_pos, n)
-            if not (zero_init and is_zero(data)):
-                await dst.write(out_pos, data)
+            await dst.write(out_pos, await src.read(in_pos, n))
             in_pos += n
             out_pos += n
         await dst.flush()
