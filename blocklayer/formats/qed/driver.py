@@ -435,24 +435,6 @@ class QedDriver(BlockDriver):
             img.header = header
             self.backing_name = backing_file or None
 
-    async def make_empty(self) -> None:
-        """Drop every mapping: zero the L1 table, then cut the file after it."""
-        img = self.img
-        async with self.queue.turn():
-            self._cancel_timer()
-            img.l1[:] = array("Q", bytes(img.geo.table_bytes))
-            await img.write_l1()
-            await img.file.flush()
-            img.cache.clear()
-            end = max(img.geo.header_bytes, img.header.l1_table_offset + img.geo.table_bytes)
-            if img.file_size > end:
-                try:
-                    await img.file.truncate(end)
-                except NotSupported:
-                    return              # the old clusters stay as leaks
-                img.file_size = end
-
-
 def _piece(data: memoryview | None, rel: int, n: int) -> memoryview | None:
     return None if data is None else data[rel:rel + n]
 

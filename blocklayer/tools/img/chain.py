@@ -49,15 +49,16 @@ async def open_with_writable_base(graph: "BlockGraph", filename: str, fmt: str |
         base_file, base_fmt = base_layer.filename, base_layer.format_name
     finally:
         await close_all(probe)
+    # qemu-img commit opens with BDRV_O_UNMAP: zeroes committed may deallocate
     base = await open_img(graph, base_file, fmt=base_fmt, read_only=False, cache=cache,
-                          resize=True, backing=True)
+                          resize=True, backing=True, unmap=True)
     try:
         from blocklayer.open import open_image
         options: dict[str, Any] = dict(split_keyval(filename)) if image_opts else {}
         options[".".join(["backing"] * depth)] = base.name
         flags_cache = cache
         from .common import open_flags
-        flags = open_flags(read_only=False, cache=flags_cache)
+        flags = open_flags(read_only=False, cache=flags_cache, unmap=True)
         try:
             top = await open_image(None if image_opts else filename, options, fmt=fmt,
                                    graph=graph, flags=flags)

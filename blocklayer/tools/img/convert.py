@@ -539,7 +539,7 @@ async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
         target = await open_img(graph, out_name, fmt=None if p.has("--target-image-opts")
                                 else out_fmt, image_opts=p.has("--target-image-opts"),
                                 read_only=False, cache=p.last("-t") or "unsafe",
-                                backing=bool(backing) or p.has("-n"))
+                                backing=bool(backing) or p.has("-n"), unmap=s.min_sparse > 0)
         if p.has("-n") and target.total_bytes < total:
             raise InvalidArgument("output file is smaller than input file")
         s.target_has_backing = bool(backing)
