@@ -106,3 +106,18 @@ def test_convert_lays_out_clusters_as_qemu_img(tmp_path: Path) -> None:
             (tmp_path / "theirs.qcow2").read_bytes(), cs
         for name in ("ours.qcow2", "theirs.qcow2"):
             (tmp_path / name).unlink()
+
+
+def test_data_file_created_as_qemu_img(tmp_path: Path) -> None:
+    """qcow2's external data file is created at the image's size, like a raw image
+    (its first block allocated), so both tools leave the same files behind."""
+    maps = []
+    for who in ("ours", "theirs"):
+        d = tmp_path / who
+        d.mkdir()
+        args = ["create", "-q", "-f", "qcow2", "-o", "data_file=n.data", "n.qcow2", "1M"]
+        res = ours(args, d) if who == "ours" else qimg(*args, cwd=d)
+        assert (res.rc if who == "ours" else res.returncode) == 0
+        assert (d / "n.data").stat().st_size == 1 << 20
+        maps.append(qimg("map", "--output=json", "n.data", cwd=d).stdout)
+    assert maps[0] == maps[1]

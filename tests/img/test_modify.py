@@ -39,9 +39,9 @@ def same_images(mine: Path, ref: Path) -> None:
 
 def _allocation(image: Path) -> list[dict[str, object]] | str:
     """What ``qemu-img map`` says is allocated where in the chain (host offsets aside)."""
-    res = qimg("map", "--output=json", "-U", str(image))
+    res = qimg("map", "--output=json", "-U", image.name, cwd=image.parent)
     if res.returncode:
-        return res.stderr.replace(str(image.parent), "")
+        return res.stderr
     merged: list[dict[str, object]] = []
     for e in json.loads(res.stdout):
         e.pop("offset", None)
@@ -83,6 +83,16 @@ CASES = [
     ["convert", "-n", "-f", "raw", "-O", "raw", "a.raw", "z.raw"],
     ["convert", "-n", "--target-is-zero", "-O", "raw", "-f", "raw", "z.raw", "a.raw"],
     ["convert", "-l", "snap1", "-O", "raw", "s.qcow2", "o.raw"],
+    ["convert", "-S", "0", "-O", "qcow2", "c.qcow2", "o.qcow2"],
+    ["convert", "-O", "qcow2", "-o", "preallocation=metadata", "c.qcow2", "o.qcow2"],
+    ["convert", "-O", "qcow2", "-o", "preallocation=falloc,cluster_size=16k", "a.raw",
+     "o.qcow2"],
+    ["convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd,cluster_size=4k", "qt.qed",
+     "o.qcow2"],
+    ["convert", "-O", "qed", "-S", "8k", "c.qcow2", "o.qed"],
+    ["convert", "-n", "-O", "qcow2", "a.raw", "b.qcow2"],
+    ["convert", "-n", "-S", "0", "-O", "qcow2", "a.raw", "b.qcow2"],
+    ["convert", "-O", "qcow2", "-o", "extended_l2=on,cluster_size=128k", "c.qcow2", "o.qcow2"],
     ["convert", "-q", "-t", "none", "-T", "writeback", "-r", "100M", "-O", "qed", "c.qcow2",
      "o.qed"],
     ["convert", "--bitmaps", "-O", "qcow2", "b.qcow2", "o.qcow2"],

@@ -162,7 +162,8 @@ async def _open_new(cls: type["Qcow2Driver"], file: Any, filename: str,
         node.attach_child("file", ChildRole.FILE, file)
         data_file = options.get("data_file")
         if data_file:
-            data_node = await _create_data_file(graph, filename, str(data_file))
+            data_node = await _create_data_file(graph, filename, str(data_file),
+                                                int(options.get("size", 0)))
             node.attach_child("data-file", ChildRole.DATA, data_node)
         await node.driver.open({}, node.flags)
         return node
@@ -171,10 +172,12 @@ async def _open_new(cls: type["Qcow2Driver"], file: Any, filename: str,
         raise
 
 
-async def _create_data_file(graph: Any, image: str, name: str) -> Any:
+async def _create_data_file(graph: Any, image: str, name: str, size: int) -> Any:
+    """The external data file, created at the image's size (so its first block is
+    allocated, as QEMU creates it with the image's options)."""
     from ...drivers.file import FileDriver
     from ...open import open_node
-    await FileDriver.create(name, {"size": 0})
+    await FileDriver.create(name, {"size": size})
     return await open_node(graph, name, {"driver": "file"}, flags=OpenFlags(),
                            role=ChildRole.DATA)
 
