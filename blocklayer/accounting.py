@@ -24,6 +24,9 @@ class BlockStats:
     flush: OpStats = field(default_factory=OpStats)
     discard: OpStats = field(default_factory=OpStats)
     zero: OpStats = field(default_factory=OpStats)
+    #: copy offloading through this node, as source or target (also counted as a read
+    #: on the source and a write on the target); not part of query-blockstats
+    copy_range: OpStats = field(default_factory=OpStats)
     wr_highest_offset: int = 0
     last_access_ns: int = 0
 

@@ -297,6 +297,23 @@ class BlockDriver:
     async def discard(self, offset: int, length: int) -> None:
         raise NotSupported("discard not supported")
 
+    async def copy_range_from(self, offset: int, dst: "BlockNode", dst_offset: int,
+                              length: int, flags: ReqFlag) -> None:
+        """Source side of a copy offload (see :func:`blocklayer.io.node_copy_range`):
+        resolve ``[offset, offset+length)`` to where it is stored and pass it on, a
+        format or filter to a child's ``copy_range``, a protocol to
+        ``dst.copy_range_to(self.node, ...)``.  Raise :class:`NotSupported` for any
+        part it cannot."""
+        raise NotSupported(f"Driver '{self.format_name}' cannot offload copies")
+
+    async def copy_range_to(self, src: "BlockNode", src_offset: int, offset: int,
+                            length: int, flags: ReqFlag) -> None:
+        """Target side of a copy offload: make ``[offset, offset+length)`` writable as a
+        write would (allocate) and pass it on to a child's ``copy_range_to``; a
+        protocol copies from the protocol node ``src``.  Raise :class:`NotSupported`
+        for any part it cannot."""
+        raise NotSupported(f"Driver '{self.format_name}' cannot offload copies")
+
     async def flush_to_os(self) -> None:
         """Push cached data to the OS (default: nothing is cached)."""
 

@@ -150,19 +150,21 @@ class _request:
 
     ``async with _request(node, kind, offset, length, write):`` around the whole request.
     A class rather than a generator: it runs for every request at every layer.
+    ``external`` overrides the depth rule (a copy enters two nodes from outside at once).
     """
 
-    __slots__ = ("node", "kind", "offset", "length", "write", "token")
+    __slots__ = ("node", "kind", "offset", "length", "write", "external", "token")
 
     def __init__(self, node: "BlockNode", kind: str, offset: int, length: int,
-                 write: bool) -> None:
+                 write: bool, external: bool | None = None) -> None:
         self.node, self.kind, self.offset, self.length, self.write = \
             node, kind, offset, length, write
+        self.external = external        # None: from outside the graph if at depth 0
 
     async def __aenter__(self) -> None:
         node, kind, offset, length = self.node, self.kind, self.offset, self.length
         depth = REQUEST_DEPTH.get()
-        external = depth == 0
+        external = depth == 0 if self.external is None else self.external
         if node.closed:
             raise BlockError(f"Node '{node.name}' is closed", errno.ENOMEDIUM)
         if external and node.state.quiesce and DRAIN_OWNER.get() is not asyncio.current_task():
@@ -491,6 +493,89 @@ async def node_discard(node: "BlockNode", offset: int, length: int) -> None:
             raise
         node.stats.done("discard", start_ns, end - start)
         _after_write(node, start, end - start)
+
+
+# ---------------------------------------------------------------------------------------
+# Copy range (copy offloading)
+# ---------------------------------------------------------------------------------------
+
+async def node_copy_range(node: "BlockNode", offset: int, dst: "BlockNode", dst_offset: int,
+                          length: int, flags: ReqFlag = ReqFlag.NONE) -> None:
+    """Copy ``length`` bytes at ``offset`` of this node to ``dst_offset`` of ``dst``
+    without the data passing through this process (QEMU's bdrv_co_copy_range).
+
+    This is the source side, run as a read of this node.  Its driver resolves the range
+    (a format maps it, a filter or raw shifts it) down to a protocol node, whose driver
+    hands it to :func:`node_copy_range_to` on ``dst``: the target side, run as a write.
+    Raises :class:`NotSupported` whenever a driver on either side cannot (the caller
+    then reads and writes instead); part of the range may have been copied by then.
+    Ranges are never widened: one not aligned to a node's request alignment is not
+    supported.  ``flags`` may hold FUA: ``dst`` is flushed after the copy.
+    """
+    external = REQUEST_DEPTH.get() == 0
+    async with _request(dst, "write", dst_offset, length, True, external), \
+            _request(node, "read", offset, length, False, external):
+        if length == 0:
+            return
+        _check_copy_alignment(node, offset, length)
+        start_ns = node.stats.start()
+        try:
+            async with tracked(node, offset, offset + length, serialising=False):
+                await node.driver.copy_range_from(offset, dst, dst_offset, length,
+                                                  flags & ~ReqFlag.FUA)
+        except BlockError as exc:
+            _copy_failed(node, "read", start_ns, exc)
+            raise
+        _copy_done(node, "read", start_ns, length)
+        if flags & ReqFlag.FUA or (external and not dst.flags.cache.writeback):
+            await node_flush(dst)
+
+
+async def node_copy_range_to(node: "BlockNode", src: "BlockNode", src_offset: int,
+                             offset: int, length: int,
+                             flags: ReqFlag = ReqFlag.NONE) -> None:
+    """The target side of a copy offload: put ``length`` bytes at ``src_offset`` of the
+    protocol node ``src`` at ``offset`` of this node.
+
+    Called by the protocol driver that resolved the source; runs as a write of this
+    node (write threshold, before-write notifiers, tracking, accounting, dirty
+    bitmaps).  Its driver allocates like a write and passes the range on down to a
+    protocol node, which copies from ``src`` or raises :class:`NotSupported`.
+    """
+    async with _request(node, "write", offset, length, write=True):
+        if length == 0:
+            return
+        _check_copy_alignment(node, offset, length)
+        start_ns = node.stats.start()
+        try:
+            await _before_write(node, offset, length)
+            async with tracked(node, offset, offset + length, serialising=False):
+                await node.driver.copy_range_to(src, src_offset, offset, length, flags)
+        except BlockError as exc:
+            _copy_failed(node, "write", start_ns, exc)
+            raise
+        _copy_done(node, "write", start_ns, length)
+        _after_write(node, offset, length)
+
+
+def _check_copy_alignment(node: "BlockNode", offset: int, length: int) -> None:
+    """A copy is never a read-modify-write cycle: unaligned ranges are not offloaded."""
+    align = node.limits.request_alignment
+    if offset % align or length % align:
+        raise NotSupported(f"Node '{node.name}' cannot offload a copy that is not aligned "
+                           f"to {align} bytes")
+
+
+def _copy_done(node: "BlockNode", kind: str, start_ns: int, length: int) -> None:
+    node.stats.done(kind, start_ns, length)
+    node.stats.done("copy_range", start_ns, length)
+
+
+def _copy_failed(node: "BlockNode", kind: str, start_ns: int, exc: BlockError) -> None:
+    """Count a failed copy; NotSupported is a "cannot", not an I/O error."""
+    if not isinstance(exc, NotSupported):
+        node.stats.done(kind, start_ns, 0, ok=False)
+        node.stats.done("copy_range", start_ns, 0, ok=False)
 
 
 # ---------------------------------------------------------------------------------------

@@ -359,6 +359,8 @@ class BlockNode:
     write = _io.node_write
     write_zeroes = _io.node_write_zeroes
     discard = _io.node_discard
+    copy_range = _io.node_copy_range
+    copy_range_to = _io.node_copy_range_to
     flush = _io.node_flush
     truncate = _io.node_truncate
     block_status = _io.node_block_status

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from blocklayer.driver import Status
-from blocklayer.errors import BlockError
+from blocklayer.errors import BlockError, NotSupported, ReadOnlyError
 from blocklayer.node import BlockNode
 from blocklayer.open import open_image
 
@@ -148,4 +148,61 @@ class DriverConformance:
                     elif kind == "zero":
                         model[off:off + n] = bytes(n)
             assert bytes(await node.read(0, self.size)) == bytes(model)
+        self.run(tmp_path, body)
+
+    def test_copy_range_copies_or_is_not_supported(self, tmp_path: Path) -> None:
+        """Each copy into a second image of the same stack either lands whole or raises
+        NotSupported (the caller then reads and writes): the content is the model's."""
+        target_dir = tmp_path / "target"
+        target_dir.mkdir()
+        dst_name = self.make(target_dir)
+        rng = random.Random(5)
+        copies = [(0, 0, 65536), (65536, 3 * 65536, 2 * 65536), (4096, MiB + 4096, 8192),
+                  (MiB - 512, 2 * MiB - 512, 70000), (2 * MiB, 5000, 1), (3 * MiB, 3 * MiB, MiB)]
+
+        async def body(src: BlockNode) -> None:
+            for off in range(0, self.size, MiB // 2):
+                await src.write(off, bytes([rng.randrange(1, 256)]) * (MiB // 4))
+            dst = await self.open(dst_name)
+            try:
+                await dst.write(MiB, b"\x33" * MiB)       # overwritten in place, or around
+                model = bytearray(await dst.read(0, self.size))
+                for s_off, d_off, n in copies:
+                    data = bytes(await src.read(s_off, n))
+                    try:
+                        await asyncio.wait_for(src.copy_range(s_off, dst, d_off, n), 30)
+                    except NotSupported:
+                        await dst.write(d_off, data)
+                    model[d_off:d_off + n] = data
+                assert bytes(await dst.read(0, self.size)) == bytes(model)
+                with pytest.raises(BlockError):
+                    await src.copy_range(self.size - 512, dst, 0, 1024)
+                with pytest.raises(BlockError):
+                    await src.copy_range(0, dst, self.size - 512, 1024)
+            finally:
+                await dst.close()
+            self.verify(dst_name)
+        self.run(tmp_path, body)
+
+    def test_copy_range_into_a_read_only_node_is_refused(self, tmp_path: Path) -> None:
+        filename = self.make(tmp_path)
+
+        async def main() -> None:
+            node = await self.open(filename, read_only=True)
+            try:
+                with pytest.raises(ReadOnlyError):
+                    await node.copy_range(0, node, MiB, 65536)
+            finally:
+                await node.close()
+        asyncio.run(main())
+
+    def test_copy_range_within_one_node(self, tmp_path: Path) -> None:
+        """A copy inside one image never waits for itself."""
+        async def body(node: BlockNode) -> None:
+            await node.write(0, b"\x42" * 65536)
+            try:
+                await asyncio.wait_for(node.copy_range(0, node, 2 * MiB, 65536), 30)
+            except NotSupported:
+                await node.write(2 * MiB, b"\x42" * 65536)
+            assert bytes(await node.read(2 * MiB, 65536)) == b"\x42" * 65536
         self.run(tmp_path, body)

@@ -13,7 +13,7 @@ import errno
 import mmap
 import os
 import stat
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ..driver import (BlockDriver, BlockStatus, CreateOption, Limits, Perm, Prealloc,
                       ReqFlag, Status)
@@ -22,6 +22,9 @@ from ..libc import LIBC as _libc
 from ..locking import ImageLock, ofd_supported
 from ..options import OpenFlags, parse_bool
 
+if TYPE_CHECKING:
+    from ..node import BlockNode
+
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
@@ -29,6 +32,9 @@ SEEK_DATA, SEEK_HOLE = getattr(os, "SEEK_DATA", 3), getattr(os, "SEEK_HOLE", 4)
 MAX_TRANSFER = 1 << 30
 INLINE_WRITE_MAX = 4 << 20
 INLINE_WRITE_SMALL = 64 << 10
+#: copy_file_range errors that mean "not between these two files" (callers fall back)
+COPY_UNSUPPORTED = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
+                              errno.ETXTBSY})
 T = TypeVar("T")
 
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -243,6 +249,21 @@ class FileDriver(BlockDriver):
                 raise
         await _run(punch, "discard")
 
+    # ---- copy offloading ----------------------------------------------------------------
+    async def copy_range_from(self, offset: int, dst: "BlockNode", dst_offset: int,
+                              length: int, flags: ReqFlag) -> None:
+        await dst.copy_range_to(self.node, offset, dst_offset, length, flags)
+
+    async def copy_range_to(self, src: "BlockNode", src_offset: int, offset: int,
+                            length: int, flags: ReqFlag) -> None:
+        source = src.driver
+        if not isinstance(source, FileDriver) or source.fd < 0:
+            raise NotSupported(f"Cannot offload a copy from a '{src.format_name}' node "
+                               f"to a file")
+        src_fd, dst_fd = source.fd, self.fd
+        await _run(lambda: _copy_file_range(src_fd, src_offset, dst_fd, offset, length),
+                   "copy range")
+
     async def flush_to_disk(self) -> None:
         fd = self.fd
         await _run(lambda: os.fdatasync(fd), "flush")
@@ -377,6 +398,25 @@ def _pwrite_full(fd: int, offset: int, data: bytes | bytearray | memoryview) -> 
     done = 0
     while done < len(mv):
         done += os.pwrite(fd, mv[done:], offset + done)
+
+
+def _copy_file_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int,
+                     length: int) -> None:
+    """Copy inside the kernel (copy_file_range), looping on short copies."""
+    if not hasattr(os, "copy_file_range"):
+        raise NotSupported("copy_file_range is not available on this host")
+    done = 0
+    while done < length:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, length - done, src_offset + done,
+                                   dst_offset + done)
+        except OSError as exc:
+            if exc.errno in COPY_UNSUPPORTED:
+                raise NotSupported(f"copy_file_range: {os.strerror(exc.errno)}") from None
+            raise
+        if n == 0:
+            raise NotSupported("copy_file_range: the source file ends inside the range")
+        done += n
 
 
 def _direct_read(fd: int, offset: int, length: int) -> bytes:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import errno
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..driver import (BlockDriver, BlockStatus, ChildRole, CreateOption, DriverInfo, Limits,
                       Perm, Prealloc, ReqFlag, Status)
 from ..errors import BlockError, InvalidArgument, NotSupported
 from ..options import OpenFlags, parse_size
+
+if TYPE_CHECKING:
+    from ..node import BlockNode
 
 PROBE_SIZE = 512
 
@@ -106,6 +109,16 @@ class RawDriver(BlockDriver):
 
     async def discard(self, offset: int, length: int) -> None:
         await self._file().discard(self.offset + offset, length)
+
+    async def copy_range_from(self, offset: int, dst: BlockNode, dst_offset: int,
+                              length: int, flags: ReqFlag) -> None:
+        await self._file().copy_range(self.offset + offset, dst, dst_offset, length, flags)
+
+    async def copy_range_to(self, src: BlockNode, src_offset: int, offset: int,
+                            length: int, flags: ReqFlag) -> None:
+        if self.probed and offset < PROBE_SIZE:     # the write path checks the data
+            raise NotSupported("Copies into block 0 of a probed raw image are not offloaded")
+        await self._file().copy_range_to(src, src_offset, self.offset + offset, length, flags)
 
     async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
         return BlockStatus(Status.RAW | Status.OFFSET_VALID, length, self.offset + offset,

@@ -171,13 +171,18 @@ class WritePath(ZeroPath, ResizePath):
             try:
                 await self._write_plan(offset, data, plan)
             except BaseException:
-                async with self.lock:
-                    for c in plan:
-                        if c.alloc and not self.header.has_data_file:
-                            await self.refcounts.free_clusters(c.host, cs, Discard.NEVER)
+                await self._unallocate(plan)
                 raise
             async with self.lock:
                 await self._link_l2(offset, plan)
+
+    async def _unallocate(self: "Qcow2Driver", plan: list[_Cluster]) -> None:
+        """Give back the clusters a failed write allocated (never linked)."""
+        async with self.lock:
+            for c in plan:
+                if c.alloc and not self.header.has_data_file:
+                    await self.refcounts.free_clusters(c.host, self.cluster_size,
+                                                       Discard.NEVER)
 
     async def _write_fresh(self: "Qcow2Driver", offset: int, data: memoryview) -> bool:
         """Whole clusters that are all unallocated (the common case of a copy into a new

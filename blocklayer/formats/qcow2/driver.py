@@ -24,6 +24,7 @@ from ...options import OpenFlags, parse_bool
 from . import layout as L
 from .alloc import WritePath
 from .cache import MetadataCache, cache_sizes
+from .copyrange import CopyRangePath
 from .compress import decompress
 from .mapping import L1E_OFFSET_MASK, SC, Geometry, Mapping
 from .ranges import RangeLock
@@ -46,8 +47,8 @@ DISCARD_OPTIONS = {"pass-discard-request": Discard.REQUEST,
 nested = _io.metadata_io       # metadata I/O of this node, not a request from outside
 
 
-class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, WritePath,
-                  BlockDriver):
+class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, CopyRangePath,
+                  WritePath, BlockDriver):
     format_name = "qcow2"
     is_format = True
     supports_backing = True

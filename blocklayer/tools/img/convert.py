@@ -3,7 +3,9 @@
 Only what the source chain says is allocated is read (block status of the whole
 chain, or of the top layer when the target gets a backing file); zero runs of at least
 ``-S`` bytes are left unallocated; ``-m`` requests run as asyncio tasks, writes stay in
-order unless ``-W``; ranges of the same kind are coalesced into large requests.
+order unless ``-W``; ranges of the same kind are coalesced into large requests.  With
+``-C`` data is copied with copy offloading (no zero detection); the first copy that
+cannot be offloaded is read and written instead, and so is everything after it.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class Kind(enum.Enum):
 @dataclass
 class Settings:
     compressed: bool = False
+    copy_range: bool = False      # -C (turned off by the first copy that cannot offload)
     min_sparse: int = 4096
     parallel: int = 8
     out_of_order: bool = False
@@ -199,14 +202,14 @@ class Converter:
             item = await queue.get()
             if item is None:
                 return
-            data: Any = None
-            if item.kind is Kind.DATA:
-                data = await self._read(item)
-                if self.s.compressed:
-                    data = self._compressed_plan(item.offset, data)
+            offload = item.kind is Kind.DATA and self.s.copy_range
+            data = None if offload else await self._payload(item)
             await self._wait_turn(item.seq)
             try:
-                await self._write(item, data)
+                if offload:
+                    await self._copy_offloaded(item)
+                else:
+                    await self._write(item, data)
             finally:
                 await self._next_turn()
             self.done += item.length
@@ -224,6 +227,27 @@ class Converter:
         async with self.turn:
             self.next_write += 1
             self.turn.notify_all()
+
+    async def _payload(self, item: Item) -> Any:
+        """What a worker writes for ``item``: the data read (with ``-c``, cut into
+        clusters to compress), nothing for the other kinds."""
+        if item.kind is not Kind.DATA:
+            return None
+        data = await self._read(item)
+        return self._compressed_plan(item.offset, data) if self.s.compressed else data
+
+    async def _copy_offloaded(self, item: Item) -> None:
+        """``-C``: copy a data item with copy offloading.  If that fails for any
+        reason, as with qemu-img, the item is read and written, and so is every item
+        after it (a real I/O error then shows up there, named as usual)."""
+        node = self.sources[item.src].node
+        try:
+            await node.copy_range(item.src_offset, self.target, item.offset, item.length)
+        except BlockError:
+            self.s.copy_range = False
+            await self._write(item, await self._read(item))
+            return
+        await self._throttle(item.length)
 
     async def _read(self, item: Item) -> bytes:
         node = self.sources[item.src].node
@@ -438,6 +462,7 @@ def main(argv: list[str]) -> int:
             raise InvalidArgument("Invalid number of coroutines. Allowed number of "
                                   "coroutines is between 1 and 16")
     rate = parse_rate(p.last("-r"))
+    _check_copy_offloading(p)
     out_fmt = p.last("-O")
     opts, want_help = parse_o_options(p.all("-o"))
     if want_help:
@@ -460,17 +485,26 @@ def main(argv: list[str]) -> int:
         raise InvalidArgument("--target-is-zero requires use of -n flag")
     if p.has("--target-image-opts") and not p.has("-n"):
         raise InvalidArgument("--target-image-opts requires use of -n flag")
-    if p.has("-C") and p.has("--salvage"):
-        raise InvalidArgument("Cannot use copy offloading in salvaging mode")
-    if p.has("-C") and p.has("-c"):
-        raise InvalidArgument("Cannot enable copy offloading when -c is used")
     if p.has("-B") and not p.has("-F"):
         raise InvalidArgument("Use of backing file requires explicit backing format")
     if p.has("-B") and p.has("-n"):
         raise InvalidArgument("-B and -n cannot be used together")   # our rule: -n keeps the target
-    settings = Settings(compressed=p.has("-c"), min_sparse=min_sparse, parallel=parallel,
+    settings = Settings(compressed=p.has("-c"), copy_range=p.has("-C"),
+                        min_sparse=min_sparse, parallel=parallel,
                         out_of_order=p.has("-W"), rate=rate, salvage=p.has("--salvage"))
     return asyncio.run(convert(p, p.args[:-1], p.args[-1], out_fmt or "raw", opts, settings))
+
+
+def _check_copy_offloading(p: Any) -> None:
+    """``-C`` goes with neither ``-c`` nor ``-S`` (qemu-img's order of complaints)."""
+    if not p.has("-C"):
+        return
+    if p.has("-c"):
+        raise InvalidArgument("Cannot enable copy offloading when -c is used")
+    if p.has("-S"):
+        raise InvalidArgument("Cannot enable copy offloading when -S is used")
+    if p.has("--salvage"):
+        raise InvalidArgument("Cannot use copy offloading in salvaging mode")
 
 
 async def _load_snapshot(node: "BlockNode", spec: str) -> None:
