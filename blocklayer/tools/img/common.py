@@ -41,7 +41,8 @@ def new_graph(quiet: bool = False) -> "BlockGraph":
 
 def open_flags(*, read_only: bool, force_share: bool = False, cache: str | None = None,
                src_cache: bool = False, no_backing: bool = False, resize: bool = False,
-               no_io: bool = False, check: bool = False):  # type: ignore[no-untyped-def]
+               no_io: bool = False, check: bool = False,
+               unmap: bool = False):  # type: ignore[no-untyped-def]
     from blocklayer.options import CacheMode, OpenFlags
     mode = CacheMode()
     if cache is not None:
@@ -51,22 +52,25 @@ def open_flags(*, read_only: bool, force_share: bool = False, cache: str | None 
             what = "source cache" if src_cache else "cache"
             raise InvalidArgument(f"Invalid {what} option: {cache}") from None
     return OpenFlags(read_only=read_only, force_share=force_share, cache=mode,
-                     no_backing=no_backing, resize=resize, no_io=no_io, check=check)
+                     no_backing=no_backing, resize=resize, no_io=no_io, check=check,
+                     discard_unmap=unmap)
 
 
 async def open_img(graph: "BlockGraph", filename: str, *, fmt: str | None = None,
                    image_opts: bool = False, read_only: bool = True,
                    force_share: bool = False, cache: str | None = None,
                    src_cache: bool = False, backing: bool = True, resize: bool = False,
-                   no_io: bool = False, check: bool = False) -> "BlockNode":
-    """Open ``filename`` (or an ``--image-opts`` string) with qemu-img's error wording."""
+                   no_io: bool = False, check: bool = False,
+                   unmap: bool = False) -> "BlockNode":
+    """Open ``filename`` (or an ``--image-opts`` string) with qemu-img's error wording;
+    ``unmap``: discard=unmap (zero writes may deallocate)."""
     from blocklayer.open import open_image
     from blocklayer.options import split_keyval
     if force_share and not read_only:
         raise InvalidArgument("--force-share/-U can only be used with read-only images")
     flags = open_flags(read_only=read_only, force_share=force_share, cache=cache,
                        src_cache=src_cache, no_backing=not backing, resize=resize, no_io=no_io,
-                       check=check)
+                       check=check, unmap=unmap)
     name: str | None = filename
     options: dict[str, Any] = {}
     if image_opts:

@@ -1,37 +1,37 @@
 """``convert``: copy one or more images (concatenated) into a new or existing one.
 
-Only what the source chain says is allocated is read (block status of the whole
-chain, or of the top layer when the target gets a backing file); zero runs of at least
-``-S`` bytes are left unallocated; ``-m`` requests run as asyncio tasks, writes stay in
-order unless ``-W``; ranges of the same kind are coalesced into large requests.
+The requests are qemu-img's (:mod:`.convert_plan`): sources laid out in whole sectors,
+block status asked of each (of the whole chain, or of the top layer when the target
+gets a backing file), a data request of at most one buffer, whole clusters when
+compressing, which may join the end of one source to the start of the next.  Only
+data is read; zero runs of at least ``-S`` bytes are left unallocated.  ``-m``
+requests run as asyncio tasks, writes stay in order unless ``-W``; compressed clusters
+and runs that write nothing are joined into larger requests, which changes nothing on
+the target.
 """
 from __future__ import annotations
 
 import asyncio
-import enum
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
 
+from blocklayer.driver import Status
 from blocklayer.errors import BlockError, InvalidArgument
 
 from .args import PROG, parse
 from .common import (Progress, close_all, new_graph, open_img, parse_o_options,
                      parse_rate, print_create_options_help, progress_from)
+from .convert_plan import SECTOR, Kind, Planner, Rules, layout, sparse_pieces
 
 if TYPE_CHECKING:
     from blocklayer.node import BlockNode
 
-BUF_SIZE = 2 << 20            # largest data request
-ZERO_MAX = 1 << 30            # largest write-zeroes request
+BUF_SIZE = 2 << 20            # qemu-img's I/O buffer (IO_BUF_SIZE)
+MAX_BUF = 16 << 20            # largest buffer (MAX_BUF_SECTORS)
+JOIN_MAX = 1 << 30            # requests that write nothing (or zeroes) joined up to this
 SPARSE_LIMIT = 16 << 20       # largest -S value
-
-
-class Kind(enum.Enum):
-    DATA = 0
-    ZERO = 1
-    SKIP = 2                  # left to the target's backing file
 
 
 @dataclass
@@ -42,7 +42,9 @@ class Settings:
     out_of_order: bool = False
     rate: int = 0
     salvage: bool = False
+    quiet: bool = False
     target_has_backing: bool = False
+    target_backing: int = -1      # bytes of a new target's backing file (-1: unknown)
     zero_init: bool = False
 
 
@@ -52,23 +54,51 @@ class Item:
     offset: int               # global offset (sources concatenated)
     length: int
     kind: Kind
-    src: int
-    src_offset: int
 
 
 def sectors(size: int) -> int:
     """``size`` rounded up to whole 512-byte sectors."""
-    return -(-size // 512) * 512
+    return -(-size // SECTOR) * SECTOR
 
 
 @dataclass
 class Source:
     node: "BlockNode"
     start: int                # where it begins in the concatenation
-    size: int = field(init=False)
+    size: int                 # its size in bytes
+    end: int                  # where the next one begins (whole sectors)
 
-    def __post_init__(self) -> None:
-        self.size = self.node.total_bytes
+    def read_end(self, end: int) -> int:
+        """How much of ``[.., end)`` can be read: the rest of its last sector is zeroes."""
+        return min(end, self.start + self.size)
+
+
+def _cluster_size(node: "BlockNode") -> int:
+    try:
+        return node.driver.get_info().cluster_size
+    except BlockError:
+        return 0
+
+
+def _source_alignment(node: "BlockNode") -> int:
+    """Sectors a block-status run of a source is cut back to (qemu-img: its request
+    alignment or its cluster size)."""
+    align = -(-node.limits.request_alignment // SECTOR)
+    return max(align, _cluster_size(node) // SECTOR, 1)
+
+
+def _status_as_qemu(node: "BlockNode") -> None:
+    """Block status of ``node`` and its backing chain answered in QEMU's pieces: where
+    a run is cut decides where requests start, and so what zero detection sees."""
+    layer: BlockNode | None = node
+    while layer is not None:
+        if getattr(layer.driver, "merge_status_runs", False):
+            layer.driver.merge_status_runs = False  # type: ignore[attr-defined]
+        layer = layer.filtered_backing()
+
+
+def _pow2floor(n: int) -> int:
+    return 1 << (n.bit_length() - 1) if n > 0 else 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -78,13 +108,12 @@ class Source:
 class Converter:
     def __init__(self, sources: list["BlockNode"], target: "BlockNode", settings: Settings,
                  progress: Progress) -> None:
-        self.sources: list[Source] = []
-        pos = 0
         for node in sources:
-            s = Source(node, pos)
-            self.sources.append(s)
-            pos += sectors(s.size)       # qemu-img lays sources out in whole sectors
-        self.total = pos
+            _status_as_qemu(node)
+        parts = layout([n.total_bytes for n in sources], [_source_alignment(n) for n in sources])
+        self.sources = [Source(n, p.start * SECTOR, n.total_bytes, (p.start + p.sectors) * SECTOR)
+                        for n, p in zip(sources, parts)]
+        self.total = self.sources[-1].end if self.sources else 0
         self.target = target
         self.s = settings
         self.progress = progress
@@ -93,91 +122,77 @@ class Converter:
         self.turn = asyncio.Condition()
         self.written = 0
         self.t0 = time.monotonic()
-        self.cluster = max(target.driver.get_info().cluster_size, 512)
+        self.cluster = _cluster_size(target)
+        # zero runs in a buffer are moved to this boundary (sectors, a power of two)
+        self.alignment = max(_pow2floor(settings.min_sparse // SECTOR),
+                             -(-target.limits.request_alignment // SECTOR))
+        self.planner = Planner(parts, self._rules(), self._status)
+
+    def _rules(self) -> Rules:
+        s, limits = self.s, self.target.limits
+        buf = min(MAX_BUF, max(BUF_SIZE, limits.opt_transfer, limits.pdiscard_alignment))
+        return Rules(total=self.total // SECTOR,
+                     buf=(self.cluster if s.compressed else buf) // SECTOR,
+                     compressed=s.compressed, cluster=max(self.cluster // SECTOR, 1),
+                     min_sparse=s.min_sparse // SECTOR,
+                     target_has_backing=s.target_has_backing,
+                     target_backing=s.target_backing // SECTOR if s.target_backing >= 0 else -1)
 
     # ---- what to copy ------------------------------------------------------------------
-    async def _status(self, src: Source, off: int, length: int) -> tuple[Kind, int]:
-        from blocklayer.driver import Status
-        node = src.node
-        if self.s.target_has_backing:
-            st = await node.block_status(off, length, True)
-        else:
-            st = await node.block_status_above(None, off, length, True)
-        n = st.length or length
-        if st.flags & Status.ZERO:
-            if self.s.target_has_backing and not st.flags & Status.ALLOCATED:
-                kind = Kind.SKIP
-            else:
-                kind = Kind.ZERO
-        elif st.flags & Status.DATA:
-            kind = Kind.DATA
-        else:
-            kind = Kind.SKIP if self.s.target_has_backing else Kind.DATA
-        if kind is Kind.ZERO and self.s.min_sparse == 0 and not self.s.compressed:
-            kind = Kind.DATA            # -S 0: the target is fully allocated
-        return kind, n
-
-    async def _runs(self) -> AsyncIterator[tuple[int, int, int, Kind]]:
-        """(source index, offset in it, length, kind), coalesced and cut to size."""
-        for i, src in enumerate(self.sources):
-            off = 0
-            pend: list[Any] | None = None
-            while off < src.size:
-                kind, n = await self._status(src, off, min(src.size - off, ZERO_MAX))
-                n = min(max(n, 1), src.size - off)
-                if pend is not None and pend[2] is kind and pend[0] + pend[1] == off:
-                    pend[1] += n
+    async def _status(self, i: int, off: int, length: int) -> tuple[Status, int]:
+        """Block status of source ``i`` (of its top layer alone when the target gets a
+        backing file); with --salvage an error is retried on a quarter of the range, down
+        to one sector that is then read as data."""
+        node = self.sources[i].node
+        while True:
+            try:
+                if self.s.target_has_backing:
+                    st = await node.block_status(off, length, True)
                 else:
-                    if pend is not None:
-                        async for r in self._cut(i, *pend):
-                            yield r
-                    pend = [off, n, kind]
-                off += n
-            if pend is not None:
-                async for r in self._cut(i, *pend):
-                    yield r
+                    st = await node.block_status_above(None, off, length, True)
+                return st.flags, st.length or length
+            except BlockError as exc:
+                if not self.s.salvage:
+                    raise BlockError(f"error while reading block status at offset {off}: "
+                                     f"{exc.strerror}", exc.errno) from None
+                if length <= SECTOR:
+                    self._warn(f"error while reading block status at offset {off}: "
+                               f"{exc.strerror}")
+                    return Status.DATA, SECTOR
+                length = -(-length // (4 * SECTOR)) * SECTOR
 
-    async def _cut(self, i: int, off: int, n: int, kind: Kind) -> AsyncIterator[tuple[int, int, int, Kind]]:
-        """Split data runs into requests of at most BUF_SIZE that end on cluster
-        boundaries (whole clusters when compressing)."""
-        if kind is not Kind.DATA:
-            end = off + n
-            while off < end:
-                step = min(end - off, ZERO_MAX)
-                yield i, off, step, kind
-                off += step
-            return
-        gstart = self.sources[i].start
-        end = off + n
-        if self.s.compressed:       # whole target clusters
-            c = self.cluster
-            gs = (gstart + off) // c * c
-            off = max(gs - gstart, 0)
-            end = min(-(-(gstart + end) // c) * c - gstart, self.sources[i].size)
-        while off < end:
-            stop = min(off + BUF_SIZE, end)
-            g = gstart + stop
-            if stop < end and g % self.cluster:
-                aligned = g - g % self.cluster - gstart
-                if aligned > off:
-                    stop = aligned
-            yield i, off, stop - off, kind
-            off = stop
+    def _warn(self, message: str) -> None:
+        if not self.s.quiet:
+            sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+    def _joins(self, a: Item, b: Item) -> bool:
+        """Whether request ``b`` can ride with ``a`` (the one just before it) without
+        changing what reaches the target: compressed clusters are judged one by one,
+        and runs that write nothing do not care how they are cut."""
+        if a.kind is not b.kind:
+            return False
+        if a.kind is Kind.SKIP or (a.kind is Kind.ZERO and self.s.zero_init):
+            return a.length + b.length <= JOIN_MAX
+        if not self.s.compressed:
+            return False        # qemu-img's requests: zero detection works on each
+        limit = JOIN_MAX if a.kind is Kind.ZERO else BUF_SIZE
+        return a.length + b.length <= limit
 
     async def _items(self, queue: "asyncio.Queue[Item | None]") -> None:
         seq = 0
-        last_end: dict[int, int] = {}
-        async for i, off, n, kind in self._runs():
-            if self.s.compressed and kind is Kind.DATA:
-                # a cluster already sent whole with an earlier run is not sent again
-                if off < last_end.get(i, 0):
-                    cut = last_end[i] - off
-                    if cut >= n:
-                        continue
-                    off, n = off + cut, n - cut
-                last_end[i] = off + n
-            await queue.put(Item(seq, self.sources[i].start + off, n, kind, i, off))
-            seq += 1
+        pend: Item | None = None
+        async for req in self.planner.requests():
+            item = Item(0, req.sector * SECTOR, req.count * SECTOR, req.kind)
+            if pend is not None and self._joins(pend, item):
+                pend.length += item.length
+                continue
+            if pend is not None:
+                pend.seq, seq = seq, seq + 1
+                await queue.put(pend)
+            pend = item
+        if pend is not None:
+            pend.seq = seq
+            await queue.put(pend)
         for _ in range(self.s.parallel):
             await queue.put(None)
 
@@ -199,14 +214,14 @@ class Converter:
             item = await queue.get()
             if item is None:
                 return
-            data: Any = None
-            if item.kind is Kind.DATA:
-                data = await self._read(item)
-                if self.s.compressed:
-                    data = self._compressed_plan(item.offset, data)
+            plan: Any = None
+            if item.kind is Kind.DATA or item.kind is Kind.FILL:
+                data = await self._read(item) if item.kind is Kind.DATA else bytes(item.length)
+                plan = (self._compressed_plan(item.offset, data) if self.s.compressed
+                        else self._pieces(item.offset, data))
             await self._wait_turn(item.seq)
             try:
-                await self._write(item, data)
+                await self._write(item, plan)
             finally:
                 await self._next_turn()
             self.done += item.length
@@ -225,39 +240,77 @@ class Converter:
             self.next_write += 1
             self.turn.notify_all()
 
-    async def _read(self, item: Item) -> bytes:
-        node = self.sources[item.src].node
+    # ---- reading across sources --------------------------------------------------------
+    def _spans(self, offset: int, length: int) -> Iterator[tuple[Source, int, int]]:
+        """Each source's share ``(source, start, end)`` of a range of the concatenation."""
+        end = offset + length
+        i = self.planner.part_at(offset // SECTOR)
+        while offset < end:
+            src = self.sources[i]
+            stop = min(end, src.end)
+            if stop > offset:
+                yield src, offset, stop
+                offset = stop
+            i += 1
+
+    async def _read_range(self, offset: int, length: int) -> bytes | bytearray:
+        spans = list(self._spans(offset, length))
+        if len(spans) == 1 and spans[0][0].read_end(spans[0][2]) == spans[0][2]:
+            src, a, b = spans[0]
+            return await src.node.read(a - src.start, b - a)
+        out = bytearray(length)
+        for src, a, b in spans:
+            stop = src.read_end(b)
+            if stop > a:
+                out[a - offset:stop - offset] = await src.node.read(a - src.start, stop - a)
+        return out
+
+    async def _read(self, item: Item) -> bytes | bytearray:
         try:
-            return await node.read(item.src_offset, item.length)
+            return await self._read_range(item.offset, item.length)
         except BlockError as exc:
             if not self.s.salvage:
                 at = await self._failing_cluster(item) if self.s.compressed else item.offset
                 raise BlockError(f"error while reading at byte {at}: "
                                  f"{exc.strerror}", exc.errno) from None
-        out = bytearray(item.length)
-        for pos in range(0, item.length, 512):
-            n = min(512, item.length - pos)
+        return await self._salvage(item.offset, item.length)
+
+    async def _salvage(self, offset: int, length: int) -> bytearray:
+        """--salvage: each source's share read whole, or sector by sector if that
+        fails; an unreadable sector is zeroes and a warning naming its source offset."""
+        out = bytearray(length)
+        for src, a, b in self._spans(offset, length):
             try:
-                out[pos:pos + n] = await node.read(item.src_offset + pos, n)
-            except BlockError as exc:
-                sys.stderr.write(f"{PROG}: warning: error while reading offset "
-                                 f"{item.offset + pos}: {exc.strerror}\n")
-        return bytes(out)
+                out[a - offset:b - offset] = await self._read_range(a, b - a)
+                continue
+            except BlockError:
+                pass
+            for pos in range(a, b, SECTOR):
+                stop = src.read_end(pos + SECTOR)
+                if stop <= pos:
+                    continue
+                try:
+                    out[pos - offset:stop - offset] = await src.node.read(pos - src.start,
+                                                                          stop - pos)
+                except BlockError as exc:
+                    self._warn(f"error while reading offset {pos - src.start}: "
+                               f"{exc.strerror}")
+        return out
 
     async def _failing_cluster(self, item: Item) -> int:
         """The first target cluster of ``item`` that cannot be read (qemu-img reads one
         cluster per request when compressing, and names it)."""
-        node, c = self.sources[item.src].node, self.cluster
         pos, end = item.offset, item.offset + item.length
         while pos < end:
-            stop = min(pos - pos % c + c, end)
+            stop = min(pos + self.cluster, end)
             try:
-                await node.read(item.src_offset + pos - item.offset, stop - pos)
+                await self._read_range(pos, stop - pos)
             except BlockError:
                 return pos
             pos = stop
         return item.offset
 
+    # ---- writing -----------------------------------------------------------------------
     async def _throttle(self, n: int) -> None:
         if not self.s.rate:
             return
@@ -267,24 +320,21 @@ class Converter:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def _write(self, item: Item, data: bytes | None) -> None:
+    async def _write(self, item: Item, plan: Any) -> None:
         try:
             if item.kind is Kind.SKIP:
                 return
             if item.kind is Kind.ZERO:
                 await self._zero(item.offset, item.length)
-                return
-            assert data is not None
-            if self.s.compressed:
-                await self._write_compressed(data)
-                return
-            for off, n, is_data in self._sparse_pieces(item.offset, data):
-                if is_data:
-                    await self._throttle(n)
-                    await self.target.write(off, memoryview(data)[off - item.offset:
-                                                                  off - item.offset + n])
-                else:
-                    await self._zero(off, n)
+            elif self.s.compressed:
+                await self._write_compressed(plan)
+            else:
+                for off, n, data in plan:
+                    if data is None:
+                        await self._zero(off, n)
+                    else:
+                        await self._throttle(n)
+                        await self.target.write(off, data)
         except BlockError as exc:
             if exc.message.startswith("error while"):
                 raise
@@ -297,43 +347,50 @@ class Converter:
         from blocklayer.driver import ReqFlag
         await self.target.write_zeroes(off, n, ReqFlag.MAY_UNMAP)
 
-    def _compressed_plan(self, off: int, data: bytes) -> list[tuple[int, int, Any]]:
-        """Cut at target cluster boundaries: ``(offset, length, None)`` for zero runs,
-        ``(offset, length, buffer)`` for runs to write compressed (whole clusters
-        together; a partial cluster alone, padded unless it ends the image).  The
-        target, if it can, starts compressing them now, ahead of their turn."""
+    def _pieces(self, offset: int, data: bytes | bytearray) -> list[tuple[int, int, Any]]:
+        """A data request cut as qemu-img cuts it: ``(offset, length, buffer)`` to
+        write, ``(offset, length, None)`` to zero (-S: runs of zero sectors)."""
+        import numpy as np
+        mv = memoryview(data)
+        if not self.s.min_sparse:
+            return [(offset, len(data), mv)]
+        words = np.frombuffer(data, dtype=np.uint64).reshape(-1, SECTOR // 8)
+        if words[:, 0].all():           # every sector starts with data: nothing to skip
+            return [(offset, len(data), mv)]
+        zero = np.logical_not(words.any(axis=1))
+        out = []
+        for sector, count, is_data in sparse_pieces(zero, offset // SECTOR, self.alignment,
+                                                    self.s.min_sparse // SECTOR):
+            a, n = sector * SECTOR - offset, count * SECTOR
+            out.append((offset + a, n, mv[a:a + n] if is_data else None))
+        return out
+
+    def _compressed_plan(self, off: int, data: bytes | bytearray) -> list[tuple[int, int, Any]]:
+        """Cut at target clusters: ``(offset, length, None)`` for zero runs (unless
+        -S 0), ``(offset, length, buffer)`` for runs of whole clusters to write
+        compressed, and the image's partial last cluster alone.  The target, if it
+        can, starts compressing them now, ahead of their turn."""
         from blocklayer.io import is_zero
         c, mv, end = self.cluster, memoryview(data), off + len(data)
-        size = self.target.total_bytes
+        maybe_zero = self.s.min_sparse and not _starts_nonzero(data, 0, c)
         plan: list[list[Any]] = []
-        maybe_zero = not _starts_nonzero(data, (-off) % c, c)
-        pos = off
-        while pos < end:
-            stop = min(pos - pos % c + c, end)
-            piece = mv[pos - off:stop - off]
-            if (maybe_zero or pos - off < (-off) % c or stop - pos < c) and is_zero(piece):
+        for pos in range(off, end, c):
+            stop = min(pos + c, end)
+            partial = stop - pos < c
+            if self.s.min_sparse and (maybe_zero or partial) and is_zero(mv[pos - off:stop - off]):
                 kind = "zero"
-            elif stop - pos < c and stop < size or pos % c:
-                kind = "alone"
             else:
-                kind = "data"
-            last = plan[-1] if plan else None
-            if kind != "alone" and last is not None and last[3] == kind:
-                last[1] = stop - last[0]
+                kind = "alone" if partial else "data"
+            if kind != "alone" and plan and plan[-1][2] == kind:
+                plan[-1][1] = stop - plan[-1][0]
             else:
-                plan.append([pos, stop - pos, None, kind])
-            pos = stop
-        out = []
+                plan.append([pos, stop - pos, kind])
         ahead = getattr(self.target.driver, "compress_ahead", None)
-        for pos, n, _, kind in plan:
-            buf: Any = None
-            if kind == "data":
-                buf = mv[pos - off:pos - off + n]
-            elif kind == "alone":
-                buf = bytes(mv[pos - off:pos - off + n])
-                if n < c and pos + n < size:        # pad to the cluster or the image end
-                    buf += bytes(min(c, size - pos) - n)
-            if buf is not None and ahead is not None and not pos % c:
+        size = self.target.total_bytes
+        out = []
+        for pos, n, kind in plan:
+            buf = None if kind == "zero" else mv[pos - off:pos - off + n]
+            if buf is not None and ahead is not None and (kind == "data" or pos + n == size):
                 ahead(pos, buf)
             out.append((pos, n, buf))
         return out
@@ -352,51 +409,8 @@ class Converter:
                 raise BlockError(f"error while writing at byte {at}: {exc.strerror}",
                                  exc.errno) from None
 
-    def _sparse_pieces(self, offset: int, data: bytes) -> list[tuple[int, int, bool]]:
-        """Split a buffer into data and zero runs; zero runs are whole ``-S`` blocks
-        (aligned to the image offset).  ``(offset, length, is_data)`` in order."""
-        from blocklayer.io import is_zero
-        s = self.s.min_sparse
-        n = len(data)
-        if not s or n < s:
-            return [(offset, n, True)]
-        if is_zero(data):
-            return [(offset, n, False)]
-        import numpy as np
-        head = min((-offset) % s, n)
-        nblocks = (n - head) // s
-        body_end = head + nblocks * s
-        if nblocks == 0:
-            return [(offset, n, True)]
-        blocks = np.frombuffer(data, dtype=np.uint64, count=nblocks * s // 8,
-                               offset=head) if head % 8 == 0 and s % 8 == 0 else \
-            np.frombuffer(data, dtype=np.uint8, count=nblocks * s, offset=head)
-        blocks = blocks.reshape(nblocks, -1)
-        if blocks[:, 0].all():          # every block starts with data: nothing to skip
-            return [(offset, n, True)]
-        is_data = blocks.any(axis=1)
-        cuts = np.flatnonzero(is_data[1:] != is_data[:-1]) + 1
-        runs: list[list] = []
-        if head:
-            runs.append([offset, head, True])
-        starts = np.concatenate(([0], cuts))
-        ends = np.concatenate((cuts, [nblocks]))
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            kind = bool(is_data[a])
-            start, length = offset + head + a * s, (b - a) * s
-            if runs and runs[-1][2] == kind:
-                runs[-1][1] += length
-            else:
-                runs.append([start, length, kind])
-        if body_end < n:
-            if runs[-1][2]:
-                runs[-1][1] += n - body_end
-            else:
-                runs.append([offset + body_end, n - body_end, True])
-        return [(a, b, c) for a, b, c in runs]
 
-
-def _starts_nonzero(data: bytes, head: int, block: int) -> bool:
+def _starts_nonzero(data: bytes | bytearray, head: int, block: int) -> bool:
     """True if every whole ``block`` of ``data`` after ``head`` bytes starts with a
     non-zero 8-byte word (so none of them is all zeroes)."""
     import numpy as np
@@ -469,7 +483,8 @@ def main(argv: list[str]) -> int:
     if p.has("-B") and p.has("-n"):
         raise InvalidArgument("-B and -n cannot be used together")   # our rule: -n keeps the target
     settings = Settings(compressed=p.has("-c"), min_sparse=min_sparse, parallel=parallel,
-                        out_of_order=p.has("-W"), rate=rate, salvage=p.has("--salvage"))
+                        out_of_order=p.has("-W"), rate=rate, salvage=p.has("--salvage"),
+                        quiet=p.has("-q"))
     return asyncio.run(convert(p, p.args[:-1], p.args[-1], out_fmt or "raw", opts, settings))
 
 
@@ -539,17 +554,23 @@ async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
         target = await open_img(graph, out_name, fmt=None if p.has("--target-image-opts")
                                 else out_fmt, image_opts=p.has("--target-image-opts"),
                                 read_only=False, cache=p.last("-t") or "unsafe",
-                                backing=bool(backing) or p.has("-n"))
+                                backing=bool(backing) or p.has("-n"),
+                                unmap=bool(s.min_sparse))
         if p.has("-n") and target.total_bytes < total:
             raise InvalidArgument("output file is smaller than input file")
         s.target_has_backing = bool(backing)
+        if backing and not p.has("-n"):
+            below = target.filtered_backing()
+            s.target_backing = sectors(below.total_bytes) if below is not None else -1
         if p.has("--target-is-zero"):
             s.zero_init = True
-        elif not p.has("-n") and not s.target_has_backing:
+        elif not p.has("-n") and not s.target_has_backing and s.min_sparse:
             s.zero_init = target.driver.has_zero_init()
         progress = progress_from(p)
         conv = Converter(sources, target, s, progress)
         await conv.run()
+        if s.compressed:
+            await _end_compressed(target)
         if p.has("--bitmaps"):
             await _copy_bitmaps(sources[0], target, p.has("--skip-broken-bitmaps"))
         await target.flush()
@@ -557,6 +578,14 @@ async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
     finally:
         await close_all(target, *sources)
     return 0
+
+
+async def _end_compressed(target: "BlockNode") -> None:
+    """qemu-img ends a compressed copy with an empty compressed write, after which the
+    image file ends on a whole sector."""
+    end = getattr(target.driver, "end_compressed", None)
+    if end is not None:
+        await end()
 
 
 async def _copy_bitmaps(src: "BlockNode", dst: "BlockNode", skip_broken: bool) -> None:
