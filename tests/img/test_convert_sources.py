@@ -122,7 +122,7 @@ COMPRESSED = [
     f"{C} -o cluster_size=2M -f raw f h b", f"{C} -o cluster_size=4k a q4 b",
     f"{C} q5 a q4", f"{C} -o cluster_size=4k q2m a", f"{C} top a", f"{C} -f raw a",
     f"{C} -S 0 -o cluster_size=4k -f raw h b", f"{C} -S 0 -f raw f",
-    f"{C} -B @bk.qcow2 -F qcow2 t5",
+    f"{C} -l snapshot.name=sn1 top a", f"{C} -B @bk.qcow2 -F qcow2 t5",
 ]
 
 
@@ -154,6 +154,7 @@ EXISTING_TARGET = [                 # (sources, the target both start from)
     ("-n -O qcow2 a q4 b", "bk2.qcow2"),
     ("-n --target-is-zero -O qcow2 -f raw h b", "bk2.qcow2"),
     ("-n -c -O qcow2 -f raw b a", "bk2.qcow2"),          # a partial cluster mid-image
+    ("-n -B @bk.qcow2 -O qcow2 top", "bk2.qcow2"),
     ("-n -S 64k -O qcow2 a q5 b h", "bk2.qcow2"),
     ("-n -O qcow2 q5h a", "bk2.qcow2"),       # a hole over L2 tables, cut as QEMU cuts it
 ]
@@ -164,6 +165,35 @@ def test_existing_target(spec: str, target: str, srcdir: Path, tmp_path: Path,
                          capsys: pytest.CaptureFixture[str]) -> None:
     theirs, mine, _ = convert_both(spec, srcdir, tmp_path, capsys, target=target)
     assert_same_image(theirs, mine, "qcow2", exact="-c" in spec)
+
+
+FAILURES = [
+    "-O qcow2 -B @bk.qcow2 -F qcow2 top a", "-O qcow2 -B @bk.qcow2 top a",
+    "-O qcow2 -o backing_file=bk.qcow2 top a", "--bitmaps -O qcow2 top a",
+    "-l sn1 -O qcow2 top a", "-l snapshot.name=sn1 -O qcow2 a top",
+    "-l snapshot.name=nosuch -O qcow2 top a", "-s sn1 -O qcow2 top a",
+    "-c -O qcow2 -o preallocation=metadata a b", "-c -O qcow2 -o encryption=on a b",
+    "-n -o cluster_size=4k -O qcow2 a b", "-O raw -B @bk.qcow2 -F qcow2 top",
+    "-B @bk.qcow2 -O qcow2 nosuch.qcow2", "-C -S 4k -O qcow2 a b",
+    "--skip-broken-bitmaps -O qcow2 a b", "-O qcow2 -f raw a nosuch.raw",
+    "-l snapshot.foo=1 -O qcow2 top a",
+]
+
+
+@pytest.mark.parametrize("spec", FAILURES)
+def test_failures(spec: str, srcdir: Path, tmp_path: Path,
+                  capsys: pytest.CaptureFixture[str]) -> None:
+    _, mine, err = convert_both(spec, srcdir, tmp_path, capsys)
+    assert err and not mine.exists()
+
+
+def test_target_is_zero_with_backing(srcdir: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # qemu-img 7.2 reports the error, converts nothing and exits 0
+    spec = "-n --target-is-zero -B @bk.qcow2 -F qcow2 -O qcow2 top"
+    theirs, mine, err = convert_both(spec, srcdir, tmp_path, capsys, target="bk2.qcow2")
+    assert "Cannot use --target-is-zero" in err
+    assert mine.read_bytes() == theirs.read_bytes() == (srcdir / "bk2.qcow2").read_bytes()
 
 
 # ---------------------------------------------------------------------------------------

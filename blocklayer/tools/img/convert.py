@@ -426,73 +426,106 @@ def _starts_nonzero(data: bytes | bytearray, head: int, block: int) -> bool:
 # ---------------------------------------------------------------------------------------
 
 def main(argv: list[str]) -> int:
-    p = parse(argv, "hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:s:",
+    p = parse(argv, "hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
               ["help", "object=", "image-opts", "target-image-opts", "salvage",
                "target-is-zero", "bitmaps", "skip-broken-bitmaps", "force-share",
                "json-progress"])
-    from blocklayer.options import parse_size
-    try:
-        min_sparse = parse_size(p.last("-S", default="4k") or "", "x")
-    except InvalidArgument:
-        raise InvalidArgument("Invalid buffer size for sparse output specified. You may use "
-                              "k, M, G, T, P or E suffixes for\n"
-                              f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, "
-                              "petabytes and exabytes.") from None
-    if min_sparse % 512 or min_sparse > SPARSE_LIMIT:
-        raise InvalidArgument("Invalid buffer size for sparse output specified. Valid sizes "
-                              f"are multiples of 512 up to {SPARSE_LIMIT}. Select 0 to "
-                              "disable sparse detection (fully allocates output).")
-    parallel = 8
-    if p.has("-m"):
-        try:
-            parallel = int(p.last("-m") or "")
-        except ValueError:
-            parallel = 0
-        if not 1 <= parallel <= 16:
-            raise InvalidArgument("Invalid number of coroutines. Allowed number of "
-                                  "coroutines is between 1 and 16")
+    _check_snapshot_param(p.last("-l"))
+    min_sparse = _sparse_size(p.last("-S", default="4k") or "")
+    parallel = _coroutines(p.last("-m"))
     rate = parse_rate(p.last("-r"))
+    _check_option_mix(p)
     out_fmt = p.last("-O")
     opts, want_help = parse_o_options(p.all("-o"))
     if want_help:
-        from blocklayer import registry
-        fmt = out_fmt or "raw"
-        try:
-            registry.get_driver(fmt)
-        except InvalidArgument:
-            raise InvalidArgument(f"Unknown file format '{fmt}'") from None
-        if len(p.args) >= 1:
-            print_create_options_help(fmt, protocol_of=p.args[-1])
-        else:
-            print_create_options_help(fmt, f"Supported {fmt} options:")
-            print("\nThe protocol level may support further options.\n"
-                  "Specify the target filename to include those options.")
-        return 0
+        return _create_options_help(out_fmt or "raw", p.args)
     if len(p.args) < 2:
         raise InvalidArgument("Must specify image file name")
-    if p.has("--target-is-zero") and not p.has("-n"):
-        raise InvalidArgument("--target-is-zero requires use of -n flag")
-    if p.has("--target-image-opts") and not p.has("-n"):
-        raise InvalidArgument("--target-image-opts requires use of -n flag")
-    if p.has("-C") and p.has("--salvage"):
-        raise InvalidArgument("Cannot use copy offloading in salvaging mode")
-    if p.has("-C") and p.has("-c"):
-        raise InvalidArgument("Cannot enable copy offloading when -c is used")
-    if p.has("-B") and not p.has("-F"):
-        raise InvalidArgument("Use of backing file requires explicit backing format")
-    if p.has("-B") and p.has("-n"):
-        raise InvalidArgument("-B and -n cannot be used together")   # our rule: -n keeps the target
     settings = Settings(compressed=p.has("-c"), min_sparse=min_sparse, parallel=parallel,
                         out_of_order=p.has("-W"), rate=rate, salvage=p.has("--salvage"),
                         quiet=p.has("-q"))
     return asyncio.run(convert(p, p.args[:-1], p.args[-1], out_fmt or "raw", opts, settings))
 
 
+def _check_snapshot_param(spec: str | None) -> None:
+    """``-l snapshot.id=...,snapshot.name=...`` takes no other keys."""
+    if spec is None or not spec.startswith("snapshot."):
+        return
+    for part in spec.split(","):
+        key = part.split("=", 1)[0]
+        if key not in ("snapshot.id", "snapshot.name"):
+            raise InvalidArgument(f"Invalid parameter '{key}'\n"
+                                  f"{PROG}: Failed in parsing snapshot param '{spec}'")
+
+
+def _sparse_size(text: str) -> int:
+    from blocklayer.options import parse_size
+    try:
+        size = parse_size(text, "x")
+    except InvalidArgument:
+        raise InvalidArgument("Invalid buffer size for sparse output specified. You may use "
+                              "k, M, G, T, P or E suffixes for\n"
+                              f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, "
+                              "petabytes and exabytes.") from None
+    if size % 512 or size > SPARSE_LIMIT:
+        raise InvalidArgument("Invalid buffer size for sparse output specified. Valid sizes "
+                              f"are multiples of 512 up to {SPARSE_LIMIT}. Select 0 to "
+                              "disable sparse detection (fully allocates output).")
+    return size
+
+
+def _coroutines(text: str | None) -> int:
+    if text is None:
+        return 8
+    try:
+        parallel = int(text)
+    except ValueError:
+        parallel = 0
+    if not 1 <= parallel <= 16:
+        raise InvalidArgument("Invalid number of coroutines. Allowed number of "
+                              "coroutines is between 1 and 16")
+    return parallel
+
+
+def _check_option_mix(p: Any) -> None:
+    """Options that exclude or need each other, in qemu-img's order."""
+    rules = [
+        (p.has("--skip-broken-bitmaps") and not p.has("--bitmaps"),
+         "Use of --skip-broken-bitmaps requires --bitmaps"),
+        (p.has("-c") and p.has("-C"), "Cannot enable copy offloading when -c is used"),
+        (p.has("-S") and p.has("-C"), "Cannot enable copy offloading when -S is used"),
+        (p.has("-C") and p.has("--salvage"), "Cannot use copy offloading in salvaging mode"),
+        (p.has("--target-image-opts") and not p.has("-n"),
+         "--target-image-opts requires use of -n flag"),
+        (p.has("-n") and p.has("-o"), "-o has no effect when skipping image creation"),
+        (p.has("--target-is-zero") and not p.has("-n"),
+         "--target-is-zero requires use of -n flag"),
+    ]
+    for broken, message in rules:
+        if broken:
+            raise InvalidArgument(message)
+
+
+def _create_options_help(fmt: str, args: list[str]) -> int:
+    from blocklayer import registry
+    try:
+        registry.get_driver(fmt)
+    except InvalidArgument:
+        raise InvalidArgument(f"Unknown file format '{fmt}'") from None
+    if len(args) >= 1:
+        print_create_options_help(fmt, protocol_of=args[-1])
+    else:
+        print_create_options_help(fmt, f"Supported {fmt} options:")
+        print("\nThe protocol level may support further options.\n"
+              "Specify the target filename to include those options.")
+    return 0
+
+
 async def _load_snapshot(node: "BlockNode", spec: str) -> None:
     from blocklayer.options import split_keyval
     sid: str | None
     name: str | None
-    if spec.startswith("snapshot.") or "=" in spec:
+    if spec.startswith("snapshot."):
         kv = split_keyval(spec)
         sid, name = kv.get("snapshot.id"), kv.get("snapshot.name")
         try:
@@ -510,12 +543,71 @@ async def _load_snapshot(node: "BlockNode", spec: str) -> None:
     await node.refresh_total_bytes()
 
 
+async def _snapshot(spec: str | None, sources: list["BlockNode"]) -> None:
+    """``-l``: ``snapshot.id=,snapshot.name=`` loads into the first source whatever
+    follows; a bare name cannot be asked of several sources."""
+    if spec is None:
+        return
+    if not spec.startswith("snapshot.") and len(sources) > 1:
+        raise InvalidArgument("No support for concatenating multiple snapshot")
+    await _load_snapshot(sources[0], spec)
+
+
+def _create_options(fmt: str, opts: dict[str, str], size: int, backing: str | None,
+                    backing_fmt: str | None) -> dict[str, Any]:
+    """``-o`` checked against the format, then the size and -B/-F laid over it."""
+    from blocklayer import registry
+    from blocklayer.create import all_create_options, normalize_create_options
+    try:
+        registry.get_driver(fmt)
+    except InvalidArgument:
+        raise InvalidArgument(f"Unknown file format '{fmt}'") from None
+    normalized = normalize_create_options(fmt, {**opts, "size": size})
+    names = {o.name for o in all_create_options(fmt)}
+    for key, value, what in (("backing_file", backing, "Backing file"),
+                             ("backing_fmt", backing_fmt, "Backing file format")):
+        if value is None:
+            continue
+        if key not in names:
+            raise InvalidArgument(f"{what} not supported for file format '{fmt}'")
+        normalized[key] = value
+    return normalized
+
+
+def _check_compression(fmt: str | None, create_opts: dict[str, Any] | None) -> None:
+    from blocklayer import registry
+    if fmt is not None and not registry.get_driver(fmt).can_compressed_write:
+        raise InvalidArgument("Compression not supported for this file format")
+    opts = create_opts or {}
+    if opts.get("encryption") or opts.get("encrypt.format"):
+        raise InvalidArgument("Compression and encryption not supported at the same time")
+    if opts.get("preallocation", "off") != "off":
+        raise InvalidArgument("Compression and preallocation not supported at the same time")
+
+
+def _check_target_backing(sources: list["BlockNode"], backing: str | None,
+                          create_opts: dict[str, Any] | None, zero: bool) -> bool:
+    """Whether to go on: qemu-img 7.2 refuses --target-is-zero with a backing file but
+    converts nothing and exits 0."""
+    if not backing:
+        return True
+    if zero:
+        sys.stderr.write(f"{PROG}: Cannot use --target-is-zero when the destination image "
+                         "has a backing file\n")
+        return False
+    if len(sources) > 1:
+        raise InvalidArgument("Having a backing file for the target makes no sense when "
+                              "concatenating multiple input images")
+    if create_opts is not None and not create_opts.get("backing_fmt"):
+        raise InvalidArgument("Use of backing file requires explicit backing format")
+    return True
+
+
 async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
                   opts: dict[str, str], s: Settings) -> int:
-    from blocklayer import registry
-    from blocklayer.create import create_image, normalize_create_options
     graph = new_graph()
     fmt = p.last("-f")
+    creating = not p.has("-n")
     sources: list[BlockNode] = []
     target: BlockNode | None = None
     try:
@@ -523,52 +615,30 @@ async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
             sources.append(await open_img(graph, name, fmt=fmt, image_opts=p.has("--image-opts"),
                                           read_only=True, force_share=p.has("-U"),
                                           cache=p.last("-T"), src_cache=True))
-        snap = p.last("-l") or p.last("-s")
-        if snap is not None:
-            if len(sources) > 1:
-                raise InvalidArgument("No support for concatenating multiple snapshot")
-            await _load_snapshot(sources[0], snap)
+        await _snapshot(p.last("-l"), sources)
         total = sum(sectors(n.total_bytes) for n in sources)
-        if p.has("--bitmaps") and not hasattr(sources[0].driver, "bitmap_list"):
-            raise InvalidArgument("Source lacks bitmap support")
-        try:
-            cls = registry.get_driver(out_fmt)
-        except InvalidArgument:
-            raise InvalidArgument(f"Unknown file format '{out_fmt}'") from None
-        if s.compressed and not cls.can_compressed_write:
-            raise InvalidArgument("Compression not supported for this file format")
-        backing, backing_fmt = p.last("-B"), p.last("-F")
-        if not p.has("-n"):
-            create_opts: dict[str, Any] = dict(opts)
-            create_opts["size"] = total
-            if backing:
-                create_opts["backing_file"] = backing
-                create_opts["backing_fmt"] = backing_fmt
-            normalized = normalize_create_options(out_fmt, create_opts)
-            backing = normalized.get("backing_file") or backing
-            try:
-                await create_image(out_name, out_fmt, options=normalized, graph=graph)
-            except BlockError as exc:
-                raise BlockError(f"{out_name}: error while converting {out_fmt}: {exc.message}",
-                                 exc.errno) from None
+        create_opts = None
+        backing = p.last("-B")
+        if creating:
+            create_opts = _create_options(out_fmt, opts, total, backing, p.last("-F"))
+            backing = create_opts.get("backing_file")
+        if not _check_target_backing(sources, backing, create_opts, p.has("--target-is-zero")):
+            return 0
+        if s.compressed:
+            _check_compression(out_fmt if creating else None, create_opts)
+        if p.has("--bitmaps"):
+            _check_bitmap_source(sources)
+        if create_opts is not None:
+            await _create(out_name, out_fmt, create_opts, graph)
         target = await open_img(graph, out_name, fmt=None if p.has("--target-image-opts")
                                 else out_fmt, image_opts=p.has("--target-image-opts"),
                                 read_only=False, cache=p.last("-t") or "unsafe",
-                                backing=bool(backing) or p.has("-n"),
+                                backing=bool(backing) or not creating,
                                 unmap=bool(s.min_sparse))
-        if p.has("-n") and target.total_bytes < total:
-            raise InvalidArgument("output file is smaller than input file")
-        s.target_has_backing = bool(backing)
-        if backing and not p.has("-n"):
-            below = target.filtered_backing()
-            s.target_backing = sectors(below.total_bytes) if below is not None else -1
-        if p.has("--target-is-zero"):
-            s.zero_init = True
-        elif not p.has("-n") and not s.target_has_backing and s.min_sparse:
-            s.zero_init = target.driver.has_zero_init()
+        await _prepare_target(target, s, total, creating, bool(backing),
+                              p.has("--target-is-zero"))
         progress = progress_from(p)
-        conv = Converter(sources, target, s, progress)
-        await conv.run()
+        await Converter(sources, target, s, progress).run()
         if s.compressed:
             await _end_compressed(target)
         if p.has("--bitmaps"):
@@ -580,12 +650,44 @@ async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
     return 0
 
 
+async def _create(out_name: str, out_fmt: str, options: dict[str, Any],
+                  graph: Any) -> None:
+    from blocklayer.create import create_image
+    try:
+        await create_image(out_name, out_fmt, options=options, graph=graph)
+    except BlockError as exc:
+        raise BlockError(f"{out_name}: error while converting {out_fmt}: {exc.message}",
+                         exc.errno) from None
+
+
+async def _prepare_target(target: "BlockNode", s: Settings, total: int, creating: bool,
+                          has_backing: bool, is_zero: bool) -> None:
+    """Checks on the opened target, and what the copy may assume about it."""
+    if s.compressed and not target.driver.can_compressed_write:
+        raise InvalidArgument("Compression not supported for this file format")
+    if not creating and target.total_bytes < total:
+        raise InvalidArgument("output file is smaller than input file")
+    s.target_has_backing = has_backing
+    if has_backing and creating:
+        below = target.filtered_backing()
+        s.target_backing = sectors(below.total_bytes) if below is not None else -1
+    s.zero_init = is_zero or (creating and bool(s.min_sparse) and not has_backing
+                              and target.driver.has_zero_init())
+
+
 async def _end_compressed(target: "BlockNode") -> None:
     """qemu-img ends a compressed copy with an empty compressed write, after which the
     image file ends on a whole sector."""
     end = getattr(target.driver, "end_compressed", None)
     if end is not None:
         await end()
+
+
+def _check_bitmap_source(sources: list["BlockNode"]) -> None:
+    if len(sources) > 1:
+        raise InvalidArgument("Copying bitmaps only possible with single source")
+    if not hasattr(sources[0].driver, "bitmap_list"):
+        raise InvalidArgument("Source lacks bitmap support")
 
 
 async def _copy_bitmaps(src: "BlockNode", dst: "BlockNode", skip_broken: bool) -> None:
