@@ -398,4 +398,6 @@ class BlockDriver:
         raise NotSupported(f"Driver '{self.format_name}' does not support internal snapshots")
 
     async def snapshot_load_tmp(self, snapshot_id: str | None, name: str | None) -> None:
-        raise NotSupported(f"Driver '{self.format_name}' does not support internal snapshots")
+        # QEMU's wording; tools have no device names
+        raise NotSupported(f"Block format '{self.format_name}' used by device '' does not "
+                           "support temporarily loading internal snapshots")

@@ -428,6 +428,13 @@ class WritePath(ZeroPath, ResizePath):
                 exc.guest_offset = offset + i * cs      # type: ignore[attr-defined]
             raise
 
+    async def end_compressed(self: "Qcow2Driver") -> None:
+        """A run of compressed writes is over: the image file is made to end on a whole
+        sector, as QEMU does on the empty compressed write that ends a convert."""
+        length = self.file.total_bytes
+        if length % 512:
+            await self.file.truncate(-(-length // 512) * 512)
+
     async def _compress_clusters(self: "Qcow2Driver", chunks: list[memoryview],
                                  ahead: bool = False) -> list[bytes | None]:
         """Each cluster compressed (the last one padded to a cluster) in the loop's

@@ -57,6 +57,9 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Co
     can_block_status = True
     can_compressed_write = True
     can_truncate = True
+    #: block status answers go on into the following L2 tables (QEMU's stop at the end
+    #: of one); a user that must cut its work where QEMU's answers end turns this off
+    merge_status_runs = True
     open_options = ("data-file", "l2-cache-size", "l2-cache-entry-size",
                     "refcount-cache-size", "cache-size", "cache-clean-interval",
                     "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
@@ -474,8 +477,9 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Co
         """Merge the runs of the following L2 tables while they continue this one (same
         kind, contiguous host offsets), so block status answers long runs at once."""
         kind = run.kind
-        if kind is not SC.NORMAL and kind is not SC.UNALLOCATED_PLAIN \
-                and kind is not SC.ZERO_PLAIN:
+        if not self.merge_status_runs or (kind is not SC.NORMAL and
+                                          kind is not SC.UNALLOCATED_PLAIN and
+                                          kind is not SC.ZERO_PLAIN):
             return run
         total = run.length
         for _ in range(MAX_MERGED_LOOKUPS):

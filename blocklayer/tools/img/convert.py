@@ -1,39 +1,39 @@
 """``convert``: copy one or more images (concatenated) into a new or existing one.
 
-Only what the source chain says is allocated is read (block status of the whole
-chain, or of the top layer when the target gets a backing file); zero runs of at least
-``-S`` bytes are left unallocated; ``-m`` requests run as asyncio tasks, writes stay in
-order unless ``-W``; ranges of the same kind are coalesced into large requests.  With
-``-C`` data is copied with copy offloading (no zero detection); the first copy that
-cannot be offloaded is read and written instead, and so is everything after it.
+The requests are qemu-img's (:mod:`.convert_plan`): sources laid out in whole sectors,
+block status asked of each (of the whole chain, or of the top layer when the target
+gets a backing file), a data request of at most one buffer, whole clusters when
+compressing, which may join the end of one source to the start of the next.  Only
+data is read; zero runs of at least ``-S`` bytes are left unallocated.  ``-m``
+requests run as asyncio tasks, writes stay in order unless ``-W``; compressed clusters
+and runs that write nothing are joined into larger requests, which changes nothing on
+the target.  With ``-C`` data is copied with copy offloading (no zero detection); the
+first copy that cannot be offloaded is read and written instead, and so is everything
+after it.
 """
 from __future__ import annotations
 
 import asyncio
-import enum
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
 
+from blocklayer.driver import Status
 from blocklayer.errors import BlockError, InvalidArgument
 
 from .args import PROG, parse
 from .common import (Progress, close_all, new_graph, open_img, parse_o_options,
                      parse_rate, print_create_options_help, progress_from)
+from .convert_plan import SECTOR, Kind, Planner, Rules, layout, sparse_pieces
 
 if TYPE_CHECKING:
     from blocklayer.node import BlockNode
 
-BUF_SIZE = 2 << 20            # largest data request
-ZERO_MAX = 1 << 30            # largest write-zeroes request
+BUF_SIZE = 2 << 20            # qemu-img's I/O buffer (IO_BUF_SIZE)
+MAX_BUF = 16 << 20            # largest buffer (MAX_BUF_SECTORS)
+JOIN_MAX = 1 << 30            # requests that write nothing (or zeroes) joined up to this
 SPARSE_LIMIT = 16 << 20       # largest -S value
-
-
-class Kind(enum.Enum):
-    DATA = 0
-    ZERO = 1
-    SKIP = 2                  # left to the target's backing file
 
 
 @dataclass
@@ -45,7 +45,9 @@ class Settings:
     out_of_order: bool = False
     rate: int = 0
     salvage: bool = False
+    quiet: bool = False
     target_has_backing: bool = False
+    target_backing: int = -1      # bytes of a new target's backing file (-1: unknown)
     zero_init: bool = False
 
 
@@ -55,23 +57,51 @@ class Item:
     offset: int               # global offset (sources concatenated)
     length: int
     kind: Kind
-    src: int
-    src_offset: int
 
 
 def sectors(size: int) -> int:
     """``size`` rounded up to whole 512-byte sectors."""
-    return -(-size // 512) * 512
+    return -(-size // SECTOR) * SECTOR
 
 
 @dataclass
 class Source:
     node: "BlockNode"
     start: int                # where it begins in the concatenation
-    size: int = field(init=False)
+    size: int                 # its size in bytes
+    end: int                  # where the next one begins (whole sectors)
 
-    def __post_init__(self) -> None:
-        self.size = self.node.total_bytes
+    def read_end(self, end: int) -> int:
+        """How much of ``[.., end)`` can be read: the rest of its last sector is zeroes."""
+        return min(end, self.start + self.size)
+
+
+def _cluster_size(node: "BlockNode") -> int:
+    try:
+        return node.driver.get_info().cluster_size
+    except BlockError:
+        return 0
+
+
+def _source_alignment(node: "BlockNode") -> int:
+    """Sectors a block-status run of a source is cut back to (qemu-img: its request
+    alignment or its cluster size)."""
+    align = -(-node.limits.request_alignment // SECTOR)
+    return max(align, _cluster_size(node) // SECTOR, 1)
+
+
+def _status_as_qemu(node: "BlockNode") -> None:
+    """Block status of ``node`` and its backing chain answered in QEMU's pieces: where
+    a run is cut decides where requests start, and so what zero detection sees."""
+    layer: BlockNode | None = node
+    while layer is not None:
+        if getattr(layer.driver, "merge_status_runs", False):
+            layer.driver.merge_status_runs = False  # type: ignore[attr-defined]
+        layer = layer.filtered_backing()
+
+
+def _pow2floor(n: int) -> int:
+    return 1 << (n.bit_length() - 1) if n > 0 else 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -81,13 +111,12 @@ class Source:
 class Converter:
     def __init__(self, sources: list["BlockNode"], target: "BlockNode", settings: Settings,
                  progress: Progress) -> None:
-        self.sources: list[Source] = []
-        pos = 0
         for node in sources:
-            s = Source(node, pos)
-            self.sources.append(s)
-            pos += sectors(s.size)       # qemu-img lays sources out in whole sectors
-        self.total = pos
+            _status_as_qemu(node)
+        parts = layout([n.total_bytes for n in sources], [_source_alignment(n) for n in sources])
+        self.sources = [Source(n, p.start * SECTOR, n.total_bytes, (p.start + p.sectors) * SECTOR)
+                        for n, p in zip(sources, parts)]
+        self.total = self.sources[-1].end if self.sources else 0
         self.target = target
         self.s = settings
         self.progress = progress
@@ -96,91 +125,77 @@ class Converter:
         self.turn = asyncio.Condition()
         self.written = 0
         self.t0 = time.monotonic()
-        self.cluster = max(target.driver.get_info().cluster_size, 512)
+        self.cluster = _cluster_size(target)
+        # zero runs in a buffer are moved to this boundary (sectors, a power of two)
+        self.alignment = max(_pow2floor(settings.min_sparse // SECTOR),
+                             -(-target.limits.request_alignment // SECTOR))
+        self.planner = Planner(parts, self._rules(), self._status)
+
+    def _rules(self) -> Rules:
+        s, limits = self.s, self.target.limits
+        buf = min(MAX_BUF, max(BUF_SIZE, limits.opt_transfer, limits.pdiscard_alignment))
+        return Rules(total=self.total // SECTOR,
+                     buf=(self.cluster if s.compressed else buf) // SECTOR,
+                     compressed=s.compressed, cluster=max(self.cluster // SECTOR, 1),
+                     min_sparse=s.min_sparse // SECTOR,
+                     target_has_backing=s.target_has_backing,
+                     target_backing=s.target_backing // SECTOR if s.target_backing >= 0 else -1)
 
     # ---- what to copy ------------------------------------------------------------------
-    async def _status(self, src: Source, off: int, length: int) -> tuple[Kind, int]:
-        from blocklayer.driver import Status
-        node = src.node
-        if self.s.target_has_backing:
-            st = await node.block_status(off, length, True)
-        else:
-            st = await node.block_status_above(None, off, length, True)
-        n = st.length or length
-        if st.flags & Status.ZERO:
-            if self.s.target_has_backing and not st.flags & Status.ALLOCATED:
-                kind = Kind.SKIP
-            else:
-                kind = Kind.ZERO
-        elif st.flags & Status.DATA:
-            kind = Kind.DATA
-        else:
-            kind = Kind.SKIP if self.s.target_has_backing else Kind.DATA
-        if kind is Kind.ZERO and self.s.min_sparse == 0 and not self.s.compressed:
-            kind = Kind.DATA            # -S 0: the target is fully allocated
-        return kind, n
-
-    async def _runs(self) -> AsyncIterator[tuple[int, int, int, Kind]]:
-        """(source index, offset in it, length, kind), coalesced and cut to size."""
-        for i, src in enumerate(self.sources):
-            off = 0
-            pend: list[Any] | None = None
-            while off < src.size:
-                kind, n = await self._status(src, off, min(src.size - off, ZERO_MAX))
-                n = min(max(n, 1), src.size - off)
-                if pend is not None and pend[2] is kind and pend[0] + pend[1] == off:
-                    pend[1] += n
+    async def _status(self, i: int, off: int, length: int) -> tuple[Status, int]:
+        """Block status of source ``i`` (of its top layer alone when the target gets a
+        backing file); with --salvage an error is retried on a quarter of the range, down
+        to one sector that is then read as data."""
+        node = self.sources[i].node
+        while True:
+            try:
+                if self.s.target_has_backing:
+                    st = await node.block_status(off, length, True)
                 else:
-                    if pend is not None:
-                        async for r in self._cut(i, *pend):
-                            yield r
-                    pend = [off, n, kind]
-                off += n
-            if pend is not None:
-                async for r in self._cut(i, *pend):
-                    yield r
+                    st = await node.block_status_above(None, off, length, True)
+                return st.flags, st.length or length
+            except BlockError as exc:
+                if not self.s.salvage:
+                    raise BlockError(f"error while reading block status at offset {off}: "
+                                     f"{exc.strerror}", exc.errno) from None
+                if length <= SECTOR:
+                    self._warn(f"error while reading block status at offset {off}: "
+                               f"{exc.strerror}")
+                    return Status.DATA, SECTOR
+                length = -(-length // (4 * SECTOR)) * SECTOR
 
-    async def _cut(self, i: int, off: int, n: int, kind: Kind) -> AsyncIterator[tuple[int, int, int, Kind]]:
-        """Split data runs into requests of at most BUF_SIZE that end on cluster
-        boundaries (whole clusters when compressing)."""
-        if kind is not Kind.DATA:
-            end = off + n
-            while off < end:
-                step = min(end - off, ZERO_MAX)
-                yield i, off, step, kind
-                off += step
-            return
-        gstart = self.sources[i].start
-        end = off + n
-        if self.s.compressed:       # whole target clusters
-            c = self.cluster
-            gs = (gstart + off) // c * c
-            off = max(gs - gstart, 0)
-            end = min(-(-(gstart + end) // c) * c - gstart, self.sources[i].size)
-        while off < end:
-            stop = min(off + BUF_SIZE, end)
-            g = gstart + stop
-            if stop < end and g % self.cluster:
-                aligned = g - g % self.cluster - gstart
-                if aligned > off:
-                    stop = aligned
-            yield i, off, stop - off, kind
-            off = stop
+    def _warn(self, message: str) -> None:
+        if not self.s.quiet:
+            sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+    def _joins(self, a: Item, b: Item) -> bool:
+        """Whether request ``b`` can ride with ``a`` (the one just before it) without
+        changing what reaches the target: compressed clusters are judged one by one,
+        and runs that write nothing do not care how they are cut."""
+        if a.kind is not b.kind:
+            return False
+        if a.kind is Kind.SKIP or (a.kind is Kind.ZERO and self.s.zero_init):
+            return a.length + b.length <= JOIN_MAX
+        if not self.s.compressed:
+            return False        # qemu-img's requests: zero detection works on each
+        limit = JOIN_MAX if a.kind is Kind.ZERO else BUF_SIZE
+        return a.length + b.length <= limit
 
     async def _items(self, queue: "asyncio.Queue[Item | None]") -> None:
         seq = 0
-        last_end: dict[int, int] = {}
-        async for i, off, n, kind in self._runs():
-            if self.s.compressed and kind is Kind.DATA:
-                # a cluster already sent whole with an earlier run is not sent again
-                if off < last_end.get(i, 0):
-                    cut = last_end[i] - off
-                    if cut >= n:
-                        continue
-                    off, n = off + cut, n - cut
-                last_end[i] = off + n
-            await queue.put(Item(seq, self.sources[i].start + off, n, kind, i, off))
-            seq += 1
+        pend: Item | None = None
+        async for req in self.planner.requests():
+            item = Item(0, req.sector * SECTOR, req.count * SECTOR, req.kind)
+            if pend is not None and self._joins(pend, item):
+                pend.length += item.length
+                continue
+            if pend is not None:
+                pend.seq, seq = seq, seq + 1
+                await queue.put(pend)
+            pend = item
+        if pend is not None:
+            pend.seq = seq
+            await queue.put(pend)
         for _ in range(self.s.parallel):
             await queue.put(None)
 
@@ -203,13 +218,13 @@ class Converter:
             if item is None:
                 return
             offload = item.kind is Kind.DATA and self.s.copy_range
-            data = None if offload else await self._payload(item)
+            plan = None if offload else await self._payload(item)
             await self._wait_turn(item.seq)
             try:
                 if offload:
                     await self._copy_offloaded(item)
                 else:
-                    await self._write(item, data)
+                    await self._write(item, plan)
             finally:
                 await self._next_turn()
             self.done += item.length
@@ -229,59 +244,104 @@ class Converter:
             self.turn.notify_all()
 
     async def _payload(self, item: Item) -> Any:
-        """What a worker writes for ``item``: the data read (with ``-c``, cut into
-        clusters to compress), nothing for the other kinds."""
-        if item.kind is not Kind.DATA:
+        """What a worker writes for ``item``: the data read (or zeroes to write as
+        data), cut into clusters to compress or into data and zero pieces; nothing
+        for the other kinds."""
+        if item.kind is not Kind.DATA and item.kind is not Kind.FILL:
             return None
-        data = await self._read(item)
-        return self._compressed_plan(item.offset, data) if self.s.compressed else data
+        data = await self._read(item) if item.kind is Kind.DATA else bytes(item.length)
+        return (self._compressed_plan(item.offset, data) if self.s.compressed
+                else self._pieces(item.offset, data))
 
     async def _copy_offloaded(self, item: Item) -> None:
-        """``-C``: copy a data item with copy offloading.  If that fails for any
-        reason, as with qemu-img, the item is read and written, and so is every item
-        after it (a real I/O error then shows up there, named as usual)."""
-        node = self.sources[item.src].node
-        try:
-            await node.copy_range(item.src_offset, self.target, item.offset, item.length)
-        except BlockError:
-            self.s.copy_range = False
-            await self._write(item, await self._read(item))
-            return
-        await self._throttle(item.length)
+        """``-C``: copy a data item with copy offloading, each source's share on its
+        own.  If that fails for any reason, as with qemu-img, the item is read and
+        written, and so is every item after it (a real I/O error then shows up there,
+        named as usual).  A share that ends inside a source's last sector (zeroes to
+        pad) is read and written too."""
+        spans = list(self._spans(item.offset, item.length))
+        if all(src.read_end(b) == b for src, _, b in spans):
+            try:
+                for src, a, b in spans:
+                    await src.node.copy_range(a - src.start, self.target, a, b - a)
+            except BlockError:
+                self.s.copy_range = False
+            else:
+                await self._throttle(item.length)
+                return
+        await self._write(item, self._pieces(item.offset, await self._read(item)))
 
-    async def _read(self, item: Item) -> bytes:
-        node = self.sources[item.src].node
+    # ---- reading across sources --------------------------------------------------------
+    def _spans(self, offset: int, length: int) -> Iterator[tuple[Source, int, int]]:
+        """Each source's share ``(source, start, end)`` of a range of the concatenation."""
+        end = offset + length
+        i = self.planner.part_at(offset // SECTOR)
+        while offset < end:
+            src = self.sources[i]
+            stop = min(end, src.end)
+            if stop > offset:
+                yield src, offset, stop
+                offset = stop
+            i += 1
+
+    async def _read_range(self, offset: int, length: int) -> bytes | bytearray:
+        spans = list(self._spans(offset, length))
+        if len(spans) == 1 and spans[0][0].read_end(spans[0][2]) == spans[0][2]:
+            src, a, b = spans[0]
+            return await src.node.read(a - src.start, b - a)
+        out = bytearray(length)
+        for src, a, b in spans:
+            stop = src.read_end(b)
+            if stop > a:
+                out[a - offset:stop - offset] = await src.node.read(a - src.start, stop - a)
+        return out
+
+    async def _read(self, item: Item) -> bytes | bytearray:
         try:
-            return await node.read(item.src_offset, item.length)
+            return await self._read_range(item.offset, item.length)
         except BlockError as exc:
             if not self.s.salvage:
                 at = await self._failing_cluster(item) if self.s.compressed else item.offset
                 raise BlockError(f"error while reading at byte {at}: "
                                  f"{exc.strerror}", exc.errno) from None
-        out = bytearray(item.length)
-        for pos in range(0, item.length, 512):
-            n = min(512, item.length - pos)
+        return await self._salvage(item.offset, item.length)
+
+    async def _salvage(self, offset: int, length: int) -> bytearray:
+        """--salvage: each source's share read whole, or sector by sector if that
+        fails; an unreadable sector is zeroes and a warning naming its source offset."""
+        out = bytearray(length)
+        for src, a, b in self._spans(offset, length):
             try:
-                out[pos:pos + n] = await node.read(item.src_offset + pos, n)
-            except BlockError as exc:
-                sys.stderr.write(f"{PROG}: warning: error while reading offset "
-                                 f"{item.offset + pos}: {exc.strerror}\n")
-        return bytes(out)
+                out[a - offset:b - offset] = await self._read_range(a, b - a)
+                continue
+            except BlockError:
+                pass
+            for pos in range(a, b, SECTOR):
+                stop = src.read_end(pos + SECTOR)
+                if stop <= pos:
+                    continue
+                try:
+                    out[pos - offset:stop - offset] = await src.node.read(pos - src.start,
+                                                                          stop - pos)
+                except BlockError as exc:
+                    self._warn(f"error while reading offset {pos - src.start}: "
+                               f"{exc.strerror}")
+        return out
 
     async def _failing_cluster(self, item: Item) -> int:
         """The first target cluster of ``item`` that cannot be read (qemu-img reads one
         cluster per request when compressing, and names it)."""
-        node, c = self.sources[item.src].node, self.cluster
         pos, end = item.offset, item.offset + item.length
         while pos < end:
-            stop = min(pos - pos % c + c, end)
+            stop = min(pos + self.cluster, end)
             try:
-                await node.read(item.src_offset + pos - item.offset, stop - pos)
+                await self._read_range(pos, stop - pos)
             except BlockError:
                 return pos
             pos = stop
         return item.offset
 
+    # ---- writing -----------------------------------------------------------------------
     async def _throttle(self, n: int) -> None:
         if not self.s.rate:
             return
@@ -291,24 +351,21 @@ class Converter:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def _write(self, item: Item, data: bytes | None) -> None:
+    async def _write(self, item: Item, plan: Any) -> None:
         try:
             if item.kind is Kind.SKIP:
                 return
             if item.kind is Kind.ZERO:
                 await self._zero(item.offset, item.length)
-                return
-            assert data is not None
-            if self.s.compressed:
-                await self._write_compressed(data)
-                return
-            for off, n, is_data in self._sparse_pieces(item.offset, data):
-                if is_data:
-                    await self._throttle(n)
-                    await self.target.write(off, memoryview(data)[off - item.offset:
-                                                                  off - item.offset + n])
-                else:
-                    await self._zero(off, n)
+            elif self.s.compressed:
+                await self._write_compressed(plan)
+            else:
+                for off, n, data in plan:
+                    if data is None:
+                        await self._zero(off, n)
+                    else:
+                        await self._throttle(n)
+                        await self.target.write(off, data)
         except BlockError as exc:
             if exc.message.startswith("error while"):
                 raise
@@ -321,43 +378,50 @@ class Converter:
         from blocklayer.driver import ReqFlag
         await self.target.write_zeroes(off, n, ReqFlag.MAY_UNMAP)
 
-    def _compressed_plan(self, off: int, data: bytes) -> list[tuple[int, int, Any]]:
-        """Cut at target cluster boundaries: ``(offset, length, None)`` for zero runs,
-        ``(offset, length, buffer)`` for runs to write compressed (whole clusters
-        together; a partial cluster alone, padded unless it ends the image).  The
-        target, if it can, starts compressing them now, ahead of their turn."""
+    def _pieces(self, offset: int, data: bytes | bytearray) -> list[tuple[int, int, Any]]:
+        """A data request cut as qemu-img cuts it: ``(offset, length, buffer)`` to
+        write, ``(offset, length, None)`` to zero (-S: runs of zero sectors)."""
+        import numpy as np
+        mv = memoryview(data)
+        if not self.s.min_sparse:
+            return [(offset, len(data), mv)]
+        words = np.frombuffer(data, dtype=np.uint64).reshape(-1, SECTOR // 8)
+        if words[:, 0].all():           # every sector starts with data: nothing to skip
+            return [(offset, len(data), mv)]
+        zero = np.logical_not(words.any(axis=1))
+        out = []
+        for sector, count, is_data in sparse_pieces(zero, offset // SECTOR, self.alignment,
+                                                    self.s.min_sparse // SECTOR):
+            a, n = sector * SECTOR - offset, count * SECTOR
+            out.append((offset + a, n, mv[a:a + n] if is_data else None))
+        return out
+
+    def _compressed_plan(self, off: int, data: bytes | bytearray) -> list[tuple[int, int, Any]]:
+        """Cut at target clusters: ``(offset, length, None)`` for zero runs (unless
+        -S 0), ``(offset, length, buffer)`` for runs of whole clusters to write
+        compressed, and the image's partial last cluster alone.  The target, if it
+        can, starts compressing them now, ahead of their turn."""
         from blocklayer.io import is_zero
         c, mv, end = self.cluster, memoryview(data), off + len(data)
-        size = self.target.total_bytes
+        maybe_zero = self.s.min_sparse and not _starts_nonzero(data, 0, c)
         plan: list[list[Any]] = []
-        maybe_zero = not _starts_nonzero(data, (-off) % c, c)
-        pos = off
-        while pos < end:
-            stop = min(pos - pos % c + c, end)
-            piece = mv[pos - off:stop - off]
-            if (maybe_zero or pos - off < (-off) % c or stop - pos < c) and is_zero(piece):
+        for pos in range(off, end, c):
+            stop = min(pos + c, end)
+            partial = stop - pos < c
+            if self.s.min_sparse and (maybe_zero or partial) and is_zero(mv[pos - off:stop - off]):
                 kind = "zero"
-            elif stop - pos < c and stop < size or pos % c:
-                kind = "alone"
             else:
-                kind = "data"
-            last = plan[-1] if plan else None
-            if kind != "alone" and last is not None and last[3] == kind:
-                last[1] = stop - last[0]
+                kind = "alone" if partial else "data"
+            if kind != "alone" and plan and plan[-1][2] == kind:
+                plan[-1][1] = stop - plan[-1][0]
             else:
-                plan.append([pos, stop - pos, None, kind])
-            pos = stop
-        out = []
+                plan.append([pos, stop - pos, kind])
         ahead = getattr(self.target.driver, "compress_ahead", None)
-        for pos, n, _, kind in plan:
-            buf: Any = None
-            if kind == "data":
-                buf = mv[pos - off:pos - off + n]
-            elif kind == "alone":
-                buf = bytes(mv[pos - off:pos - off + n])
-                if n < c and pos + n < size:        # pad to the cluster or the image end
-                    buf += bytes(min(c, size - pos) - n)
-            if buf is not None and ahead is not None and not pos % c:
+        size = self.target.total_bytes
+        out = []
+        for pos, n, kind in plan:
+            buf = None if kind == "zero" else mv[pos - off:pos - off + n]
+            if buf is not None and ahead is not None and (kind == "data" or pos + n == size):
                 ahead(pos, buf)
             out.append((pos, n, buf))
         return out
@@ -376,51 +440,8 @@ class Converter:
                 raise BlockError(f"error while writing at byte {at}: {exc.strerror}",
                                  exc.errno) from None
 
-    def _sparse_pieces(self, offset: int, data: bytes) -> list[tuple[int, int, bool]]:
-        """Split a buffer into data and zero runs; zero runs are whole ``-S`` blocks
-        (aligned to the image offset).  ``(offset, length, is_data)`` in order."""
-        from blocklayer.io import is_zero
-        s = self.s.min_sparse
-        n = len(data)
-        if not s or n < s:
-            return [(offset, n, True)]
-        if is_zero(data):
-            return [(offset, n, False)]
-        import numpy as np
-        head = min((-offset) % s, n)
-        nblocks = (n - head) // s
-        body_end = head + nblocks * s
-        if nblocks == 0:
-            return [(offset, n, True)]
-        blocks = np.frombuffer(data, dtype=np.uint64, count=nblocks * s // 8,
-                               offset=head) if head % 8 == 0 and s % 8 == 0 else \
-            np.frombuffer(data, dtype=np.uint8, count=nblocks * s, offset=head)
-        blocks = blocks.reshape(nblocks, -1)
-        if blocks[:, 0].all():          # every block starts with data: nothing to skip
-            return [(offset, n, True)]
-        is_data = blocks.any(axis=1)
-        cuts = np.flatnonzero(is_data[1:] != is_data[:-1]) + 1
-        runs: list[list] = []
-        if head:
-            runs.append([offset, head, True])
-        starts = np.concatenate(([0], cuts))
-        ends = np.concatenate((cuts, [nblocks]))
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            kind = bool(is_data[a])
-            start, length = offset + head + a * s, (b - a) * s
-            if runs and runs[-1][2] == kind:
-                runs[-1][1] += length
-            else:
-                runs.append([start, length, kind])
-        if body_end < n:
-            if runs[-1][2]:
-                runs[-1][1] += n - body_end
-            else:
-                runs.append([offset + body_end, n - body_end, True])
-        return [(a, b, c) for a, b, c in runs]
 
-
-def _starts_nonzero(data: bytes, head: int, block: int) -> bool:
+def _starts_nonzero(data: bytes | bytearray, head: int, block: int) -> bool:
     """True if every whole ``block`` of ``data`` after ``head`` bytes starts with a
     non-zero 8-byte word (so none of them is all zeroes)."""
     import numpy as np
@@ -436,82 +457,107 @@ def _starts_nonzero(data: bytes, head: int, block: int) -> bool:
 # ---------------------------------------------------------------------------------------
 
 def main(argv: list[str]) -> int:
-    p = parse(argv, "hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:s:",
+    p = parse(argv, "hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
               ["help", "object=", "image-opts", "target-image-opts", "salvage",
                "target-is-zero", "bitmaps", "skip-broken-bitmaps", "force-share",
                "json-progress"])
+    _check_snapshot_param(p.last("-l"))
+    min_sparse = _sparse_size(p.last("-S", default="4k") or "")
+    parallel = _coroutines(p.last("-m"))
+    rate = parse_rate(p.last("-r"))
+    _check_option_mix(p)
+    out_fmt = p.last("-O")
+    opts, want_help = parse_o_options(p.all("-o"))
+    if want_help:
+        return _create_options_help(out_fmt or "raw", p.args)
+    if len(p.args) < 2:
+        raise InvalidArgument("Must specify image file name")
+    settings = Settings(compressed=p.has("-c"), copy_range=p.has("-C"),
+                        min_sparse=min_sparse, parallel=parallel,
+                        out_of_order=p.has("-W"), rate=rate, salvage=p.has("--salvage"),
+                        quiet=p.has("-q"))
+    return asyncio.run(convert(p, p.args[:-1], p.args[-1], out_fmt or "raw", opts, settings))
+
+
+def _check_snapshot_param(spec: str | None) -> None:
+    """``-l snapshot.id=...,snapshot.name=...`` takes no other keys."""
+    if spec is None or not spec.startswith("snapshot."):
+        return
+    for part in spec.split(","):
+        key = part.split("=", 1)[0]
+        if key not in ("snapshot.id", "snapshot.name"):
+            raise InvalidArgument(f"Invalid parameter '{key}'\n"
+                                  f"{PROG}: Failed in parsing snapshot param '{spec}'")
+
+
+def _sparse_size(text: str) -> int:
     from blocklayer.options import parse_size
     try:
-        min_sparse = parse_size(p.last("-S", default="4k") or "", "x")
+        size = parse_size(text, "x")
     except InvalidArgument:
         raise InvalidArgument("Invalid buffer size for sparse output specified. You may use "
                               "k, M, G, T, P or E suffixes for\n"
                               f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, "
                               "petabytes and exabytes.") from None
-    if min_sparse % 512 or min_sparse > SPARSE_LIMIT:
+    if size % 512 or size > SPARSE_LIMIT:
         raise InvalidArgument("Invalid buffer size for sparse output specified. Valid sizes "
                               f"are multiples of 512 up to {SPARSE_LIMIT}. Select 0 to "
                               "disable sparse detection (fully allocates output).")
-    parallel = 8
-    if p.has("-m"):
-        try:
-            parallel = int(p.last("-m") or "")
-        except ValueError:
-            parallel = 0
-        if not 1 <= parallel <= 16:
-            raise InvalidArgument("Invalid number of coroutines. Allowed number of "
-                                  "coroutines is between 1 and 16")
-    rate = parse_rate(p.last("-r"))
-    _check_copy_offloading(p)
-    out_fmt = p.last("-O")
-    opts, want_help = parse_o_options(p.all("-o"))
-    if want_help:
-        from blocklayer import registry
-        fmt = out_fmt or "raw"
-        try:
-            registry.get_driver(fmt)
-        except InvalidArgument:
-            raise InvalidArgument(f"Unknown file format '{fmt}'") from None
-        if len(p.args) >= 1:
-            print_create_options_help(fmt, protocol_of=p.args[-1])
-        else:
-            print_create_options_help(fmt, f"Supported {fmt} options:")
-            print("\nThe protocol level may support further options.\n"
-                  "Specify the target filename to include those options.")
-        return 0
-    if len(p.args) < 2:
-        raise InvalidArgument("Must specify image file name")
-    if p.has("--target-is-zero") and not p.has("-n"):
-        raise InvalidArgument("--target-is-zero requires use of -n flag")
-    if p.has("--target-image-opts") and not p.has("-n"):
-        raise InvalidArgument("--target-image-opts requires use of -n flag")
-    if p.has("-B") and not p.has("-F"):
-        raise InvalidArgument("Use of backing file requires explicit backing format")
-    if p.has("-B") and p.has("-n"):
-        raise InvalidArgument("-B and -n cannot be used together")   # our rule: -n keeps the target
-    settings = Settings(compressed=p.has("-c"), copy_range=p.has("-C"),
-                        min_sparse=min_sparse, parallel=parallel,
-                        out_of_order=p.has("-W"), rate=rate, salvage=p.has("--salvage"))
-    return asyncio.run(convert(p, p.args[:-1], p.args[-1], out_fmt or "raw", opts, settings))
+    return size
 
 
-def _check_copy_offloading(p: Any) -> None:
-    """``-C`` goes with neither ``-c`` nor ``-S`` (qemu-img's order of complaints)."""
-    if not p.has("-C"):
-        return
-    if p.has("-c"):
-        raise InvalidArgument("Cannot enable copy offloading when -c is used")
-    if p.has("-S"):
-        raise InvalidArgument("Cannot enable copy offloading when -S is used")
-    if p.has("--salvage"):
-        raise InvalidArgument("Cannot use copy offloading in salvaging mode")
+def _coroutines(text: str | None) -> int:
+    if text is None:
+        return 8
+    try:
+        parallel = int(text)
+    except ValueError:
+        parallel = 0
+    if not 1 <= parallel <= 16:
+        raise InvalidArgument("Invalid number of coroutines. Allowed number of "
+                              "coroutines is between 1 and 16")
+    return parallel
+
+
+def _check_option_mix(p: Any) -> None:
+    """Options that exclude or need each other, in qemu-img's order."""
+    rules = [
+        (p.has("--skip-broken-bitmaps") and not p.has("--bitmaps"),
+         "Use of --skip-broken-bitmaps requires --bitmaps"),
+        (p.has("-c") and p.has("-C"), "Cannot enable copy offloading when -c is used"),
+        (p.has("-S") and p.has("-C"), "Cannot enable copy offloading when -S is used"),
+        (p.has("-C") and p.has("--salvage"), "Cannot use copy offloading in salvaging mode"),
+        (p.has("--target-image-opts") and not p.has("-n"),
+         "--target-image-opts requires use of -n flag"),
+        (p.has("-n") and p.has("-o"), "-o has no effect when skipping image creation"),
+        (p.has("--target-is-zero") and not p.has("-n"),
+         "--target-is-zero requires use of -n flag"),
+    ]
+    for broken, message in rules:
+        if broken:
+            raise InvalidArgument(message)
+
+
+def _create_options_help(fmt: str, args: list[str]) -> int:
+    from blocklayer import registry
+    try:
+        registry.get_driver(fmt)
+    except InvalidArgument:
+        raise InvalidArgument(f"Unknown file format '{fmt}'") from None
+    if len(args) >= 1:
+        print_create_options_help(fmt, protocol_of=args[-1])
+    else:
+        print_create_options_help(fmt, f"Supported {fmt} options:")
+        print("\nThe protocol level may support further options.\n"
+              "Specify the target filename to include those options.")
+    return 0
 
 
 async def _load_snapshot(node: "BlockNode", spec: str) -> None:
     from blocklayer.options import split_keyval
     sid: str | None
     name: str | None
-    if spec.startswith("snapshot.") or "=" in spec:
+    if spec.startswith("snapshot."):
         kv = split_keyval(spec)
         sid, name = kv.get("snapshot.id"), kv.get("snapshot.name")
         try:
@@ -529,12 +575,71 @@ async def _load_snapshot(node: "BlockNode", spec: str) -> None:
     await node.refresh_total_bytes()
 
 
+async def _snapshot(spec: str | None, sources: list["BlockNode"]) -> None:
+    """``-l``: ``snapshot.id=,snapshot.name=`` loads into the first source whatever
+    follows; a bare name cannot be asked of several sources."""
+    if spec is None:
+        return
+    if not spec.startswith("snapshot.") and len(sources) > 1:
+        raise InvalidArgument("No support for concatenating multiple snapshot")
+    await _load_snapshot(sources[0], spec)
+
+
+def _create_options(fmt: str, opts: dict[str, str], size: int, backing: str | None,
+                    backing_fmt: str | None) -> dict[str, Any]:
+    """``-o`` checked against the format, then the size and -B/-F laid over it."""
+    from blocklayer import registry
+    from blocklayer.create import all_create_options, normalize_create_options
+    try:
+        registry.get_driver(fmt)
+    except InvalidArgument:
+        raise InvalidArgument(f"Unknown file format '{fmt}'") from None
+    normalized = normalize_create_options(fmt, {**opts, "size": size})
+    names = {o.name for o in all_create_options(fmt)}
+    for key, value, what in (("backing_file", backing, "Backing file"),
+                             ("backing_fmt", backing_fmt, "Backing file format")):
+        if value is None:
+            continue
+        if key not in names:
+            raise InvalidArgument(f"{what} not supported for file format '{fmt}'")
+        normalized[key] = value
+    return normalized
+
+
+def _check_compression(fmt: str | None, create_opts: dict[str, Any] | None) -> None:
+    from blocklayer import registry
+    if fmt is not None and not registry.get_driver(fmt).can_compressed_write:
+        raise InvalidArgument("Compression not supported for this file format")
+    opts = create_opts or {}
+    if opts.get("encryption") or opts.get("encrypt.format"):
+        raise InvalidArgument("Compression and encryption not supported at the same time")
+    if opts.get("preallocation", "off") != "off":
+        raise InvalidArgument("Compression and preallocation not supported at the same time")
+
+
+def _check_target_backing(sources: list["BlockNode"], backing: str | None,
+                          create_opts: dict[str, Any] | None, zero: bool) -> bool:
+    """Whether to go on: qemu-img 7.2 refuses --target-is-zero with a backing file but
+    converts nothing and exits 0."""
+    if not backing:
+        return True
+    if zero:
+        sys.stderr.write(f"{PROG}: Cannot use --target-is-zero when the destination image "
+                         "has a backing file\n")
+        return False
+    if len(sources) > 1:
+        raise InvalidArgument("Having a backing file for the target makes no sense when "
+                              "concatenating multiple input images")
+    if create_opts is not None and not create_opts.get("backing_fmt"):
+        raise InvalidArgument("Use of backing file requires explicit backing format")
+    return True
+
+
 async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
                   opts: dict[str, str], s: Settings) -> int:
-    from blocklayer import registry
-    from blocklayer.create import create_image, normalize_create_options
     graph = new_graph()
     fmt = p.last("-f")
+    creating = not p.has("-n")
     sources: list[BlockNode] = []
     target: BlockNode | None = None
     try:
@@ -542,48 +647,32 @@ async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
             sources.append(await open_img(graph, name, fmt=fmt, image_opts=p.has("--image-opts"),
                                           read_only=True, force_share=p.has("-U"),
                                           cache=p.last("-T"), src_cache=True))
-        snap = p.last("-l") or p.last("-s")
-        if snap is not None:
-            if len(sources) > 1:
-                raise InvalidArgument("No support for concatenating multiple snapshot")
-            await _load_snapshot(sources[0], snap)
+        await _snapshot(p.last("-l"), sources)
         total = sum(sectors(n.total_bytes) for n in sources)
-        if p.has("--bitmaps") and not hasattr(sources[0].driver, "bitmap_list"):
-            raise InvalidArgument("Source lacks bitmap support")
-        try:
-            cls = registry.get_driver(out_fmt)
-        except InvalidArgument:
-            raise InvalidArgument(f"Unknown file format '{out_fmt}'") from None
-        if s.compressed and not cls.can_compressed_write:
-            raise InvalidArgument("Compression not supported for this file format")
-        backing, backing_fmt = p.last("-B"), p.last("-F")
-        if not p.has("-n"):
-            create_opts: dict[str, Any] = dict(opts)
-            create_opts["size"] = total
-            if backing:
-                create_opts["backing_file"] = backing
-                create_opts["backing_fmt"] = backing_fmt
-            normalized = normalize_create_options(out_fmt, create_opts)
-            backing = normalized.get("backing_file") or backing
-            try:
-                await create_image(out_name, out_fmt, options=normalized, graph=graph)
-            except BlockError as exc:
-                raise BlockError(f"{out_name}: error while converting {out_fmt}: {exc.message}",
-                                 exc.errno) from None
+        create_opts = None
+        backing = p.last("-B")
+        if creating:
+            create_opts = _create_options(out_fmt, opts, total, backing, p.last("-F"))
+            backing = create_opts.get("backing_file")
+        if not _check_target_backing(sources, backing, create_opts, p.has("--target-is-zero")):
+            return 0
+        if s.compressed:
+            _check_compression(out_fmt if creating else None, create_opts)
+        if p.has("--bitmaps"):
+            _check_bitmap_source(sources)
+        if create_opts is not None:
+            await _create(out_name, out_fmt, create_opts, graph)
         target = await open_img(graph, out_name, fmt=None if p.has("--target-image-opts")
                                 else out_fmt, image_opts=p.has("--target-image-opts"),
                                 read_only=False, cache=p.last("-t") or "unsafe",
-                                backing=bool(backing) or p.has("-n"), unmap=s.min_sparse > 0)
-        if p.has("-n") and target.total_bytes < total:
-            raise InvalidArgument("output file is smaller than input file")
-        s.target_has_backing = bool(backing)
-        if p.has("--target-is-zero"):
-            s.zero_init = True
-        elif not p.has("-n") and not s.target_has_backing:
-            s.zero_init = target.driver.has_zero_init()
+                                backing=bool(backing) or not creating,
+                                unmap=bool(s.min_sparse))
+        await _prepare_target(target, s, total, creating, bool(backing),
+                              p.has("--target-is-zero"))
         progress = progress_from(p)
-        conv = Converter(sources, target, s, progress)
-        await conv.run()
+        await Converter(sources, target, s, progress).run()
+        if s.compressed:
+            await _end_compressed(target)
         if p.has("--bitmaps"):
             await _copy_bitmaps(sources[0], target, p.has("--skip-broken-bitmaps"))
         await target.flush()
@@ -591,6 +680,46 @@ async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
     finally:
         await close_all(target, *sources)
     return 0
+
+
+async def _create(out_name: str, out_fmt: str, options: dict[str, Any],
+                  graph: Any) -> None:
+    from blocklayer.create import create_image
+    try:
+        await create_image(out_name, out_fmt, options=options, graph=graph)
+    except BlockError as exc:
+        raise BlockError(f"{out_name}: error while converting {out_fmt}: {exc.message}",
+                         exc.errno) from None
+
+
+async def _prepare_target(target: "BlockNode", s: Settings, total: int, creating: bool,
+                          has_backing: bool, is_zero: bool) -> None:
+    """Checks on the opened target, and what the copy may assume about it."""
+    if s.compressed and not target.driver.can_compressed_write:
+        raise InvalidArgument("Compression not supported for this file format")
+    if not creating and target.total_bytes < total:
+        raise InvalidArgument("output file is smaller than input file")
+    s.target_has_backing = has_backing
+    if has_backing and creating:
+        below = target.filtered_backing()
+        s.target_backing = sectors(below.total_bytes) if below is not None else -1
+    s.zero_init = is_zero or (creating and bool(s.min_sparse) and not has_backing
+                              and target.driver.has_zero_init())
+
+
+async def _end_compressed(target: "BlockNode") -> None:
+    """qemu-img ends a compressed copy with an empty compressed write, after which the
+    image file ends on a whole sector."""
+    end = getattr(target.driver, "end_compressed", None)
+    if end is not None:
+        await end()
+
+
+def _check_bitmap_source(sources: list["BlockNode"]) -> None:
+    if len(sources) > 1:
+        raise InvalidArgument("Copying bitmaps only possible with single source")
+    if not hasattr(sources[0].driver, "bitmap_list"):
+        raise InvalidArgument("Source lacks bitmap support")
 
 
 async def _copy_bitmaps(src: "BlockNode", dst: "BlockNode", skip_broken: bool) -> None:

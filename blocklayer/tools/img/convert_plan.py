@@ -1,0 +1,208 @@
+"""What ``convert`` does with each stretch of the concatenated sources, decided as
+qemu-img 7.2 decides it, in sectors of 512 bytes.
+
+:class:`Planner` walks the concatenation as ``convert_iteration_sectors`` does: block
+status is asked of the source under the position (so a run never crosses a source's
+end), a run is cut back to the source's alignment (request alignment or cluster), a
+data request holds at most one buffer, and with compression a run shorter than a
+cluster becomes one whole cluster of data (which may take the end of one source and
+the start of the next) while a longer one is cut down to whole clusters.
+
+:func:`sparse_pieces` is ``is_allocated_sectors_min`` as ``convert_co_write`` loops
+over it: which sectors of one data request are written and which zeroed.
+
+Pure arithmetic: block status comes from a callback, zero sectors from a numpy bool
+array.
+"""
+from __future__ import annotations
+
+import bisect
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Sequence
+
+from blocklayer.driver import Status
+
+if TYPE_CHECKING:
+    import numpy as np
+
+SECTOR = 512
+MAX_REQUEST_SECTORS = (2 ** 31 - 1) // SECTOR     # QEMU's BDRV_REQUEST_MAX_SECTORS
+
+
+class Kind(enum.Enum):
+    DATA = 0          # read, then written (or zeroed where the buffer is zero)
+    ZERO = 1          # zeroed on the target (nothing at all if it starts zeroed)
+    SKIP = 2          # left to the target's backing file
+    FILL = 3          # -S 0: zeroes written as data, nothing read
+
+
+@dataclass(frozen=True)
+class Part:
+    """One source in the concatenation."""
+    start: int        # first sector
+    sectors: int      # its size rounded up to whole sectors
+    align: int        # request alignment or cluster size, in sectors (at least 1)
+
+
+@dataclass(frozen=True)
+class Rules:
+    total: int                    # sectors of all sources
+    buf: int                      # largest data request, in sectors
+    compressed: bool = False
+    cluster: int = 1              # target cluster, in sectors
+    min_sparse: int = 8           # -S in sectors (0: write everything)
+    target_has_backing: bool = False
+    target_backing: int = -1      # sectors of the target's backing file (-1: unknown)
+
+
+@dataclass(frozen=True)
+class Request:
+    sector: int
+    count: int
+    kind: Kind
+
+
+# (source index, byte offset in it, bytes) -> (flags, bytes the answer covers)
+StatusFn = Callable[[int, int, int], Awaitable[tuple[Status, int]]]
+
+
+def layout(sizes: Sequence[int], aligns: Sequence[int]) -> list[Part]:
+    """Sources of ``sizes`` bytes laid out one after the other in whole sectors."""
+    parts, pos = [], 0
+    for size, align in zip(sizes, aligns):
+        n = -(-size // SECTOR)
+        parts.append(Part(pos, n, max(align, 1)))
+        pos += n
+    return parts
+
+
+class Planner:
+    """qemu-img's iteration: :meth:`step` says how many sectors from ``sector`` make
+    the next request and what to do with them.  Steps must be taken in order."""
+
+    def __init__(self, parts: list[Part], rules: Rules, status: StatusFn) -> None:
+        self.parts = parts
+        self.rules = rules
+        self.status = status
+        self.starts = [p.start for p in parts]
+        self.next_status = 0          # where the current block-status run ends
+        self.kind = Kind.DATA
+
+    def part_at(self, sector: int) -> int:
+        """The source holding ``sector`` (an empty source holds none)."""
+        return bisect.bisect_right(self.starts, sector) - 1
+
+    async def step(self, sector: int) -> tuple[int, Kind]:
+        r = self.rules
+        n = min(r.total - sector, MAX_REQUEST_SECTORS)
+        past_backing = False
+        if r.target_backing >= 0:
+            if sector >= r.target_backing:
+                past_backing = True
+            elif sector + n > r.target_backing:     # zeroes differ past it: split there
+                n = r.target_backing - sector
+        if self.next_status <= sector:
+            n = await self._new_run(sector, n, past_backing)
+        n = min(n, self.next_status - sector)
+        if self.kind is Kind.DATA:
+            n = min(n, r.buf)
+        if r.compressed:                            # whole clusters only
+            if n < r.cluster:
+                n = min(r.cluster, r.total - sector)
+                self.kind = Kind.DATA
+            else:
+                n -= n % r.cluster
+        return n, self.kind
+
+    async def _new_run(self, sector: int, n: int, past_backing: bool) -> int:
+        i = self.part_at(sector)
+        part = self.parts[i]
+        flags, count = await self.status(i, (sector - part.start) * SECTOR, n * SECTOR)
+        n = max(-(-count // SECTOR), 1)
+        tail = (sector - part.start + n) % part.align
+        if n > tail:
+            n -= tail
+        self.kind = self._classify(flags, past_backing)
+        self.next_status = sector + n
+        return n
+
+    def _classify(self, flags: Status, past_backing: bool) -> Kind:
+        if flags & Status.ZERO:
+            return Kind.SKIP if past_backing else Kind.ZERO
+        if flags & Status.DATA:
+            return Kind.DATA
+        return Kind.SKIP if self.rules.target_has_backing else Kind.DATA
+
+    async def requests(self) -> AsyncIterator[Request]:
+        """Every request from the start to the end, as qemu-img's workers take them."""
+        r, sector = self.rules, 0
+        while sector < r.total:
+            n, kind = await self.step(sector)
+            if kind is Kind.ZERO and not r.min_sparse:
+                n, kind = min(n, r.buf), Kind.FILL
+            yield Request(sector, n, kind)
+            sector += n
+
+
+# ---------------------------------------------------------------------------------------
+# Zero detection in one data request
+# ---------------------------------------------------------------------------------------
+
+class _Runs:
+    """Runs of equal sectors (zero or not) in a request."""
+
+    def __init__(self, zero: "np.ndarray", sector: int, alignment: int) -> None:
+        import numpy as np
+        self.zero = zero
+        self.n = len(zero)
+        self.ends = (np.flatnonzero(zero[1:] != zero[:-1]) + 1).tolist() + [self.n]
+        self.sector = sector
+        self.alignment = alignment
+
+    def same(self, pos: int, n: int) -> tuple[int, bool]:
+        """``is_allocated_sectors``: how many sectors from ``pos`` (at most ``n``) go
+        together, and whether they are data; a change of state is moved to an
+        alignment boundary where that saves a read-modify-write."""
+        is_zero = bool(self.zero[pos])
+        i = min(self.ends[bisect.bisect_right(self.ends, pos)], pos + n) - pos
+        if i == n:
+            return i, not is_zero
+        a = self.alignment
+        tail = (self.sector + pos + i) & (a - 1)
+        if tail:
+            if is_zero and i <= tail:
+                is_zero = False
+            i = min(i + a - tail, n) if not is_zero else i - tail
+        return i, not is_zero
+
+    def piece(self, pos: int, n: int, min_sparse: int) -> tuple[int, bool]:
+        """``is_allocated_sectors_min``: after data, zero runs shorter than
+        ``min_sparse`` sectors stay in the data."""
+        min_sparse = min(min_sparse, n)
+        count, data = self.same(pos, n)
+        if not data:
+            return count, False
+        used = checked = count
+        while checked < n:
+            m, data = self.same(pos + checked, n - checked)
+            checked += m
+            if data:
+                used = checked
+            elif m >= min_sparse:
+                break
+        return used, True
+
+
+def sparse_pieces(zero: "np.ndarray", sector: int, alignment: int,
+                  min_sparse: int) -> list[tuple[int, int, bool]]:
+    """``(first sector, sectors, is data)`` of a data request starting at ``sector``
+    whose sectors are ``zero`` or not, in order: what qemu-img writes and what it
+    zeroes.  ``alignment`` is a power of two (sectors)."""
+    runs = _Runs(zero, sector, alignment)
+    out, pos = [], 0
+    while pos < runs.n:
+        count, data = runs.piece(pos, runs.n - pos, min_sparse)
+        out.append((sector + pos, count, data))
+        pos += count
+    return out
