@@ -43,11 +43,14 @@ async def open_image(filename: str | None = None, options: dict[str, Any] | None
                      fmt: str | None = None, read_only: bool = False,
                      graph: BlockGraph | None = None, flags: OpenFlags | None = None,
                      backing: bool = True, node_name: str | None = None,
-                     shared: Perm = Perm.ALL, owner: object = "user") -> BlockNode:
+                     shared: Perm = Perm.ALL, owner: object = "user",
+                     snapshot: bool = False) -> BlockNode:
     """Open an image for a user outside the graph and take its permissions (locks).
 
     ``shared`` is what the user lets others do (a ``qemu-img convert`` source shares
-    less than ``qemu-io`` does).  Raises :class:`BlockError` with QEMU's wording.
+    less than ``qemu-io`` does).  ``snapshot`` (QEMU's snapshot=on, ``qemu-io -s``): the
+    image opens read-only under a temporary qcow2 overlay that takes the writes and
+    is gone when closed.  Raises :class:`BlockError` with QEMU's wording.
     """
     tune_malloc()
     graph = graph or BlockGraph()
@@ -56,8 +59,13 @@ async def open_image(filename: str | None = None, options: dict[str, Any] | None
         flags = flags.with_(no_backing=True)
     if flags.force_share and not flags.read_only:
         raise InvalidArgument("force-share=on can only be used with read-only images")
-    node = await open_node(graph, filename, dict(options or {}), fmt=fmt, flags=flags,
-                           node_name=node_name)
+    if snapshot:
+        base = await open_node(graph, filename, dict(options or {}), fmt=fmt,
+                               flags=flags.with_(read_only=True), node_name=node_name)
+        node = await _temporary_overlay(graph, base, flags)
+    else:
+        node = await open_node(graph, filename, dict(options or {}), fmt=fmt, flags=flags,
+                               node_name=node_name)
     perm = Perm.CONSISTENT_READ
     if not flags.read_only:
         perm |= Perm.WRITE
@@ -71,6 +79,24 @@ async def open_image(filename: str | None = None, options: dict[str, Any] | None
         await node.close()
         raise
     return node
+
+
+async def _temporary_overlay(graph: BlockGraph, base: BlockNode, flags: OpenFlags) -> BlockNode:
+    """A qcow2 overlay of ``base`` in a temporary file ($TMPDIR, else /var/tmp, as QEMU),
+    unlinked at once: it lives as long as it is open."""
+    import tempfile
+
+    from .create import create_image
+    fd, path = tempfile.mkstemp(prefix="vl.", dir=os.environ.get("TMPDIR") or "/var/tmp")
+    os.close(fd)
+    try:
+        await create_image(path, "qcow2", options={"size": base.total_bytes}, graph=graph)
+        return await open_node(graph, path, {"backing": base.name}, fmt="qcow2", flags=flags)
+    except BaseException:
+        await base.close()
+        raise
+    finally:
+        os.unlink(path)
 
 
 async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, Any], *,

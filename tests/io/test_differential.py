@@ -217,3 +217,16 @@ def test_copy_on_read_from_backing(tmp_path):
     q = run_tool(["qemu-io"], tmp_path / "qemu", args, image="top.qcow2")
     b = run_tool(blocklayer_io_cmd(), tmp_path / "ours", args, image="top.qcow2")
     assert_same(q, b)
+
+
+def test_snapshot_mode(tmp_path, monkeypatch):
+    """-s: writes go to a temporary overlay; the image is unchanged afterwards and the
+    temporary file is gone."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    q, b = _qcow2_both(tmp_path, ["-s"] + c("write -P 5 0 4k", "read -P 5 0 4k", "info", "map",
+                                            "read -P 0 64k 4k", "write -z 128k 64k"))
+    assert_same(q, b)
+    assert b.image is not None and b.image[:4] == b"QFI\xfb"
+    assert list(scratch.iterdir()) == []

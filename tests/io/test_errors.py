@@ -33,9 +33,6 @@ def ours(tmp_path, *args: str, stdin: str | None = None):
     (["-f", "raw", "-c", "frobnicate", "img.raw"], "err", 'command "frobnicate" not found'),
     (["-f", "nosuchfmt", "-c", "length", "img.raw"], "err",
      "blocklayer-io: can't open device img.raw: Unknown driver 'nosuchfmt'"),
-    (["-s", "-f", "raw", "-c", "length", "img.raw"], "err",
-     "blocklayer-io: can't open device img.raw: snapshot mode (-s) is not supported by "
-     "blocklayer-io yet"),
     (["-c", "length"], "err", "no file open, try 'help open'"),
 ])
 def test_one_clear_line(tmp_path, args, stream, line):

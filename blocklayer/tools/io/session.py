@@ -134,16 +134,14 @@ class Session:
             if req.aio == "native" and not req.cache.direct:
                 raise InvalidArgument("aio=native was specified, but it requires "
                                       "cache.direct=on, which was not specified.")
-            if req.snapshot:
-                raise InvalidArgument("snapshot mode (-s) is not supported by "
-                                      f"{self.prog} yet")
             flags = OpenFlags(read_only=req.read_only, cache=req.cache,
                               force_share=req.force_share, copy_on_read=req.copy_on_read,
                               discard_unmap=req.discard_unmap)
             graph = BlockGraph()
             graph.event_handlers.append(self._on_event)
             self.node = await open_image(req.name, options, flags=flags, graph=graph,
-                                         read_only=req.read_only, owner=self)
+                                         read_only=req.read_only, owner=self,
+                                         snapshot=req.snapshot)
         except (BlockError, OSError, ValueError) as exc:
             self.error(f"can't open{where}: {describe(exc)}")
             return False
