@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -362,32 +363,22 @@ class Converter:
             return [(offset, n, True)]
         if is_zero(data):
             return [(offset, n, False)]
-        import numpy as np
         head = min((-offset) % s, n)
         nblocks = (n - head) // s
         body_end = head + nblocks * s
-        if nblocks == 0:
+        if nblocks == 0 or _starts_nonzero(data, head, s):   # no block to skip
             return [(offset, n, True)]
-        blocks = np.frombuffer(data, dtype=np.uint64, count=nblocks * s // 8,
-                               offset=head) if head % 8 == 0 and s % 8 == 0 else \
-            np.frombuffer(data, dtype=np.uint8, count=nblocks * s, offset=head)
-        blocks = blocks.reshape(nblocks, -1)
-        if blocks[:, 0].all():          # every block starts with data: nothing to skip
-            return [(offset, n, True)]
-        is_data = blocks.any(axis=1)
-        cuts = np.flatnonzero(is_data[1:] != is_data[:-1]) + 1
         runs: list[list] = []
         if head:
             runs.append([offset, head, True])
-        starts = np.concatenate(([0], cuts))
-        ends = np.concatenate((cuts, [nblocks]))
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            kind = bool(is_data[a])
-            start, length = offset + head + a * s, (b - a) * s
+        pos = offset + head
+        for kind, blocks in itertools.groupby(_blocks_with_data(data, head, s, nblocks)):
+            length = len(list(blocks)) * s
             if runs and runs[-1][2] == kind:
                 runs[-1][1] += length
             else:
-                runs.append([start, length, kind])
+                runs.append([pos, length, kind])
+            pos += length
         if body_end < n:
             if runs[-1][2]:
                 runs[-1][1] += n - body_end
@@ -399,12 +390,19 @@ class Converter:
 def _starts_nonzero(data: bytes, head: int, block: int) -> bool:
     """True if every whole ``block`` of ``data`` after ``head`` bytes starts with a
     non-zero 8-byte word (so none of them is all zeroes)."""
-    import numpy as np
     n = (len(data) - head) // block
     if n <= 0 or head % 8 or block % 8:
         return False
-    words = np.frombuffer(data, dtype=np.uint64, count=n * block // 8, offset=head)
-    return bool(words[::block // 8].all())
+    firsts = memoryview(data)[head:head + n * block].cast("Q")[::block // 8]
+    return 0 not in firsts
+
+
+def _blocks_with_data(data: bytes, head: int, block: int, n: int) -> list[bool]:
+    """For each of the ``n`` whole ``block``s of ``data`` after ``head`` bytes, whether
+    it holds a non-zero byte (each compared with zeroes in place, at C speed)."""
+    buf = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+    zero = bytes(block)
+    return [not buf.startswith(zero, head + k * block) for k in range(n)]
 
 
 # ---------------------------------------------------------------------------------------
