@@ -310,6 +310,8 @@ class Mapping:
 
     def _repeated_run_end(self, table: array, start: int, stop: int, kind: SC,
                           same: int) -> int:
+        """:meth:`_run_end` with ``step`` 0: chunks equal to ``same`` repeated are
+        skipped whole, the first that is not is looked at entry by entry."""
         chunk = array("Q", [same]) * min(REPEAT_CHUNK, stop - start)
         pos = start
         while pos < stop:
