@@ -13,9 +13,10 @@ import pytest
 from blocklayer.errors import BlockError
 from blocklayer.formats.qcow2 import layout as L
 from blocklayer.formats.qcow2 import mapping as M
-from blocklayer.formats.qcow2.driver import MetadataClusters
-from blocklayer.formats.qcow2.mapping import (L2E_OFFSET_MASK, OFLAG_COMPRESSED,
-                                              OFLAG_COPIED, OFLAG_ZERO, SC, Geometry, Mapping)
+from blocklayer.formats.qcow2.mapping import (L1E_OFFSET_MASK, L2E_OFFSET_MASK,
+                                              OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO, SC,
+                                              Geometry, Mapping)
+from blocklayer.formats.qcow2.overlap import MetadataClusters
 from blocklayer.formats.qcow2.refcount import (REFT_OFFSET_MASK, Refcounts, count_used,
                                                first_used, last_used)
 from tests.conftest import qemu_img, run
@@ -136,6 +137,28 @@ def test_metadata_clusters_follow_table_changes() -> None:
     assert index.overlap(l1, reftable, 6 * CS, 9 * CS)
     reftable[0] = 0
     assert not index.overlap(l1, reftable, 2 * CS, 4 * CS)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_metadata_clusters_patched_or_rebuilt_match_the_tables(seed: int) -> None:
+    from array import array
+    rng = random.Random(seed)
+    l1 = array("Q", [0] * 5000)
+    reftable = array("Q", [0] * 1024)
+    index = MetadataClusters()
+    for _ in range(200):
+        table = l1 if rng.random() < 0.7 else reftable
+        for _ in range(rng.choice([1, 1, 2, 3, 40])):   # a few entries, or many
+            table[rng.randrange(len(table))] = rng.choice(
+                [0, rng.randrange(1, 1 << 20) * CS | OFLAG_COPIED, rng.randrange(1, 64) * CS])
+        if rng.random() < 0.05:
+            l1 = array("Q", l1) + array("Q", [rng.randrange(1 << 20) * CS])   # grown
+        start = rng.randrange(1, 1 << 20) * CS
+        end = start + rng.choice([CS, 4 * CS, 1 << 30])
+        want = sorted([e & L1E_OFFSET_MASK for e in l1 if e & L1E_OFFSET_MASK]
+                      + [e for e in reftable if e])
+        assert index.overlap(l1, reftable, start, end) == any(start <= o < end for o in want)
+        assert index.offsets == want
 
 
 def _l1_entry(img: Path) -> int:

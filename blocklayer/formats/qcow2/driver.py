@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import struct
-from array import array
-from bisect import bisect_left
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +24,7 @@ from .alloc import WritePath
 from .cache import MetadataCache, cache_sizes
 from .compress import decompress
 from .mapping import L1E_OFFSET_MASK, SC, Geometry, Mapping
+from .overlap import MetadataClusters
 from .ranges import RangeLock
 
 #: how many L2 tables one block-status answer may look at
@@ -513,22 +512,3 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, WritePath, Block
         with nested():
             return await check(self, mode)
 
-
-class MetadataClusters:
-    """The host offsets of the active L2 tables and refcount blocks, sorted, for the
-    overlap check of every guest data write.  Rebuilt whenever the L1 table or the
-    refcount table differs from the copy it was made from (compared whole, at C speed),
-    so nothing that changes a table has to tell it."""
-
-    def __init__(self) -> None:
-        self.l1 = array("Q")
-        self.reftable = array("Q")
-        self.offsets: list[int] = []
-
-    def overlap(self, l1: array, reftable: array, start: int, end: int) -> bool:
-        """Whether one of the tables starts in ``[start, end)`` (``start`` > 0)."""
-        if l1 != self.l1 or reftable != self.reftable:
-            self.l1, self.reftable = array("Q", l1), array("Q", reftable)
-            self.offsets = sorted(({e & L1E_OFFSET_MASK for e in l1} | set(reftable)) - {0})
-        i = bisect_left(self.offsets, start)
-        return i < len(self.offsets) and self.offsets[i] < end
