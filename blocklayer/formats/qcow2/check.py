@@ -313,7 +313,7 @@ class _Check:
         for bm in bitmaps:
             self.inc(bm.table_offset, bm.table_size * 8)
             try:
-                table = await bm.read_table(self.drv)
+                table = L.as_ndarray(await bm.read_table(self.drv))
             except BlockError:
                 self.res.corruptions += 1
                 return
