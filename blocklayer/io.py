@@ -53,7 +53,8 @@ def _zeros(n: int, _cache: dict[int, bytes] = {}) -> bytes:
 
 
 def is_zero(data: bytes | bytearray | memoryview) -> bool:
-    """True if every byte is zero (fast: compares against a cached zero buffer)."""
+    """True if every byte is zero (fast: a cached zero buffer is asked whether it starts
+    with each chunk, one memcmp without a copy; comparing memoryviews goes byte by byte)."""
     n = len(data)
     if n == 0:
         return True
@@ -61,8 +62,7 @@ def is_zero(data: bytes | bytearray | memoryview) -> bool:
     zero = _zeros(min(n, step))
     mv = memoryview(data)
     for i in range(0, n, step):
-        chunk = mv[i:i + step]
-        if chunk != zero[:len(chunk)]:
+        if not zero.startswith(mv[i:i + step]):
             return False
     return True
 

@@ -41,6 +41,18 @@ def test_size_to_str_matches_qemu() -> None:
         "0 B", "512 B", "64 KiB", "1.5 KiB", "1 MiB", "1.5 GiB"]
 
 
+@pytest.mark.parametrize("n", [1, 511, 65536, 65537, 3 << 20])
+def test_is_zero(n: int) -> None:
+    from blocklayer.io import is_zero
+    buf = bytearray(n)
+    assert is_zero(buf) and is_zero(bytes(buf)) and is_zero(memoryview(buf)[1:])
+    for pos in {0, n // 2, n - 1}:
+        buf[pos] = 1
+        assert not is_zero(buf) and not is_zero(memoryview(bytes(buf)))
+        buf[pos] = 0
+    assert is_zero(b"")
+
+
 def test_cache_modes() -> None:
     assert CacheMode.parse("none") == CacheMode(True, True, False)
     assert CacheMode.parse("writethrough") == CacheMode(False, False, False)

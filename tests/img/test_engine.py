@@ -49,6 +49,44 @@ def test_startup_is_lean() -> None:
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+#: runs a tool module as ``python -m`` does and says at exit whether numpy was imported
+_NUMPY_PROBE = ("import atexit, runpy, sys\n"
+                "atexit.register(lambda: print('numpy imported:', 'numpy' in sys.modules,"
+                " file=sys.stderr))\n"
+                "sys.argv = sys.argv[1:]\n"
+                "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n")
+
+
+def _imports_numpy(tool: str, args: list[str], cwd: Path) -> bool:
+    p = subprocess.run([sys.executable, "-c", _NUMPY_PROBE, f"blocklayer.tools.{tool}",
+                        *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("numpy imported: "), p.stderr
+    return last.endswith("True")
+
+
+def test_common_commands_do_not_import_numpy(tmp_path: Path) -> None:
+    qimg("create", "-q", "-f", "qcow2", "a.qcow2", "64M", cwd=tmp_path)
+    qio(tmp_path / "a.qcow2", "write -P 1 0 1M", "write -P 2 10M 64k", "write -z 20M 1M")
+    qimg("create", "-q", "-f", "qed", "b.qed", "64M", cwd=tmp_path)
+    qio(tmp_path / "b.qed", "write -P 1 0 1M", fmt="qed")
+    qimg("create", "-q", "-f", "raw", "s.raw", "4M", cwd=tmp_path)
+    qio(tmp_path / "s.raw", "write -P 3 0 1M", "write -P 4 3M 4k", fmt="raw")
+    lean = [("img", ["info", "a.qcow2"]), ("img", ["info", "b.qed"]),
+            ("io", ["-c", "read 0 4k", "a.qcow2"]), ("io", ["-c", "read 0 4k", "b.qed"]),
+            ("io", ["-c", "write 12M 4k", "-c", "write -z 13M 64k", "-c", "discard 0 64k",
+                    "a.qcow2"]),
+            ("img", ["convert", "-O", "qcow2", "s.raw", "o1.qcow2"]),
+            ("img", ["convert", "-O", "qcow2", "a.qcow2", "o2.qcow2"]),
+            ("img", ["snapshot", "-l", "a.qcow2"])]
+    for tool, args in lean:
+        assert not _imports_numpy(tool, args, tmp_path), (tool, args)
+    # the bulk paths may import it, and still work
+    for args in (["check", "a.qcow2"], ["map", "a.qcow2"], ["compare", "s.raw", "o1.qcow2"]):
+        _imports_numpy("img", args, tmp_path)
+
+
 def test_locked_image_errors_match(tmp_path: Path) -> None:
     from .helpers import assert_same
     from tests.conftest import need

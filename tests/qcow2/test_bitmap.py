@@ -91,6 +91,21 @@ def test_read_qemu_bitmaps(tmp_path: Path) -> None:
             qemu_dirty(path, b["name"], tmp_path)
 
 
+def test_check_counts_bitmap_clusters_as_qemu(tmp_path: Path) -> None:
+    import sys
+    path = tmp_path / "a.qcow2"
+    qemu_img("create", "-f", "qcow2", str(path), "4M")
+    qemu_img("bitmap", "--add", str(path), "b1")
+    qemu_io("-f", "qcow2", "-c", "write 0 64k", "-c", "write 3M 300k", str(path))
+    qemu_img("bitmap", "--add", "-g", "512", str(path), "b2")
+    qemu_io("-f", "qcow2", "-c", "write 2M 1k", str(path))
+    mine = subprocess.run([sys.executable, "-m", "blocklayer.tools.img", "check",
+                           "--output=json", str(path)], capture_output=True, text=True)
+    theirs = qemu_img("check", "--output=json", str(path))
+    assert mine.returncode == 0, mine.stderr
+    assert json.loads(mine.stdout) == json.loads(theirs.stdout)
+
+
 def test_ours_in_qemu(tmp_path: Path) -> None:
     path = tmp_path / "a.qcow2"
     qemu_img("create", "-f", "qcow2", str(path), "8M")

@@ -7,6 +7,7 @@
 - :mod:`.alloc`    allocating and compressed writes (copy-on-write, range locks)
 - :mod:`.zeroes`   zero clusters and discard
 - :mod:`.copyrange` copy offloading: data runs passed on, allocated as a write
+- :mod:`.overlap`  where the active metadata is, for the overlap check of guest writes
 - :mod:`.resize`   grow/shrink, preallocation, reopen, backing file, emptying
 - :mod:`.create`   new images laid out byte for byte as qemu-img lays them out
 - :mod:`.repair`   who references what; the refcount rebuild of dirty images

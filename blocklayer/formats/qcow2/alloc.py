@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from ...driver import ReqFlag
 from ...errors import BlockError, InvalidArgument, NotSupported
@@ -75,7 +74,7 @@ class WritePath(ZeroPath, ResizePath):
     async def write_l1_entry(self: "Qcow2Driver", index: int) -> None:
         start = index & ~63
         end = min(start + 64, len(self.mapping.l1))
-        buf = self.mapping.l1[start:end].astype(">u8").tobytes()
+        buf = L.build_table(self.mapping.l1, start, end)
         await self.file.write(self.header.l1_table_offset + start * 8, buf)
         await self.file.flush()
 
@@ -85,7 +84,7 @@ class WritePath(ZeroPath, ResizePath):
         if l1_index >= len(self.mapping.l1):
             raise BlockError("qcow2: write beyond the L1 table", errno.EIO)
         l2_off = await self.mapping.l2_offset(l1_index)
-        l1e = int(self.mapping.l1[l1_index])
+        l1e = self.mapping.l1[l1_index]
         if l2_off and l1e & OFLAG_COPIED:
             return l2_off
         await self._mark_dirty()
@@ -195,7 +194,7 @@ class WritePath(ZeroPath, ResizePath):
             l2_off = await self.l2_for_write(offset)
             entry = await self.l2_cache.get(l2_off)
             try:
-                if entry.table[i0:i0 + n].any():
+                if entry.table[i0:i0 + n].count(0) != n:
                     return False
             finally:
                 self.l2_cache.put(entry)
@@ -216,8 +215,8 @@ class WritePath(ZeroPath, ResizePath):
             self.l2_cache.set_flush_dependency()
             entry = await self.l2_cache.get(l2_off)
             try:
-                entry.table[i0:i0 + n] = np.arange(host, host + n * cs, cs,
-                                                   dtype=np.uint64) | np.uint64(OFLAG_COPIED)
+                first = host | OFLAG_COPIED
+                entry.table[i0:i0 + n] = array("Q", range(first, first + n * cs, cs))
                 self.l2_cache.mark_dirty(entry)
             finally:
                 self.l2_cache.put(entry)

@@ -6,16 +6,15 @@ messages.
 from __future__ import annotations
 
 import errno
+from array import array
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from ...driver import CreateOption, Prealloc
 from ...errors import BlockError, InvalidArgument, NotSupported
 from . import layout as L
 from .cache import MetadataCache
 from .mapping import CT, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED
-from .refcount import Discard, Refcounts, block_dtype
+from .refcount import Discard, Refcounts
 from .snapshot import EXTRA_V3_MIN, write_snapshots
 
 if TYPE_CHECKING:
@@ -145,22 +144,25 @@ async def downgrade(drv: "Qcow2Driver") -> None:
     await drv.file.flush()
 
 
-async def _l1_tables(drv: "Qcow2Driver") -> list[tuple[int, np.ndarray, bool]]:
+async def _l1_tables(drv: "Qcow2Driver") -> list[tuple[int, array, bool]]:
     out = [(drv.header.l1_table_offset, drv.mapping.l1, True)]
     for sn in drv.snapshots:
         raw = await drv.file.read(sn.l1_table_offset, sn.l1_size * 8)
-        out.append((sn.l1_table_offset, np.frombuffer(bytes(raw), ">u8").astype(np.uint64),
-                    False))
+        out.append((sn.l1_table_offset, L.parse_table(raw), False))
     return out
+
+
+def _l2_offsets(l1: array) -> list[int]:
+    return [e & L1E_OFFSET_MASK for e in l1 if e]
 
 
 async def _has_compressed(drv: "Qcow2Driver") -> bool:
     for _, l1, _ in await _l1_tables(drv):
-        for l2_off in (l1 & np.uint64(L1E_OFFSET_MASK))[l1 != 0].tolist():
-            entry = await drv.l2_cache.get(int(l2_off))
+        for l2_off in _l2_offsets(l1):
+            entry = await drv.l2_cache.get(l2_off)
             try:
-                if any(drv.geo.cluster_type(int(e)) is CT.COMPRESSED
-                       for e in entry.table[entry.table != 0].tolist()):
+                if any(drv.geo.cluster_type(e) is CT.COMPRESSED
+                       for e in entry.table if e):
                     return True
             finally:
                 drv.l2_cache.put(entry)
@@ -174,8 +176,7 @@ async def expand_zero_clusters(drv: "Qcow2Driver") -> None:
     backed = drv.node.backing is not None or bool(drv.header.backing_file)
     async with drv.lock:
         for _, l1, _ in await _l1_tables(drv):
-            for l2_off in (l1 & np.uint64(L1E_OFFSET_MASK))[l1 != 0].tolist():
-                l2_off = int(l2_off)
+            for l2_off in _l2_offsets(l1):
                 l2_refcount = await rc.get(l2_off >> geo.cluster_bits)
                 entry = await drv.l2_cache.get(l2_off)
                 try:
@@ -213,6 +214,7 @@ async def expand_zero_clusters(drv: "Qcow2Driver") -> None:
 
 async def change_refcount_order(drv: "Qcow2Driver", order: int) -> None:
     """New refcount structures of the new width, then the old ones are freed."""
+    import numpy as np
     h, cs = drv.header, drv.cluster_size
     old = drv.refcounts
     new_max = (1 << (1 << order)) - 1
@@ -222,7 +224,7 @@ async def change_refcount_order(drv: "Qcow2Driver", order: int) -> None:
         i = 0
         while i < n:
             run = await old.get_run(i, n - i)
-            counts[i:i + len(run)] = run
+            counts[i:i + len(run)] = L.as_ndarray(run)
             i += len(run)
         over = np.flatnonzero(counts > new_max)
         if over.size:
@@ -230,23 +232,23 @@ async def change_refcount_order(drv: "Qcow2Driver", order: int) -> None:
             raise InvalidArgument(f"Cannot decrease refcount entry width to {1 << order} "
                                   f"bits: Cluster at offset {k * cs:#x} has a refcount of "
                                   f"{int(counts[k])}")
-        old_table_off, old_table = old.table_offset, old.table.copy()
+        old_table_off, old_table = old.table_offset, array("Q", old.table)
         old_table_clusters = h.refcount_table_clusters
         cache = MetadataCache("refcount", drv.file, cs, drv.rb_cache.capacity,
-                              block_dtype(order), drv._overlap_check)
+                              L.refcount_typecode(order), drv._overlap_check)
         new = Refcounts(drv.file, h.cluster_bits, order, old_table_off, old_table, cache,
                         drv._corrupt)
         new.other_caches = old.other_caches
         new.discard_passthrough = old.discard_passthrough
         new.write_header_reftable = drv._write_header_reftable
-        new.table, new.table_offset = np.zeros(0, np.uint64), 0
+        new.table, new.table_offset = array("Q"), 0
         await new.rebuild(counts)
         h.refcount_order = order
         await drv.update_header()
         await drv.file.flush()
         drv.refcounts, drv.rb_cache = new, cache
-        for block in old_table[old_table != 0].tolist():
-            await new.free_clusters(int(block), cs, Discard.OTHER)
+        for block in [b for b in old_table if b]:
+            await new.free_clusters(block, cs, Discard.OTHER)
         await new.free_clusters(old_table_off, old_table_clusters * cs, Discard.OTHER)
         await cache.flush()
     if drv.l2_cache.depends is not None:

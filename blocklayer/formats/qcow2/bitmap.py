@@ -7,7 +7,8 @@ Directory entry, padded to 8 bytes::
     u8 granularity_bits  u16 name_size  u32 extra_data_size  extra data  name
 
 Life cycle, as in QEMU: at open every bitmap of the directory is loaded into memory
-(a numpy array of bits, LSB first, as on disk); one marked ``in-use`` was not stored
+(a numpy array of bits, LSB first, as on disk: numpy is imported only for images
+with bitmaps); one marked ``in-use`` was not stored
 cleanly and is *inconsistent* (it can only be removed).  A read-write open marks the
 loaded bitmaps ``in-use`` on disk; writes set bits of the enabled ones (a write
 observer on the node); closing stores every persistent bitmap in new clusters,
@@ -22,13 +23,15 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ...errors import BlockError, InvalidArgument, NodeNotFound
 from . import layout as L
 from .refcount import Discard
 
 if TYPE_CHECKING:
+    from array import array
+
+    import numpy as np
+
     from ...node import BlockNode
     from .driver import Qcow2Driver
 
@@ -43,7 +46,6 @@ MAX_NAME_SIZE = 1023
 TABLE_OFFSET_MASK = 0x00FFFFFFFFFFFE00
 TABLE_RESERVED_MASK = 0xFF000000000001FE
 TABLE_ALL_ONES = 1
-U64 = np.uint64
 
 
 @dataclass(eq=False)
@@ -74,9 +76,9 @@ class Bitmap:
                              self.granularity_bits, len(name), 0) + name
         return raw + bytes(-len(raw) % 8)
 
-    async def read_table(self, drv: "Qcow2Driver") -> np.ndarray:
+    async def read_table(self, drv: "Qcow2Driver") -> "array":
         raw = await drv.file.read(self.table_offset, self.table_size * 8)
-        return np.frombuffer(bytes(raw), ">u8").astype(U64)
+        return L.parse_table(raw)
 
     # ---- bits ---------------------------------------------------------------------------
     def nbits(self, disk_size: int) -> int:
@@ -90,14 +92,17 @@ class Bitmap:
         last = min((offset + length - 1) >> self.granularity_bits, len(self.bits) * 8 - 1)
         if first > last:
             return
+        import numpy as np
         view = np.unpackbits(self.bits, bitorder="little")
         view[first:last + 1] = 1 if value else 0
         self.bits[:] = np.packbits(view, bitorder="little")
 
     def count(self) -> int:
+        import numpy as np
         return 0 if self.bits is None else int(np.unpackbits(self.bits).sum())
 
     def resize(self, disk_size: int) -> None:
+        import numpy as np
         n = self.nbits(disk_size)
         view = np.unpackbits(self.bits if self.bits is not None else
                              np.zeros(0, np.uint8), bitorder="little")[:n]
@@ -181,6 +186,7 @@ async def load_directory(drv: "Qcow2Driver") -> list[Bitmap]:
 
 async def _read_bits(drv: "Qcow2Driver", bm: Bitmap) -> np.ndarray:
     """The bits of a bitmap from its table (QEMU's load_bitmap_data)."""
+    import numpy as np
     cs = drv.cluster_size
     nbytes = -(-bm.nbits(drv.header.size) // 8)
     out = np.zeros(max(bm.table_size * cs, nbytes), np.uint8)
@@ -258,7 +264,7 @@ async def _store_bits(drv: "Qcow2Driver", bm: Bitmap) -> None:
     tb_size = max(1, -(-nbytes // cs))
     if tb_size > MAX_TABLE_SIZE or tb_size * cs > MAX_PHYS_SIZE:
         raise InvalidArgument(f"Bitmap '{bm.name}' is too big")
-    table = np.zeros(tb_size, U64)
+    table = L.empty_table(tb_size * L.TABLE_ENTRY)
     for i in range(tb_size):
         chunk = bm.bits[i * cs:(i + 1) * cs]
         if not chunk.any():
@@ -269,7 +275,7 @@ async def _store_bits(drv: "Qcow2Driver", bm: Bitmap) -> None:
         await drv.file.write(off, chunk.tobytes() + bytes(cs - len(chunk)))
     off = await rc.alloc_clusters(tb_size * 8)
     await drv._overlap_check(off, tb_size * 8)
-    await drv.file.write(off, table.astype(">u8").tobytes())
+    await drv.file.write(off, L.build_table(table))
     bm.table_offset, bm.table_size = off, tb_size
 
 
@@ -278,8 +284,9 @@ async def _free_table(drv: "Qcow2Driver", offset: int, size: int) -> None:
     if not size:
         return
     raw = await drv.file.read(offset, size * 8)
-    table = np.frombuffer(bytes(raw), ">u8").astype(U64) & U64(TABLE_OFFSET_MASK)
-    for off in table[table != 0].tolist():
+    for off in [e & TABLE_OFFSET_MASK for e in L.parse_table(raw)]:
+        if not off:
+            continue
         await drv.free_clusters(off, drv.cluster_size, Discard.ALWAYS)
     await drv.free_clusters(offset, size * 8, Discard.OTHER)
 
@@ -464,11 +471,13 @@ class BitmapMethods:
         if src.granularity_bits == dst.granularity_bits and len(src.bits) == len(dst.bits):
             dst.bits |= src.bits
             return
+        import numpy as np
         sbits = np.unpackbits(src.bits, bitorder="little")
         for i in np.flatnonzero(sbits[:src.nbits(self.header.size)]).tolist():
             dst.set_range(i << src.granularity_bits, src.granularity)
 
-    def bitmap_get(self: "Qcow2Driver", name: str) -> np.ndarray:  # type: ignore[misc]
+    def bitmap_get(self: "Qcow2Driver", name: str) -> "np.ndarray":  # type: ignore[misc]
+        import numpy as np
         bm = self._usable(name)
         assert bm.bits is not None
         return np.unpackbits(bm.bits, bitorder="little")[:bm.nbits(self.header.size)] \

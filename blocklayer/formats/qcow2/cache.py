@@ -1,23 +1,24 @@
 """The metadata cache: a bounded set of table clusters (L2 tables or refcount blocks).
 
-Entries are numpy arrays over one cluster, keyed by host offset, kept in LRU order and
-written back lazily.  A cache can depend on another (QEMU's qcow2_cache_set_dependency):
-before any of its dirty entries reach the disk, the other cache is written and the file
-flushed, so refcount blocks land before the L2 tables that use them and, when clusters
-are freed, L2 tables land before the refcount blocks that free them.
+Entries are tables of one cluster in their in-memory form (native ``array``s, see
+:mod:`.layout`), keyed by host offset, kept in LRU order and written back lazily.  A
+cache can depend on another (QEMU's qcow2_cache_set_dependency): before any of its
+dirty entries reach the disk, the other cache is written and the file flushed, so
+refcount blocks land before the L2 tables that use them and, when clusters are freed,
+L2 tables land before the refcount blocks that free them.
 
 All methods run under the driver's metadata lock; an entry handed out is pinned by
 :meth:`get` until :meth:`put`, and a pinned entry is never evicted.
 """
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-import numpy as np
-
 from ...errors import BlockError
+from . import layout as L
 
 if TYPE_CHECKING:
     from ...node import BlockNode
@@ -28,7 +29,7 @@ MIN_ENTRIES = 2
 @dataclass(eq=False, slots=True)
 class Entry:
     offset: int
-    table: np.ndarray
+    table: array
     dirty: bool = False
     pins: int = 0
 
@@ -37,13 +38,13 @@ class MetadataCache:
     """A write-back cache of ``capacity`` clusters of ``file``."""
 
     def __init__(self, name: str, file: "BlockNode", cluster_size: int, capacity: int,
-                 dtype: str,
+                 typecode: str,
                  before_write: Callable[[int, int], Awaitable[None]] | None = None) -> None:
         self.name = name
         self.file = file
         self.cluster_size = cluster_size
         self.capacity = max(capacity, MIN_ENTRIES)
-        self.dtype = np.dtype(dtype)
+        self.typecode = typecode
         self.entries: OrderedDict[int, Entry] = OrderedDict()
         self.depends: MetadataCache | None = None
         self.depends_on_flush = False
@@ -57,16 +58,16 @@ class MetadataCache:
         if entry is None:
             await self._make_room()
             if empty:
-                table = np.zeros(self.cluster_size // self.dtype.itemsize, self.dtype)
+                table = L.empty_table(self.cluster_size, self.typecode)
             else:
                 data = await self.file.read(offset, self.cluster_size)
-                table = np.frombuffer(bytearray(data), self.dtype)
+                table = L.parse_table(data, self.typecode)
             entry = Entry(offset, table)
             self.entries[offset] = entry
         else:
             self.entries.move_to_end(offset)
             if empty:
-                entry.table[:] = 0
+                entry.table[:] = L.empty_table(self.cluster_size, self.typecode)
         entry.pins += 1
         return entry
 
@@ -119,7 +120,7 @@ class MetadataCache:
         for entry in sorted(entries, key=lambda e: e.offset):
             if self.before_write is not None:
                 await self.before_write(entry.offset, self.cluster_size)
-            await self.file.write(entry.offset, entry.table.tobytes())
+            await self.file.write(entry.offset, L.build_table(entry.table))
             entry.dirty = False
 
     async def write_back(self) -> None:

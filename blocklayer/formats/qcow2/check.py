@@ -313,7 +313,7 @@ class _Check:
         for bm in bitmaps:
             self.inc(bm.table_offset, bm.table_size * 8)
             try:
-                table = await bm.read_table(self.drv)
+                table = L.as_ndarray(await bm.read_table(self.drv))
             except BlockError:
                 self.res.corruptions += 1
                 return
@@ -377,7 +377,7 @@ class _Check:
         raw = int(self.reftable[i]) if i < len(self.reftable) else 0
         if raw & REFT_OFFSET_MASK and (raw & REFT_OFFSET_MASK) % self.cs:
             return None
-        return await rc.get_run(start, count)
+        return L.as_ndarray(await rc.get_run(start, count))
 
     async def compare(self, fix: CheckMode) -> int:
         """Compare (and with ``fix`` adjust) every cluster; returns the highest cluster
@@ -530,7 +530,7 @@ async def check_oflag_copied(drv: "Qcow2Driver", res: CheckResult, fix: CheckMod
     else:
         repair = False
     head = "Repairing" if repair else "ERROR"
-    l1 = drv.mapping.l1
+    l1 = L.as_ndarray(drv.mapping.l1)            # a view: repairs change the table
     reftable = await _read_reftable(drv)
     if await copied_flags_ok(drv, reftable, memo):
         return                  # nothing to say or repair (checked in bulk)
@@ -696,14 +696,3 @@ def _add(out: CheckResult, src: CheckResult, stats: bool = False) -> None:
         out.allocated_clusters = src.allocated_clusters
         out.fragmented_clusters = src.fragmented_clusters
         out.compressed_clusters = src.compressed_clusters
-
-
-class CheckMethods:
-    """The driver's ``check``, mixed into :class:`~.driver.Qcow2Driver`."""
-
-    can_check = True
-
-    async def check(self: "Qcow2Driver", mode: CheckMode) -> CheckResult:  # type: ignore[misc]
-        from .driver import nested
-        with nested():
-            return await check(self, mode)

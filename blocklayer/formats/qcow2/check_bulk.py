@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import BlockError
+from . import layout as L
 from .mapping import (L1E_OFFSET_MASK, L2_BITMAP_ALL_ALLOC, L2E_OFFSET_MASK, OFLAG_COMPRESSED,
                       OFLAG_COPIED, OFLAG_ZERO)
 from .refcount import REFT_OFFSET_MASK
@@ -181,7 +182,8 @@ class DiskRefcounts:
                 if off and off % self.cs:
                     table = None
                 else:
-                    table = await rc.get_run(b << rc.block_bits, rc.block_entries)
+                    table = L.as_ndarray(await rc.get_run(b << rc.block_bits,
+                                                          rc.block_entries))
                 self.blocks[b] = table
             sel = order[lo:hi]
             if table is None:
@@ -208,7 +210,7 @@ async def copied_flags_ok(drv: "Qcow2Driver", reftable: np.ndarray,
     """True if every COPIED flag of the active L1 and L2 tables agrees with the
     refcounts (then the per-entry pass has nothing to say or repair)."""
     cs, cb = drv.cluster_size, drv.geo.cluster_bits
-    l1 = drv.mapping.l1
+    l1 = L.as_ndarray(drv.mapping.l1)
     pos = np.flatnonzero(l1 & U64(L1E_OFFSET_MASK))
     if not pos.size:
         return True

@@ -14,11 +14,9 @@ import struct
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
 from ... import io as _io
-from ...driver import (BlockDriver, BlockStatus, ChildRole, CreateOption, DriverInfo,
-                       Limits, ReqFlag, Status)
+from ...driver import (BlockDriver, BlockStatus, CheckMode, CheckResult, ChildRole,
+                       CreateOption, DriverInfo, Limits, ReqFlag, Status)
 from ...errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
 from ...options import OpenFlags, parse_bool
 from . import layout as L
@@ -27,14 +25,14 @@ from .cache import MetadataCache, cache_sizes
 from .copyrange import CopyRangePath
 from .compress import decompress
 from .mapping import L1E_OFFSET_MASK, SC, Geometry, Mapping
+from .overlap import MetadataClusters
 from .ranges import RangeLock
 
 #: how many L2 tables one block-status answer may look at
 MAX_MERGED_LOOKUPS = 256
-from .refcount import Discard, Refcounts, block_dtype
+from .refcount import Discard, Refcounts, count_used
 from .bitmap import BitmapMethods, load as load_bitmaps, open_writable as bitmaps_writable
 from .amend import AmendMethods
-from .check import CheckMethods
 from .snapshot import SnapshotMethods, load as load_snapshots
 
 _DATA_AT = Status.DATA | Status.OFFSET_VALID
@@ -47,8 +45,8 @@ DISCARD_OPTIONS = {"pass-discard-request": Discard.REQUEST,
 nested = _io.metadata_io       # metadata I/O of this node, not a request from outside
 
 
-class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, CopyRangePath,
-                  WritePath, BlockDriver):
+class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, WritePath,
+                  BlockDriver):
     format_name = "qcow2"
     is_format = True
     supports_backing = True
@@ -60,6 +58,7 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Co
     #: block status answers go on into the following L2 tables (QEMU's stop at the end
     #: of one); a user that must cut its work where QEMU's answers end turns this off
     merge_status_runs = True
+    can_check = True
     open_options = ("data-file", "l2-cache-size", "l2-cache-entry-size",
                     "refcount-cache-size", "cache-size", "cache-clean-interval",
                     "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
@@ -146,15 +145,17 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Co
         # caches
         l2_n, rc_n = cache_sizes(options, cs, h.size, h.l2_entry_size)
         self.l2_cache = MetadataCache("L2", file, cs, l2_n,
-                                      ">u8", self._overlap_check)
+                                      "Q", self._overlap_check)
         self.rb_cache = MetadataCache("refcount", file, cs, rc_n,
-                                      block_dtype(h.refcount_order), self._overlap_check)
+                                      L.refcount_typecode(h.refcount_order),
+                                      self._overlap_check)
         # tables
-        l1 = np.zeros(h.l1_size, np.uint64)
+        l1 = L.empty_table(h.l1_size * 8)
         if h.l1_size:
             raw = await file.read(h.l1_table_offset, h.l1_size * 8)
-            l1 = np.frombuffer(raw.ljust(h.l1_size * 8, b"\0"), ">u8").astype(np.uint64)
+            l1 = L.parse_table(raw.ljust(h.l1_size * 8, b"\0"))
         self.mapping = Mapping(geo, l1, self.l2_cache, self._corrupt)
+        self.metadata_clusters = MetadataClusters()
         rt_bytes = h.refcount_table_clusters * cs
         raw = await file.read(h.refcount_table_offset, rt_bytes)
         table = Refcounts.load_table(raw.ljust(rt_bytes, b"\0"), rt_bytes // 8)
@@ -325,13 +326,14 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Co
             return
         await self._overlap_check(offset, length)
         start = offset - offset % self.cluster_size
-        # one unsigned comparison per entry: (t - start) wraps around below start
-        lo, n = np.uint64(start), np.uint64(offset + length - start)
-        for name, table in (("L2", self.mapping.l1 & np.uint64(L1E_OFFSET_MASK)),
-                            ("refcount block", self.refcounts.table)):
-            hit = (table - lo) < n
-            if hit.any():
-                where = int(table[hit][0])
+        l1, reftable = self.mapping.l1, self.refcounts.table
+        if not self.metadata_clusters.overlap(l1, reftable, start, offset + length):
+            return
+        for name, offsets in (("L2", [e & L1E_OFFSET_MASK for e in l1]),
+                              ("refcount block", reftable)):
+            # the first in table order, as QEMU names it
+            where = next((t for t in offsets if start <= t < offset + length), None)
+            if where is not None:
                 await self._corrupt(f"Preventing invalid write on metadata (overlaps with "
                                     f"active {name} table at {where:#x})", offset, length)
 
@@ -348,7 +350,7 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Co
     def has_zero_init(self) -> bool:
         """QEMU's rule: an image without any L2 table reads as zeroes; a preallocated
         one only if its data file does."""
-        preallocated = len(self.mapping.l1) > 0 and int(self.mapping.l1[0]) != 0
+        preallocated = len(self.mapping.l1) > 0 and self.mapping.l1[0] != 0
         if not preallocated:
             return True
         if self.header.crypt_method or self.data_node is None:
@@ -506,6 +508,13 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, CheckMethods, AmendMethods, Co
         count, i = 0, 0
         while i < end and count < threshold:
             counts = await self.refcounts.get_run(i, end - i)
-            count += int(np.count_nonzero(counts))
+            count += count_used(counts)
             i += len(counts)
         return count >= threshold
+
+    # ---- check ------------------------------------------------------------------------------
+    async def check(self, mode: CheckMode) -> CheckResult:
+        from .check import check        # numpy: imported when an image is checked
+        with nested():
+            return await check(self, mode)
+

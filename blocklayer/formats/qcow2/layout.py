@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import errno
 import struct
+import sys
+from array import array
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ...errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAGIC = 0x514649FB
 V2_HEADER = struct.Struct(">IIQIIQIIQQIIQ")            # 72 bytes
@@ -437,3 +443,52 @@ def parse_bitmap_directory(data: bytes, count: int) -> list[dict[str, object]]:
         out.append({"name": name, "granularity": 1 << gran_bits, "flags": flag_names})
         pos = (start + name_size + 7) & ~7
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Tables: L1 and L2 tables, the refcount table and blocks, bitmap tables
+# ---------------------------------------------------------------------------------------
+# On disk every entry is a big-endian unsigned integer (8 bytes, or the refcount width;
+# refcounts narrower than a byte are packed LSB first).  In memory a table is an
+# ``array`` of native integers, so the request path indexes plain ints without numpy;
+# the bulk paths (check, repair, map over long runs) look at the same memory through
+# :func:`as_ndarray`.
+
+TABLE_ENTRY = 8                     # bytes per L1, L2, refcount table or bitmap table entry
+#: ``array`` typecode of a table whose entries are this many bytes wide
+_TYPECODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+assert all(array(tc).itemsize == n for n, tc in _TYPECODES.items())
+_SWAP = sys.byteorder == "little"   # big-endian on disk
+
+
+def refcount_typecode(refcount_order: int) -> str:
+    """Typecode of a refcount block in memory (the raw bytes below 8 bits)."""
+    return _TYPECODES[max(1, (1 << refcount_order) // 8)]
+
+
+def parse_table(data: bytes | bytearray | memoryview, typecode: str = "Q") -> array:
+    """Big-endian entries -> a mutable native ``array``."""
+    table = array(typecode)
+    table.frombytes(data)
+    if _SWAP and table.itemsize > 1:
+        table.byteswap()
+    return table
+
+
+def build_table(table: array, start: int = 0, end: int | None = None) -> bytes:
+    """Entries ``[start, end)`` of ``table`` as they are on disk."""
+    part = table[start:end]
+    if _SWAP and part.itemsize > 1:
+        part.byteswap()
+    return part.tobytes()
+
+
+def empty_table(nbytes: int, typecode: str = "Q") -> array:
+    return array(typecode, bytes(nbytes))
+
+
+def as_ndarray(table: array) -> "np.ndarray":
+    """The same memory as a numpy array (a view: writes go to ``table``).  Imports
+    numpy: only for the bulk paths."""
+    import numpy as np
+    return np.frombuffer(table, dtype=np.dtype(table.typecode))

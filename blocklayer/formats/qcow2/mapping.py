@@ -7,14 +7,17 @@ contiguous host offsets, up to the end of one L2 table.
 from __future__ import annotations
 
 import enum
+import sys
+from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-import numpy as np
-
+from . import layout as L
 from .cache import MetadataCache
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .layout import Header
 
 L1E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
@@ -28,6 +31,8 @@ COMPRESSED_SECTOR = 512
 #: clusters of a run compared one by one before the rest is compared in bulk (runs of
 #: up to four times this are compared one by one to their end: cheaper than numpy)
 SCALAR_SCAN = 32
+#: entries of a run of one repeated entry (unallocated, zero) compared at once
+REPEAT_CHUNK = 1024
 
 
 class SC(enum.Enum):
@@ -170,17 +175,17 @@ Corrupt = Callable[[str, int, int], Awaitable[None]]
 class Mapping:
     """The active L1 table (in memory) and L2 tables (in ``cache``)."""
 
-    def __init__(self, geo: Geometry, l1: np.ndarray, l2_cache: MetadataCache,
+    def __init__(self, geo: Geometry, l1: array, l2_cache: MetadataCache,
                  corrupt: Corrupt) -> None:
         self.geo = geo
-        self.l1 = l1                 # numpy uint64, raw entries
+        self.l1 = l1                 # array('Q'), raw entries
         self.cache = l2_cache
         self.corrupt = corrupt
 
     async def l2_offset(self, l1_index: int) -> int:
         if l1_index >= len(self.l1):
             return 0
-        off = int(self.l1[l1_index]) & L1E_OFFSET_MASK
+        off = self.l1[l1_index] & L1E_OFFSET_MASK
         if off % self.geo.cluster_size:
             await self.corrupt(f"L2 table offset {off:#x} unaligned (L1 index: "
                                f"{l1_index:#x})", off, self.geo.cluster_size)
@@ -196,7 +201,7 @@ class Mapping:
         length = min(length, (geo.l2_entries - l2_index) * cs - in_cluster)
         l1_index = offset >> (geo.cluster_bits + geo.l2_bits)
         l1 = self.l1
-        l2_off = l1.item(l1_index) & L1E_OFFSET_MASK if l1_index < len(l1) else 0
+        l2_off = l1[l1_index] & L1E_OFFSET_MASK if l1_index < len(l1) else 0
         if not l2_off:
             return Run(SC.UNALLOCATED_PLAIN, offset, length)
         if l2_off & (cs - 1):
@@ -242,16 +247,16 @@ class Mapping:
             await self.corrupt(f"Invalid cluster entry found  (L2 offset: {l2_off:#x}, L2 "
                                f"index: {l2_index:#x})", l2_off, geo.cluster_size)
 
-    async def _run_standard(self, table: np.ndarray, l2_off: int, l2_index: int,
+    async def _run_standard(self, table: array, l2_off: int, l2_index: int,
                             offset: int, length: int) -> Run:
         """The run in a standard L2 table: the first :data:`SCALAR_SCAN` clusters are
         compared one by one with plain ints (most requests end there), the rest of a
-        long run with one vectorised pass."""
+        long run in bulk (:meth:`_long_run_end`)."""
         geo = self.geo
         cs = geo.cluster_size
         in_cluster = offset & (cs - 1)
         nb = -(-(in_cluster + length) // cs)
-        first = table.item(l2_index)
+        first = table[l2_index]
         kind = geo.standard_type(first)
         if self._suspect(kind, first):
             await self._report(kind, first, l2_off, l2_index)
@@ -260,29 +265,65 @@ class Mapping:
         if kind is SC.COMPRESSED or nb == 1:
             n = 1
         else:
-            n = 1
-            scalar_end = nb if nb <= 4 * SCALAR_SCAN else SCALAR_SCAN
-            standard_type = geo.standard_type
-            item = table.item
-            expect = host_base + cs
-            same = first + cs if has_host else first     # the entry that continues the run
             step = cs if has_host else 0
-            while n < scalar_end:
-                e = item(l2_index + n)
-                if e != same and (standard_type(e) is not kind or (
-                        has_host and e & L2E_OFFSET_MASK != expect)):
-                    break
-                n += 1
-                expect += cs
-                same += step
-            if n == scalar_end < nb:
-                n += _same_run(table[l2_index + n:l2_index + nb], kind, expect if has_host
-                               else None, cs, geo.has_data_file)
+            end = l2_index + nb
+            scalar_end = end if nb <= 4 * SCALAR_SCAN else l2_index + SCALAR_SCAN
+            i = self._run_end(table, l2_index + 1, scalar_end, kind, first + step, step)
+            if i == scalar_end < end:
+                i = self._long_run_end(table, i, end, kind, first + (i - l2_index) * step,
+                                       step)
+            n = i - l2_index
         run_len = min(n * cs - in_cluster, length)
         host = host_base + in_cluster if has_host else None
         return Run(kind, offset, run_len, host, first)
 
-    async def _run_extended(self, table: np.ndarray, l2_off: int, l2_index: int,
+    def _run_end(self, table: array, start: int, stop: int, kind: SC, same: int,
+                 step: int) -> int:
+        """The index of the first entry of ``table[start:stop]`` that does not continue
+        the run (``stop`` if they all do).  Entry ``start + k`` continues it if it is
+        ``same + k * step`` or else of type ``kind`` (with the host offset of ``same +
+        k * step`` when ``step`` is not 0: the kind has one)."""
+        standard_type = self.geo.standard_type
+        i = start
+        while i < stop:
+            e = table[i]
+            if e != same and (standard_type(e) is not kind or (
+                    step and e & L2E_OFFSET_MASK != same & L2E_OFFSET_MASK)):
+                return i
+            i += 1
+            same += step
+        return stop
+
+    def _long_run_end(self, table: array, start: int, stop: int, kind: SC, same: int,
+                      step: int) -> int:
+        """:meth:`_run_end` for a long run.  One repeated entry (unallocated or zero
+        clusters) is compared a chunk at a time as arrays, at C speed.  Contiguous host
+        offsets are compared with numpy when something has imported it already, else
+        one by one: importing it (~0.1 s) costs more than it saves unless hundreds of
+        whole L2 tables are looked at."""
+        if not step:
+            return self._repeated_run_end(table, start, stop, kind, same)
+        if not numpy_loaded():
+            return self._run_end(table, start, stop, kind, same, step)
+        return start + _same_run(L.as_ndarray(table)[start:stop], kind,
+                                 same & L2E_OFFSET_MASK, step, self.geo.has_data_file)
+
+    def _repeated_run_end(self, table: array, start: int, stop: int, kind: SC,
+                          same: int) -> int:
+        """:meth:`_run_end` with ``step`` 0: chunks equal to ``same`` repeated are
+        skipped whole, the first that is not is looked at entry by entry."""
+        chunk = array("Q", [same]) * min(REPEAT_CHUNK, stop - start)
+        pos = start
+        while pos < stop:
+            k = min(len(chunk), stop - pos)
+            if table[pos:pos + k] != (chunk if k == len(chunk) else chunk[:k]):
+                end = self._run_end(table, pos, pos + k, kind, same, 0)
+                if end < pos + k:
+                    return end
+            pos += k
+        return stop
+
+    async def _run_extended(self, table: array, l2_off: int, l2_index: int,
                             offset: int, length: int) -> Run:
         geo = self.geo
         cs, scs = geo.cluster_size, geo.subcluster_size
@@ -313,22 +354,27 @@ class Mapping:
         return Run(kind, offset, run_len, host, first)
 
 
-def _same_run(ents: np.ndarray, kind: SC, host: int | None, cs: int,
+def numpy_loaded() -> bool:
+    """Whether something has imported numpy (the request path never does)."""
+    return "numpy" in sys.modules
+
+
+def _same_run(ents: "np.ndarray", kind: SC, host: int, cs: int,
               has_data_file: bool) -> int:
-    """How many of the standard L2 entries ``ents`` are of type ``kind`` and, when
-    ``host`` is given, map contiguously from host offset ``host`` on."""
-    ents = ents.astype(np.uint64)
+    """How many of the standard L2 entries ``ents`` are of type ``kind`` and map
+    contiguously from host offset ``host`` on (with numpy, once it is loaded)."""
+    import numpy as np
     same = _standard_types(ents, has_data_file) == kind.value
-    if host is not None:
-        offs = ents & np.uint64(L2E_OFFSET_MASK)
-        expect = np.uint64(host) + np.arange(len(ents), dtype=np.uint64) * np.uint64(cs)
-        same &= offs == expect
+    offs = ents & np.uint64(L2E_OFFSET_MASK)
+    expect = np.uint64(host) + np.arange(len(ents), dtype=np.uint64) * np.uint64(cs)
+    same &= offs == expect
     bad = np.flatnonzero(~same)
     return int(bad[0]) if bad.size else len(ents)
 
 
-def _standard_types(ents: np.ndarray, has_data_file: bool) -> np.ndarray:
+def _standard_types(ents: "np.ndarray", has_data_file: bool) -> "np.ndarray":
     """Vectorised cluster types of standard L2 entries (numbers of SC values)."""
+    import numpy as np
     comp = (ents & np.uint64(OFLAG_COMPRESSED)) != 0
     zero = (ents & np.uint64(OFLAG_ZERO)) != 0
     real = (ents & np.uint64(L2E_OFFSET_MASK)) != 0

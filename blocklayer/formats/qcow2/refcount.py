@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import enum
 import errno
+import itertools
 import struct
-from typing import TYPE_CHECKING, Awaitable, Callable
-
-import numpy as np
+from array import array
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 
 from ...errors import BlockError, ImageCorrupt, NoSpace
+from . import layout as L
 from .cache import MetadataCache
 from .layout import MAX_CLUSTER_OFFSET, MAX_REFTABLE_SIZE
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ...node import BlockNode
 
 REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
+#: the lowest bit of every byte value
+_LOW_BIT = bytes(b & 1 for b in range(256))
 
 
 class Discard(enum.IntEnum):
@@ -58,15 +63,34 @@ def refcount_blocks_needed(clusters: int, cluster_size: int, refcount_order: int
             return blocks
 
 
-def block_dtype(refcount_order: int) -> str:
-    return {3: ">u1", 4: ">u2", 5: ">u4", 6: ">u8"}.get(refcount_order, "u1")
+def first_used(counts: Sequence[int]) -> int:
+    """Index of the first non-zero refcount of ``counts`` (``len(counts)`` if none)."""
+    return next(itertools.compress(itertools.count(), counts), len(counts))
+
+
+def last_used(counts: Sequence[int]) -> int:
+    """Index of the last non-zero refcount of ``counts`` (-1 if none)."""
+    return next(itertools.compress(range(len(counts) - 1, -1, -1), reversed(counts)), -1)
+
+
+def count_used(counts: array) -> int:
+    """How many refcounts of ``counts`` are not zero."""
+    return len(counts) - counts.count(0)
+
+
+def _reserved_bits_set(raw: bytes) -> bool:
+    """Whether an entry of a refcount table as on disk has a reserved bit (0-8) set.
+    Those bits are in bytes 6 and 7 of each big-endian entry: compared as two strided
+    slices, not entry by entry."""
+    zero = bytes(len(raw) // 8)
+    return raw[7::8] != zero or raw[6::8].translate(_LOW_BIT) != zero
 
 
 class Refcounts:
     """The refcount table (kept in memory) and the refcount blocks (in ``cache``)."""
 
     def __init__(self, file: "BlockNode", cluster_bits: int, refcount_order: int,
-                 table_offset: int, table: np.ndarray, cache: MetadataCache,
+                 table_offset: int, table: array, cache: MetadataCache,
                  corrupt: Callable[[str, int, int], Awaitable[None]]) -> None:
         self.file = file
         self.cluster_bits = cluster_bits
@@ -77,7 +101,7 @@ class Refcounts:
         self.block_entries = self.cluster_size * 8 // self.bits
         self.block_bits = self.block_entries.bit_length() - 1
         self.table_offset = table_offset
-        self.table = table                      # numpy uint64 (native), masked offsets
+        self.table = table                      # array('Q'), masked offsets
         self.cache = cache
         self.corrupt = corrupt
         self.free_cluster_index = 0
@@ -87,8 +111,6 @@ class Refcounts:
                                     Discard.OTHER: False}
         self.pending_discards: list[list[int]] = []
         self.cache_discards = False
-        #: set while rebuilding: clusters the allocator must treat as used
-        self.reserved: np.ndarray | None = None
         #: caches to purge when a cluster's refcount drops to zero
         self.other_caches: list[MetadataCache] = []
         #: writes the header's refcount table fields (offset, clusters)
@@ -96,36 +118,41 @@ class Refcounts:
 
     # ---- table I/O --------------------------------------------------------------------
     @classmethod
-    def load_table(cls, data: bytes, entries: int) -> np.ndarray:
-        table = np.frombuffer(data, ">u8", count=entries).astype(np.uint64)
-        return table & np.uint64(REFT_OFFSET_MASK)
+    def load_table(cls, data: bytes, entries: int) -> array:
+        raw = bytes(data[:entries * L.TABLE_ENTRY])
+        table = L.parse_table(raw)
+        if _reserved_bits_set(raw):         # a damaged image: keep the offsets only
+            table = array("Q", [e & REFT_OFFSET_MASK for e in table])
+        return table
 
     def block_offset(self, rt_index: int) -> int:
         if rt_index >= len(self.table):
             return 0
-        return int(self.table[rt_index])
+        return self.table[rt_index]
 
     # ---- entries within a block ---------------------------------------------------------
-    def _get_range(self, table: np.ndarray, start: int, end: int) -> np.ndarray:
+    def _get_range(self, table: array, start: int, end: int) -> array:
+        """Refcounts ``[start, end)`` of a block (a copy)."""
         if self.bits >= 8:
-            return table[start:end].astype(np.uint64)
-        idx = np.arange(start, end, dtype=np.int64) * self.bits
-        return ((table[idx >> 3] >> (idx & 7).astype(np.uint8)) & self.max).astype(np.uint64)
+            return table[start:end]
+        bits, mask = self.bits, self.max
+        return array("B", [(table[(i * bits) >> 3] >> ((i * bits) & 7)) & mask
+                           for i in range(start, end)])
 
-    def _set_one(self, table: np.ndarray, i: int, value: int) -> None:
+    def _set_one(self, table: array, i: int, value: int) -> None:
         if self.bits >= 8:
             table[i] = value
             return
         bit = i * self.bits
         byte, shift = bit >> 3, bit & 7
-        table[byte] = (int(table[byte]) & ~(self.max << shift) & 0xFF) | (value << shift)
+        table[byte] = (table[byte] & ~(self.max << shift) & 0xFF) | (value << shift)
 
-    def _set_range(self, table: np.ndarray, start: int, values: np.ndarray) -> None:
+    def _set_range(self, table: array, start: int, values: Sequence[int]) -> None:
         if self.bits >= 8:
-            table[start:start + len(values)] = values
+            table[start:start + len(values)] = array(table.typecode, values)
             return
-        for k, v in enumerate(values.tolist()):
-            self._set_one(table, start + k, int(v))
+        for k, v in enumerate(values):
+            self._set_one(table, start + k, v)
 
     # ---- lookup -------------------------------------------------------------------------
     async def _load_block(self, rt_index: int) -> int:
@@ -137,25 +164,25 @@ class Refcounts:
 
     async def get(self, cluster_index: int) -> int:
         if self.bits < 8:
-            return int((await self.get_run(cluster_index, 1))[0])
+            return (await self.get_run(cluster_index, 1))[0]
         off = await self._load_block(cluster_index >> self.block_bits)
         if not off:
             return 0
         entry = await self.cache.get(off)
         try:
-            return entry.table.item(cluster_index & (self.block_entries - 1))
+            return entry.table[cluster_index & (self.block_entries - 1)]
         finally:
             self.cache.put(entry)
 
-    async def get_run(self, cluster_index: int, count: int) -> np.ndarray:
+    async def get_run(self, cluster_index: int, count: int) -> array:
         """Refcounts of up to ``count`` clusters from ``cluster_index`` (at least one,
-        at most up to the end of its refcount block)."""
+        at most up to the end of its refcount block), as a new array."""
         rt_index = cluster_index >> self.block_bits
         first = cluster_index & (self.block_entries - 1)
         n = min(count, self.block_entries - first)
         off = await self._load_block(rt_index)
         if not off:
-            return np.zeros(n, np.uint64)
+            return array("B", bytes(n))
         entry = await self.cache.get(off)
         try:
             return self._get_range(entry.table, first, first + n)
@@ -174,19 +201,14 @@ class Refcounts:
             await self.process_discards()
         start = self.free_cluster_index
         run = 0
-        if nb_clusters == 1 and self.reserved is None and await self.get(start) == 0:
-            run = 1             # the usual case: the next cluster is free (no arrays)
+        if nb_clusters == 1 and await self.get(start) == 0:
+            run = 1             # the usual case: the next cluster is free
         while run < nb_clusters:
             c = start + run
             counts = await self.get_run(c, nb_clusters - run)
-            used = counts != 0
-            if self.reserved is not None:
-                lo = min(c, len(self.reserved))
-                hi = min(c + len(counts), len(self.reserved))
-                used[:hi - lo] |= self.reserved[lo:hi] != 0
-            nz = np.flatnonzero(used)
-            if nz.size:
-                start = c + int(nz[0]) + 1
+            used = first_used(counts)
+            if used < len(counts):
+                start = c + used + 1
                 run = 0
             else:
                 run += len(counts)
@@ -224,9 +246,9 @@ class Refcounts:
             n = 0
             while n < nb_clusters:
                 counts = await self.get_run(idx + n, nb_clusters - n)
-                nz = np.flatnonzero(counts)
-                if nz.size:
-                    n += int(nz[0])
+                used = first_used(counts)
+                if used < len(counts):
+                    n += used
                     break
                 n += len(counts)
             if n == 0:
@@ -286,18 +308,18 @@ class Refcounts:
                 block = await self._block_for(idx)
                 entry = await self.cache.get(block)
                 try:
-                    if n == 1 and self.bits >= 8:      # one cluster: plain ints
-                        value = entry.table.item(start) + addend
+                    if n == 1 and self.bits >= 8:      # one cluster
+                        value = entry.table[start] + addend
                         if value < 0 or value > self.max:
                             raise BlockError("qcow2: refcount out of range", errno.EINVAL)
                         entry.table[start] = value
                         new = None
                     else:
-                        old = self._get_range(entry.table, start, start + n).astype(np.int64)
-                        new = old + addend
-                        if new.min() < 0 or new.max() > self.max:
+                        new = [v + addend for v in self._get_range(entry.table, start,
+                                                                   start + n)]
+                        if min(new) < 0 or max(new) > self.max:
                             raise BlockError("qcow2: refcount out of range", errno.EINVAL)
-                        self._set_range(entry.table, start, new.astype(np.uint64))
+                        self._set_range(entry.table, start, new)
                     self.cache.mark_dirty(entry)
                 finally:
                     self.cache.put(entry)
@@ -305,11 +327,11 @@ class Refcounts:
                 if addend < 0:
                     if new is None:
                         if value == 0:
-                            self._freed(np.array([idx], np.int64), kind)
+                            self._freed([idx], kind)
                     else:
-                        zeros = np.flatnonzero(new == 0)
-                        if zeros.size:
-                            self._freed(idx + zeros, kind)
+                        zeros = [idx + k for k, v in enumerate(new) if v == 0]
+                        if zeros:
+                            self._freed(zeros, kind)
                 idx += n
         except BaseException:
             for idx, n in done:     # undo what was done (blocks exist, no allocation)
@@ -323,20 +345,19 @@ class Refcounts:
         block = self.block_offset(idx >> self.block_bits)
         entry = await self.cache.get(block)
         start = idx & (self.block_entries - 1)
-        old = self._get_range(entry.table, start, start + n).astype(np.int64)
-        self._set_range(entry.table, start, np.clip(old + addend, 0, self.max)
-                        .astype(np.uint64))
+        old = self._get_range(entry.table, start, start + n)
+        self._set_range(entry.table, start, [min(max(v + addend, 0), self.max) for v in old])
         self.cache.mark_dirty(entry)
         self.cache.put(entry)
         if addend < 0:
-            zeros = np.flatnonzero(old + addend <= 0)
-            if zeros.size:
-                self.free_cluster_index = min(self.free_cluster_index, idx + int(zeros[0]))
+            zero = next((k for k, v in enumerate(old) if v + addend <= 0), None)
+            if zero is not None:
+                self.free_cluster_index = min(self.free_cluster_index, idx + zero)
 
-    def _freed(self, indexes: np.ndarray, kind: Discard) -> None:
-        self.free_cluster_index = min(self.free_cluster_index, int(indexes[0]))
+    def _freed(self, indexes: list[int], kind: Discard) -> None:
+        self.free_cluster_index = min(self.free_cluster_index, indexes[0])
         cs = self.cluster_size
-        for i in indexes.tolist():
+        for i in indexes:
             off = i << self.cluster_bits
             self.cache.discard(off)
             for other in self.other_caches:
@@ -407,18 +428,18 @@ class Refcounts:
         table_clusters = table_size * 8 // cs
         if table_size * 8 > MAX_REFTABLE_SIZE:
             raise NoSpace("Refcount table too large", errno.EFBIG)
-        new_table = np.zeros(table_size, np.uint64)
+        new_table = L.empty_table(table_size * L.TABLE_ENTRY)
         keep = min(len(self.table), table_size)
         new_table[:keep] = self.table[:keep]
         if new_block:
             new_table[new_index] = new_block
-        missing = int(np.count_nonzero(new_table[area_index:total_blocks] == 0))
+        missing = new_table[area_index:total_blocks].count(0)
         table_offset = start_offset + missing * cs
         end_offset = table_offset + table_clusters * cs
         block_offset = start_offset
         for i in range(area_index, total_blocks):
             if new_table[i]:
-                entry = await self.cache.get(int(new_table[i]))
+                entry = await self.cache.get(new_table[i])
             else:
                 entry = await self.cache.get(block_offset, empty=True)
                 self.cache.mark_dirty(entry)
@@ -432,7 +453,7 @@ class Refcounts:
                 self.cache.mark_dirty(entry)
             self.cache.put(entry)
         await self.cache.flush()
-        await self.file.write(table_offset, new_table.astype(">u8").tobytes())
+        await self.file.write(table_offset, L.build_table(new_table))
         await self.file.flush()
         old_off, old_entries = self.table_offset, len(self.table)
         assert self.write_header_reftable is not None
@@ -455,18 +476,19 @@ class Refcounts:
             own = off >> self.cluster_bits
             if own >> self.block_bits == i:
                 counts[own & (self.block_entries - 1)] = 0
-            if not counts.any():
+            if not count_used(counts):
                 unused.append(i)
         if not unused:
             return
-        new_table = self.table.copy()
-        new_table[unused] = 0
+        new_table = array("Q", self.table)
+        for i in unused:
+            new_table[i] = 0
         await self.cache.write_back()
-        await self.file.write(self.table_offset, new_table.astype(">u8").tobytes())
+        await self.file.write(self.table_offset, L.build_table(new_table))
         await self.file.flush()
         old_table, self.table = self.table, new_table
         for i in unused:
-            off = int(old_table[i])
+            off = old_table[i]
             if (off >> self.cluster_bits) >> self.block_bits == i:
                 # it counted only itself: nothing else to update
                 self.cache.discard(off)
@@ -479,10 +501,11 @@ class Refcounts:
         await self.process_discards()
 
     # ---- rebuild --------------------------------------------------------------------------
-    async def rebuild(self, expected: np.ndarray) -> None:
+    async def rebuild(self, expected: "np.ndarray") -> None:
         """Replace the refcount structures with new ones holding ``expected`` (the
         refcount of every cluster, not counting refcount structures), put at the end
         of the file; the old structures become free space."""
+        import numpy as np
         cs, epc = self.cluster_size, self.block_entries
         used = np.flatnonzero(expected)
         # after everything, the old refcount structures included: they stay valid until
@@ -505,18 +528,22 @@ class Refcounts:
         counts[first:total] = 1
         if counts.max(initial=0) > self.max:
             raise ImageCorrupt("qcow2: refcount overflow while rebuilding")
-        table = np.zeros(table_clusters * cs // 8, np.uint64)
+        table = L.empty_table(table_clusters * cs)
         self.cache.entries.clear()
         for k in range(n_blocks):
             block_off = (first + k) * cs
             table[k] = block_off
             entry = await self.cache.get(block_off, empty=True)
-            self._set_range(entry.table, 0, counts[k * epc:(k + 1) * epc])
+            part = counts[k * epc:(k + 1) * epc]
+            if self.bits >= 8:
+                L.as_ndarray(entry.table)[:len(part)] = part
+            else:
+                self._set_range(entry.table, 0, part.tolist())
             self.cache.mark_dirty(entry)
             self.cache.put(entry)
             await self.cache.write_back()
         table_off = (first + n_blocks) * cs
-        await self.file.write(table_off, table.astype(">u8").tobytes())
+        await self.file.write(table_off, L.build_table(table))
         await self.file.flush()
         assert self.write_header_reftable is not None
         await self.write_header_reftable(table_off, table_clusters)

@@ -60,7 +60,7 @@ async def count_references(drv: "Qcow2Driver") -> np.ndarray:
     h, cs, file = drv.header, drv.cluster_size, drv.file
     c = Counter(h.cluster_bits, -(-file.total_bytes // cs))
     c.add(0, cs)
-    await _count_l1(drv, c, h.l1_table_offset, drv.mapping.l1)
+    await _count_l1(drv, c, h.l1_table_offset, L.as_ndarray(drv.mapping.l1))
     if h.nb_snapshots:
         await _count_snapshots(drv, c)
     if h.bitmaps is not None and h.autoclear_features & L.AUTOCLEAR_BITMAPS:
@@ -81,7 +81,7 @@ async def _count_l1(drv: "Qcow2Driver", c: Counter, l1_offset: int, l1: np.ndarr
         c.add(l2_off, cs)
         entry = await drv.l2_cache.get(l2_off)
         try:
-            table = entry.table.astype(np.uint64)
+            table = L.as_ndarray(entry.table).copy()
         finally:
             drv.l2_cache.put(entry)
         ents = table[0::2] if geo.extended_l2 else table

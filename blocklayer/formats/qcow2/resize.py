@@ -7,13 +7,11 @@ import errno
 import struct
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ...driver import Prealloc
 from ...errors import BlockError, InvalidArgument, NotSupported
 from . import layout as L
 from .mapping import CT, L1E_OFFSET_MASK
-from .refcount import Discard
+from .refcount import Discard, last_used
 
 if TYPE_CHECKING:
     from .alloc import _Cluster
@@ -58,7 +56,7 @@ class ResizePath:
             new_l1 = self.geo.l1_size_for(size)
             l1 = self.mapping.l1
             for i in range(len(l1) - 1, new_l1 - 1, -1):
-                off = int(l1[i]) & L1E_OFFSET_MASK
+                off = l1[i] & L1E_OFFSET_MASK
                 if off:
                     l1[i] = 0
                     await self.write_l1_entry(i)
@@ -80,9 +78,9 @@ class ResizePath:
         while i > 0:
             first = max(0, i - (i & (self.refcounts.block_entries - 1)))
             counts = await self.refcounts.get_run(first, i - first + 1)
-            nz = np.flatnonzero(counts)
-            if nz.size:
-                return first + int(nz[-1])
+            used = last_used(counts)
+            if used >= 0:
+                return first + used
             i = first - 1
         return 0
 
@@ -94,11 +92,11 @@ class ResizePath:
             raise BlockError("Image is too big", errno.EFBIG)
         async with self.lock:
             old_off, old_size = self.header.l1_table_offset, len(self.mapping.l1)
-            table = np.zeros(new_size, np.uint64)
+            table = L.empty_table(new_size * L.TABLE_ENTRY)
             table[:old_size] = self.mapping.l1
             new_off = await self.refcounts.alloc_clusters(new_size * 8)
             await self.rb_cache.flush()
-            await self.file.write(new_off, table.astype(">u8").tobytes())
+            await self.file.write(new_off, L.build_table(table))
             await self.file.flush()
             await self.write_header_l1(new_off, new_size)
             self.mapping.l1 = table

@@ -16,11 +16,10 @@ the COPIED flags from the refcounts it leaves.
 from __future__ import annotations
 
 import errno
+import itertools
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from ...driver import SnapshotInfo
 from ...errors import BlockError, ImageCorrupt, InvalidArgument, NodeNotFound, NotSupported
@@ -29,6 +28,8 @@ from .mapping import CT, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED
 from .refcount import Discard
 
 if TYPE_CHECKING:
+    from array import array
+
     from ...node import BlockNode
     from .driver import Qcow2Driver
 
@@ -224,13 +225,13 @@ async def update_snapshot_refcount(drv: "Qcow2Driver", l1_offset: int, l1_size: 
         l1 = drv.mapping.l1
     else:
         raw = await drv.file.read(l1_offset, l1_size * 8)
-        l1 = np.frombuffer(bytes(raw), ">u8").astype(np.uint64)
+        l1 = L.parse_table(raw)
     step = 2 if geo.extended_l2 else 1
     modified = False
     rc.cache_discards = True
     try:
-        for i in np.flatnonzero(l1).tolist():
-            old_l1e = int(l1[i])
+        for i in _nonzero(l1):
+            old_l1e = l1[i]
             l2_off = old_l1e & L1E_OFFSET_MASK
             if l2_off % cs:
                 await drv._corrupt(f"L2 table offset {l2_off:#x} unaligned (L1 index: "
@@ -254,15 +255,20 @@ async def update_snapshot_refcount(drv: "Qcow2Driver", l1_offset: int, l1_size: 
         rc.cache_discards = False
         await rc.process_discards()
     if addend >= 0 and modified:
-        await drv.file.write(l1_offset, l1.astype(">u8").tobytes())
+        await drv.file.write(l1_offset, L.build_table(l1))
         await drv.file.flush()
+
+
+def _nonzero(entries: "array") -> list[int]:
+    """Indexes of the entries that are not zero."""
+    return list(itertools.compress(range(len(entries)), entries))
 
 
 async def _update_l2(drv: "Qcow2Driver", entry, l2_off: int, step: int,  # type: ignore[no-untyped-def]
                      addend: int) -> None:
     geo, rc, table = drv.geo, drv.refcounts, entry.table
-    for j in np.flatnonzero(table[0::step]).tolist():
-        old = int(table[j * step])
+    for j in _nonzero(table[0::step]):
+        old = table[j * step]
         e = old & ~OFLAG_COPIED
         ct = geo.cluster_type(e)
         if ct is CT.COMPRESSED:
@@ -354,7 +360,7 @@ async def _create(drv: "Qcow2Driver", info: SnapshotInfo) -> None:
             else await drv.refcounts._alloc_noref(0)
         if len(l1):
             await drv._overlap_check(sn.l1_table_offset, len(l1) * 8)
-            await drv.file.write(sn.l1_table_offset, l1.astype(">u8").tobytes())
+            await drv.file.write(sn.l1_table_offset, L.build_table(l1))
         await update_snapshot_refcount(drv, h.l1_table_offset, len(l1), 1)
         drv.snapshots.append(sn)
         try:
@@ -387,10 +393,10 @@ async def goto(drv: "Qcow2Driver", id_or_name: str) -> None:
     async with drv.lock:
         cur = len(drv.mapping.l1)
         raw = await drv.file.read(sn.l1_table_offset, sn.l1_size * 8)
-        new_l1 = np.zeros(cur, np.uint64)
-        new_l1[:sn.l1_size] = np.frombuffer(bytes(raw), ">u8")
+        new_l1 = L.parse_table(raw)
+        new_l1.extend(L.empty_table((cur - sn.l1_size) * 8))
         await update_snapshot_refcount(drv, sn.l1_table_offset, sn.l1_size, 1)
-        await drv.file.write(h.l1_table_offset, new_l1.astype(">u8").tobytes())
+        await drv.file.write(h.l1_table_offset, L.build_table(new_l1))
         await drv.file.flush()
         try:
             await update_snapshot_refcount(drv, h.l1_table_offset, cur, -1)
@@ -466,7 +472,7 @@ async def load_tmp(drv: "Qcow2Driver", snapshot_id: str | None, name: str | None
     except BlockError as exc:
         raise BlockError("Failed to read l1 table for snapshot", exc.errno) from None
     async with drv.lock:
-        drv.mapping.l1 = np.frombuffer(bytes(raw), ">u8").astype(np.uint64)
+        drv.mapping.l1 = L.parse_table(raw)
         drv.header.l1_table_offset, drv.header.l1_size = sn.l1_table_offset, sn.l1_size
         drv.l2_cache.clear()
     drv.metadata_prealloc = None

@@ -381,14 +381,10 @@ class Converter:
     def _pieces(self, offset: int, data: bytes | bytearray) -> list[tuple[int, int, Any]]:
         """A data request cut as qemu-img cuts it: ``(offset, length, buffer)`` to
         write, ``(offset, length, None)`` to zero (-S: runs of zero sectors)."""
-        import numpy as np
         mv = memoryview(data)
-        if not self.s.min_sparse:
-            return [(offset, len(data), mv)]
-        words = np.frombuffer(data, dtype=np.uint64).reshape(-1, SECTOR // 8)
-        if words[:, 0].all():           # every sector starts with data: nothing to skip
-            return [(offset, len(data), mv)]
-        zero = np.logical_not(words.any(axis=1))
+        if not self.s.min_sparse or _starts_nonzero(data, 0, SECTOR):
+            return [(offset, len(data), mv)]      # no zero sector: nothing to skip
+        zero = _zero_sectors(data)
         out = []
         for sector, count, is_data in sparse_pieces(zero, offset // SECTOR, self.alignment,
                                                     self.s.min_sparse // SECTOR):
@@ -444,12 +440,18 @@ class Converter:
 def _starts_nonzero(data: bytes | bytearray, head: int, block: int) -> bool:
     """True if every whole ``block`` of ``data`` after ``head`` bytes starts with a
     non-zero 8-byte word (so none of them is all zeroes)."""
-    import numpy as np
     n = (len(data) - head) // block
     if n <= 0 or head % 8 or block % 8:
         return False
-    words = np.frombuffer(data, dtype=np.uint64, count=n * block // 8, offset=head)
-    return bool(words[::block // 8].all())
+    firsts = memoryview(data)[head:head + n * block].cast("Q")[::block // 8]
+    return 0 not in firsts
+
+
+def _zero_sectors(data: bytes | bytearray) -> list[bool]:
+    """Whether each 512-byte sector of ``data`` is all zeroes (compared in place, at C
+    speed, without numpy)."""
+    zero = bytes(SECTOR)
+    return [data.startswith(zero, k) for k in range(0, len(data), SECTOR)]
 
 
 # ---------------------------------------------------------------------------------------

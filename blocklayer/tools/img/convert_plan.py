@@ -11,20 +11,17 @@ the start of the next) while a longer one is cut down to whole clusters.
 :func:`sparse_pieces` is ``is_allocated_sectors_min`` as ``convert_co_write`` loops
 over it: which sectors of one data request are written and which zeroed.
 
-Pure arithmetic: block status comes from a callback, zero sectors from a numpy bool
-array.
+Pure arithmetic: block status comes from a callback, zero sectors from a list of
+bools.
 """
 from __future__ import annotations
 
 import bisect
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from blocklayer.driver import Status
-
-if TYPE_CHECKING:
-    import numpy as np
 
 SECTOR = 512
 MAX_REQUEST_SECTORS = (2 ** 31 - 1) // SECTOR     # QEMU's BDRV_REQUEST_MAX_SECTORS
@@ -152,11 +149,10 @@ class Planner:
 class _Runs:
     """Runs of equal sectors (zero or not) in a request."""
 
-    def __init__(self, zero: "np.ndarray", sector: int, alignment: int) -> None:
-        import numpy as np
+    def __init__(self, zero: Sequence[bool], sector: int, alignment: int) -> None:
         self.zero = zero
         self.n = len(zero)
-        self.ends = (np.flatnonzero(zero[1:] != zero[:-1]) + 1).tolist() + [self.n]
+        self.ends = [i for i in range(1, self.n) if zero[i] != zero[i - 1]] + [self.n]
         self.sector = sector
         self.alignment = alignment
 
@@ -194,7 +190,7 @@ class _Runs:
         return used, True
 
 
-def sparse_pieces(zero: "np.ndarray", sector: int, alignment: int,
+def sparse_pieces(zero: Sequence[bool], sector: int, alignment: int,
                   min_sparse: int) -> list[tuple[int, int, bool]]:
     """``(first sector, sectors, is data)`` of a data request starting at ``sector``
     whose sectors are ``zero`` or not, in order: what qemu-img writes and what it
