@@ -177,6 +177,11 @@ IO_CASES: list[tuple[dict[str, Any], tuple[str, ...]]] = [
     ({"inject-error": [{"event": "none", "iotype": "write", "errno": 0},
                        {"event": "none", "iotype": "read", "immediately": True}]},
      ("write 0 512", "read 0 512")),
+    # two set-state rules for one event and state: the first configured wins
+    ({"inject-error": [{"event": "read_aio", "state": 2}],
+      "set-state": [{"event": "read_aio", "new_state": 3},
+                    {"event": "read_aio", "new_state": 2}]},
+     ("read 0 512", "read 0 512")),
     ({"inject-error": [{"event": "pwritev", "sector": 2}]},
      ("write 0 512", "write 0 1k", "write 1k 512")),
 ]
@@ -186,6 +191,16 @@ IO_CASES: list[tuple[dict[str, Any], tuple[str, ...]]] = [
 def test_io_as_qemu_io(tmp_path: Path, rules: dict[str, Any], commands: tuple[str, ...]) -> None:
     (tmp_path / "img.raw").write_bytes(bytes(range(256)) * 4096)
     _both(tmp_path, _raw_over_blkdebug(Path("img.raw"), **rules), *commands)
+
+
+def test_io_read_aio_needs_a_parent_as_qemu_io(tmp_path: Path) -> None:
+    # QEMU's formats fire read_aio on their file: a read made straight to the blkdebug
+    # node fires nothing
+    (tmp_path / "img.raw").write_bytes(bytes(range(256)) * 4096)
+    filename = "json:" + json.dumps({"driver": "blkdebug", "image": {
+        "driver": "file", "filename": "img.raw"},
+        "inject-error": [{"event": "read_aio"}, {"event": "none", "iotype": "write"}]})
+    _both(tmp_path, filename, "read 0 512", "write 0 512")
 
 
 def test_io_flush_events_as_qemu_io(tmp_path: Path) -> None:
