@@ -68,6 +68,8 @@ class RawDriver(BlockDriver):
                                   "equal to the  actual size of the containing file (%d)"
                                   % (self.offset, self.size, file_len))
         self.probed = bool(options.get("x-probed", False))
+        # QEMU: FUA only as the file supports it, else the request path flushes this node
+        self.can_fua = self.node.file.driver.can_fua  # type: ignore[misc]
 
     def limits(self) -> Limits:
         file = self.node.file

@@ -2,33 +2,40 @@
 
 Used to test the request path: ``align`` sets the request alignment, ``max-transfer``
 splits requests, ``opt-write-zero`` / ``max-write-zero`` / ``opt-discard`` /
-``max-discard`` shape zeroing and discard, and ``inject-error.*`` makes chosen requests
-fail (``inject-error.iotype=read|write|flush|...``, ``errno``, ``once``,
-``immediately``; offsets with ``inject-error.offset``).
+``max-discard`` shape zeroing and discard, and QEMU's ``inject-error`` / ``set-state``
+rules (``blkdebug_rules.py``: syntax, checks and the state machine) make chosen
+requests fail.
+
+Events: QEMU's format drivers and request path fire blkdebug events on their file
+node; here the filter fires the generic ones itself, where QEMU would:
+
+- ``none`` once the node is open;
+- ``read_aio`` / ``write_aio`` when a read / write comes from a parent node (a format
+  or filter above; QEMU's formats fire them before their data I/O, so a request made
+  straight to the blkdebug node fires neither);
+- ``pwritev`` / ``pwritev_zero`` before a write / write-zeroes request and
+  ``pwritev_done`` after it;
+- ``flush_to_os`` on every flush, ``flush_to_disk`` (and the flush's own check) only
+  when something was written since the last successful flush, as QEMU's write
+  generation does.
+
+Every other QEMU event name (qcow2's ``l1_update``, ``l2_load``, ``refblock_alloc``,
+``cluster_alloc``, ...) is accepted but never fires yet: that needs a hook for format
+drivers to fire events on their file, left for later. Differences that follow: a
+format's metadata reads and writes fire ``read_aio`` / ``write_aio`` too (QEMU fires them
+for guest data only), and a request split at ``max-transfer`` fires once per piece.
 """
 from __future__ import annotations
 
+import asyncio
 import errno as errnos
-from dataclasses import dataclass
 from typing import Any
 
 from ..driver import BlockDriver, BlockStatus, Limits, Prealloc, ReqFlag, Status
 from ..errors import BlockError, InvalidArgument
-from ..options import OpenFlags, extract_prefix, parse_bool, parse_size
-
-
-@dataclass
-class InjectError:
-    iotype: str = "read"
-    errno: int = errnos.EIO
-    offset: int = -1
-    once: bool = False
-    fired: bool = False
-
-    def matches(self, kind: str, offset: int, length: int) -> bool:
-        if self.iotype != kind or (self.once and self.fired):
-            return False
-        return self.offset < 0 or offset <= self.offset < offset + max(length, 1)
+from ..io import REQUEST_DEPTH
+from ..options import OpenFlags, parse_size
+from .blkdebug_rules import RuleSet, parse_rules
 
 
 class BlkdebugDriver(BlockDriver):
@@ -57,6 +64,8 @@ class BlkdebugDriver(BlockDriver):
 
         def size(key: str) -> int:
             return parse_size(options.get(key, 0), key)
+        # QEMU: FUA only as the image supports it, else the request path flushes here
+        self.can_fua = self._child().driver.can_fua  # type: ignore[misc]
         self.align = size("align") or inner.request_alignment
         if self.align & (self.align - 1):
             raise InvalidArgument("Cannot meet constraints with align " + str(self.align))
@@ -65,7 +74,10 @@ class BlkdebugDriver(BlockDriver):
         self.max_write_zero = size("max-write-zero")
         self.opt_discard = size("opt-discard")
         self.max_discard = size("max-discard")
-        self.errors = _parse_inject(options)
+        config = options.get("config")
+        self.rules = RuleSet(parse_rules(dict(options), str(config) if config else None))
+        self.unflushed = False           # QEMU's write generation: written since a flush
+        self.rules.fire("none")
 
     def limits(self) -> Limits:
         inner = self._child().driver.limits()
@@ -75,42 +87,71 @@ class BlkdebugDriver(BlockDriver):
                       max_pwrite_zeroes=self.max_write_zero,
                       pdiscard_alignment=self.opt_discard, max_pdiscard=self.max_discard)
 
-    def _check(self, kind: str, offset: int, length: int) -> None:
-        for err in self.errors:
-            if err.matches(kind, offset, length):
-                err.fired = True
-                raise BlockError(f"blkdebug: injected {kind} error", err.errno)
+    async def _check(self, iotype: str, offset: int, length: int) -> None:
+        """Fail the request as an active rule says, else check what QEMU asserts."""
+        rule = self.rules.check(iotype, offset, length)
+        if rule is not None:
+            if not rule.immediately:
+                await asyncio.sleep(0)     # QEMU fails it from a later loop iteration
+            raise BlockError(f"blkdebug: injected {iotype} error", rule.errno)
         align = self.align
-        if kind in ("read", "write") and (offset % align or length % align):
-            raise BlockError(f"blkdebug: unaligned {kind} at {offset}+{length}", errnos.EINVAL)
-        if self.max_transfer and kind in ("read", "write") and length > self.max_transfer:
-            raise BlockError(f"blkdebug: {kind} of {length} over max-transfer", errnos.EINVAL)
+        if iotype in ("read", "write") and (offset % align or length % align):
+            raise BlockError(f"blkdebug: unaligned {iotype} at {offset}+{length}",
+                             errnos.EINVAL)
+        if self.max_transfer and iotype in ("read", "write") and length > self.max_transfer:
+            raise BlockError(f"blkdebug: {iotype} of {length} over max-transfer", errnos.EINVAL)
+
+    def _fire_from_parent(self, event: str) -> None:
+        """``read_aio`` / ``write_aio``: QEMU's formats fire them on their file node."""
+        if REQUEST_DEPTH.get() > 1:
+            self.rules.fire(event)
 
     async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes:
-        self._check("read", offset, length)
+        self._fire_from_parent("read_aio")
+        await self._check("read", offset, length)
         return await self._child().read(offset, length)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview,
                     flags: ReqFlag) -> None:
-        self._check("write", offset, len(data))
-        await self._child().write(offset, data, flags & ReqFlag.FUA)
+        self._fire_from_parent("write_aio")
+        self.rules.fire("pwritev")
+        self.unflushed = True
+        try:
+            await self._check("write", offset, len(data))
+            await self._child().write(offset, data, flags & ReqFlag.FUA)
+        finally:
+            self.rules.fire("pwritev_done")
 
     async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
-        self._check("write_zeroes", offset, length)
-        await self._child().write_zeroes(offset, length, flags)
+        self.rules.fire("pwritev_zero")
+        self.unflushed = True
+        try:
+            await self._check("write-zeroes", offset, length)
+            await self._child().write_zeroes(offset, length, flags)
+        finally:
+            self.rules.fire("pwritev_done")
 
     async def discard(self, offset: int, length: int) -> None:
-        self._check("discard", offset, length)
+        self.unflushed = True
+        await self._check("discard", offset, length)
         await self._child().discard(offset, length)
 
+    async def flush_to_os(self) -> None:
+        self.rules.fire("flush_to_os")
+
     async def flush_to_disk(self) -> None:
-        self._check("flush", 0, 0)
+        if not self.unflushed:
+            return
+        self.rules.fire("flush_to_disk")
+        await self._check("flush", 0, 0)
+        self.unflushed = False
 
     async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
-        self._check("block_status", offset, length)
+        await self._check("block-status", offset, length)
         return BlockStatus(Status.RAW | Status.OFFSET_VALID, length, offset, self._child())
 
     async def truncate(self, size: int, exact: bool, prealloc: Prealloc) -> None:
+        self.unflushed = True
         await self._child().truncate(size, exact, prealloc)
 
     async def get_length(self) -> int:
@@ -119,20 +160,3 @@ class BlkdebugDriver(BlockDriver):
     def has_zero_init(self) -> bool:
         return self._child().driver.has_zero_init()
 
-
-def _parse_inject(options: dict[str, Any]) -> list[InjectError]:
-    errs: list[InjectError] = []
-    sub = extract_prefix(dict(options), "inject-error")
-    groups: dict[str, dict[str, Any]] = {}
-    for key, value in sub.items():
-        idx, _, field = key.partition(".")
-        if not field:          # inject-error.iotype=... (a single rule)
-            idx, field = "0", idx
-        groups.setdefault(idx, {})[field] = value
-    for rule in groups.values():
-        errs.append(InjectError(
-            iotype=str(rule.get("iotype", "read")),
-            errno=int(rule.get("errno", errnos.EIO)),
-            offset=int(rule.get("offset", -1)),
-            once=parse_bool(rule.get("once", False), "once")))
-    return errs

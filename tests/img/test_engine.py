@@ -121,9 +121,9 @@ def test_compressed_convert_read_error_names_the_cluster(tmp_path: Path) -> None
     # QEMU's blkdebug) is reported at 131072
     from .helpers import ours as run_ours
     (tmp_path / "src.raw").write_bytes(b"z" * (1 << 20))
-    src = ('json:{"driver": "raw", "file": {"driver": "blkdebug", "inject-error.iotype": '
-           '"read", "inject-error.offset": "153600", "image": {"driver": "file", '
-           '"filename": "src.raw"}}}')
+    src = ('json:{"driver": "raw", "file": {"driver": "blkdebug", "inject-error.0.event": '
+           '"read_aio", "inject-error.0.iotype": "read", "inject-error.0.sector": "300", '
+           '"image": {"driver": "file", "filename": "src.raw"}}}')
     res = run_ours(["convert", "-c", "-O", "qcow2", src, "out.qcow2"], tmp_path)
     assert res.rc == 1
     assert res.err == "blocklayer-img: error while reading at byte 131072: Input/output error\n"
