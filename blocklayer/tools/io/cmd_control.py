@@ -175,8 +175,8 @@ async def sigraise_cmd(session: Session, argv: list[str]) -> int:
     return 0
 
 
-# blkdebug breakpoints: there is no blkdebug driver yet, so these fail as QEMU's do on
-# an image without blkdebug.
+# blkdebug breakpoints: our blkdebug has no breakpoints (only its error rules), so these
+# fail as QEMU's do on an image without blkdebug.
 
 @command("break", "sets a breakpoint on event and tags the stopped request as tag",
          args="event tag", argmin=2, argmax=2)
