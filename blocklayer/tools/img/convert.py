@@ -443,8 +443,12 @@ def _starts_nonzero(data: bytes | bytearray, head: int, block: int) -> bool:
     n = (len(data) - head) // block
     if n <= 0 or head % 8 or block % 8:
         return False
-    firsts = memoryview(data)[head:head + n * block].cast("Q")[::block // 8]
-    return 0 not in firsts
+    firsts = memoryview(data)[head:head + n * block].cast("Q")[::block // 8].tobytes()
+    zero = bytes(8)
+    i = firsts.find(zero)
+    while i >= 0 and i % 8:            # a match across two words is not a zero word
+        i = firsts.find(zero, i + 1)
+    return i < 0
 
 
 def _zero_sectors(data: bytes | bytearray) -> list[bool]:
