@@ -143,9 +143,11 @@ def test_api_read_covering_the_sector_fails(image: Path) -> None:
 
 # --- blocklayer-io against qemu-io -------------------------------------------------
 
-def _both(tmp_path: Path, filename: str, *commands: str, cache: str = "writethrough") -> None:
+def _both(tmp_path: Path, filename: str, *commands: str,
+          cache: str | None = "writethrough") -> None:
     qemu = need("qemu-io")
-    args = ["-t", cache] + [a for c in commands for a in ("-c", c)] + [filename]
+    args = (["-t", cache] if cache else []) + [a for c in commands for a in ("-c", c)] + \
+        [filename]
     theirs = run_tool([qemu], tmp_path, args)
     ours = run_tool(blocklayer_io_cmd(), tmp_path, args)
     assert (ours.rc, normalize(ours.out), normalize(ours.err)) == \
@@ -216,3 +218,11 @@ def test_io_flush_events_as_qemu_io(tmp_path: Path) -> None:
 def test_io_bad_rules_as_qemu_io(tmp_path: Path, options: dict[str, Any], message: str) -> None:
     (tmp_path / "img.raw").write_bytes(bytes(4096))
     _both(tmp_path, _raw_over_blkdebug(Path("img.raw"), **options), "read 0 512")
+
+
+def test_io_default_cache_is_writethrough_as_qemu_io(tmp_path: Path) -> None:
+    # without -t, qemu-io flushes after every write: a flush rule fails the write
+    (tmp_path / "img.raw").write_bytes(bytes(range(256)) * 4096)
+    rules = {"inject-error": [{"event": "flush_to_os", "iotype": "flush"}]}
+    _both(tmp_path, _raw_over_blkdebug(Path("img.raw"), **rules),
+          "read 0 512", "write 0 512", "read 0 512", cache=None)

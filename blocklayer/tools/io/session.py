@@ -50,7 +50,7 @@ class OpenRequest:
     options: dict[str, Any] = field(default_factory=dict)
     read_only: bool = False
     snapshot: bool = False
-    cache: CacheMode = CacheMode()
+    cache: CacheMode = CacheMode(writeback=False)   # qemu-io's default is writethrough
     discard_unmap: bool = True          # qemu-io's default is discard=unmap
     copy_on_read: bool = False
     force_share: bool = False
