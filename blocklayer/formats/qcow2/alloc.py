@@ -183,6 +183,14 @@ class WritePath(ZeroPath, ResizePath):
                     await self.refcounts.free_clusters(c.host, self.cluster_size,
                                                        Discard.NEVER)
 
+    async def _link_new_clusters_after_their_refcounts(self: "Qcow2Driver") -> None:
+        """Before L2 entries point at newly allocated clusters: the refcounts that own
+        them reach the file first (unless lazy refcounts left the image dirty, or the
+        clusters live in a data file), and the data is flushed first."""
+        if self._need_accurate_refcounts() and not self.header.has_data_file:
+            await self.l2_cache.set_dependency(self.rb_cache)
+        self.l2_cache.set_flush_dependency()
+
     async def _write_fresh(self: "Qcow2Driver", offset: int, data: memoryview) -> bool:
         """Whole clusters that are all unallocated (the common case of a copy into a new
         image): one allocation, one data write and one L2 update for the whole run, in
@@ -210,9 +218,7 @@ class WritePath(ZeroPath, ResizePath):
             raise
         async with self.lock:
             l2_off = await self.l2_for_write(offset)
-            if self._need_accurate_refcounts() and own_file:
-                await self.l2_cache.set_dependency(self.rb_cache)
-            self.l2_cache.set_flush_dependency()
+            await self._link_new_clusters_after_their_refcounts()
             entry = await self.l2_cache.get(l2_off)
             try:
                 first = host | OFLAG_COPIED
@@ -356,9 +362,7 @@ class WritePath(ZeroPath, ResizePath):
         """Point the L2 entries at the new clusters, then free what they replaced."""
         l2_off = await self.l2_for_write(offset)
         if any(c.alloc for c in plan):
-            if self._need_accurate_refcounts() and not self.header.has_data_file:
-                await self.l2_cache.set_dependency(self.rb_cache)
-            self.l2_cache.set_flush_dependency()
+            await self._link_new_clusters_after_their_refcounts()
         entry = await self.l2_cache.get(l2_off)
         try:
             for c in plan:
