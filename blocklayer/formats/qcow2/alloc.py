@@ -26,6 +26,8 @@ from .resize import ResizePath
 from .zeroes import ZeroPath
 
 _CPUS = os.cpu_count() or 1       # compression jobs per compressed write
+#: the pieces of a write allocated together at most (larger writes go in batches)
+WRITE_BATCH = 16 << 20
 
 if TYPE_CHECKING:
     from .driver import Qcow2Driver
@@ -47,6 +49,20 @@ class _Cluster:
     cow: list[tuple[int, int]] = field(default_factory=list)
     new_bitmap: int = 0
     free_old: bool = False
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """The piece of a write inside one L2 table, and what was allocated for it."""
+
+    offset: int
+    data: memoryview
+    fresh_host: int = -1           # a run of new clusters for all of it, at this host offset
+    plan: list[_Cluster] | None = None
+
+    @property
+    def needs_link(self) -> bool:
+        return self.plan is not None and any(c.update for c in self.plan)
 
 
 class WritePath(ZeroPath, ResizePath):
@@ -147,33 +163,113 @@ class WritePath(ZeroPath, ResizePath):
         if self.data_node is None:
             raise BlockError("qcow2: the data file is not open", errno.EIO)
         mv = memoryview(data)
-        pos, end = offset, offset + len(data)
+        batch: list[_Chunk] = []
+        pos, end, size = offset, offset + len(data), 0
         while pos < end:
             n = min(end, self._table_end(pos)) - pos
-            await self._write_chunk(pos, mv[pos - offset:pos - offset + n])
+            if batch and size + n > WRITE_BATCH:
+                await self._write_chunks(batch)
+                batch, size = [], 0
+            batch.append(_Chunk(pos, mv[pos - offset:pos - offset + n]))
             pos += n
+            size += n
+        await self._write_chunks(batch)
 
-    async def _write_chunk(self: "Qcow2Driver", offset: int, data: memoryview) -> None:
+    async def _write_chunks(self: "Qcow2Driver", chunks: list[_Chunk]) -> None:
+        """Write the pieces of one request (one per L2 table): every piece's clusters
+        are allocated in one hold of the lock, in guest order, before any data moves;
+        so the image comes out as if the pieces were written one after another, and
+        a write that a caller starts before the previous one completes (a copy that
+        keeps requests in flight) allocates after all of that one's clusters."""
         cs = self.cluster_size
-        start, end = offset - offset % cs, -(-(offset + len(data)) // cs) * cs
+        start = chunks[0].offset - chunks[0].offset % cs
+        end = -(-(chunks[-1].offset + len(chunks[-1].data)) // cs) * cs
         async with self.ranges.exclusive(start, end):
-            if (len(data) >= 2 * cs and not offset % cs and not len(data) % cs
-                    and not self.geo.extended_l2 and await self._write_fresh(offset, data)):
-                return
+            prepared: list[_Chunk] = []
             async with self.lock:
-                plan = await self._plan_write(offset, len(data))
-            if not any(c.update for c in plan):
-                host = plan[0].host + plan[0].w_start
-                await self.data_overlap_check(host, len(data))
-                await self.data_node.write(host, data)       # all in place, contiguous
-                return
+                try:
+                    for chunk in chunks:
+                        await self._prepare_chunk(chunk)
+                        prepared.append(chunk)
+                except BaseException:
+                    await self._unprepare(prepared)
+                    raise
             try:
-                await self._write_plan(offset, data, plan)
+                for chunk in chunks:
+                    await self._put_chunk(chunk)
             except BaseException:
-                await self._unallocate(plan)
+                async with self.lock:
+                    await self._unprepare(chunks)
                 raise
-            async with self.lock:
-                await self._link_l2(offset, plan)
+            if any(c.fresh_host >= 0 or c.needs_link for c in chunks):
+                async with self.lock:
+                    for chunk in chunks:
+                        await self._link_chunk(chunk)
+
+    async def _prepare_chunk(self: "Qcow2Driver", chunk: _Chunk) -> None:
+        """Under the lock: allocate what the piece needs.  Whole clusters that are all
+        unallocated (the common case of a copy into a new image) become one run with
+        one allocation and, later, one L2 update; anything else gets a per-cluster plan."""
+        cs, data, offset = self.cluster_size, chunk.data, chunk.offset
+        if (len(data) >= 2 * cs and not offset % cs and not len(data) % cs
+                and not self.geo.extended_l2):
+            n = len(data) // cs
+            i0 = self.geo.l2_index(offset)
+            entry = await self.l2_cache.get(await self.l2_for_write(offset))
+            try:
+                fresh = entry.table[i0:i0 + n].count(0) == n
+            finally:
+                self.l2_cache.put(entry)
+            if fresh:
+                await self._mark_dirty()
+                chunk.fresh_host = (await self.refcounts.alloc_clusters(n * cs)
+                                    if not self.header.has_data_file else offset)
+                return
+        chunk.plan = await self._plan_write(offset, len(data))
+
+    async def _put_chunk(self: "Qcow2Driver", chunk: _Chunk) -> None:
+        """The piece's data (and copy-on-write parts) to the data file."""
+        data, plan = chunk.data, chunk.plan
+        if chunk.fresh_host >= 0:
+            await self.data_overlap_check(chunk.fresh_host, len(data))
+            await self.data_node.write(chunk.fresh_host, data)
+        elif plan is not None and not chunk.needs_link:
+            host = plan[0].host + plan[0].w_start
+            await self.data_overlap_check(host, len(data))
+            await self.data_node.write(host, data)       # all in place, contiguous
+        elif plan is not None:
+            await self._write_plan(chunk.offset, data, plan)
+
+    async def _link_chunk(self: "Qcow2Driver", chunk: _Chunk) -> None:
+        """Under the lock, after the data: the L2 entries point at the new clusters."""
+        if chunk.fresh_host >= 0:
+            cs, offset = self.cluster_size, chunk.offset
+            n, i0 = len(chunk.data) // cs, self.geo.l2_index(offset)
+            l2_off = await self.l2_for_write(offset)
+            await self._link_new_clusters_after_their_refcounts()
+            entry = await self.l2_cache.get(l2_off)
+            try:
+                first = chunk.fresh_host | OFLAG_COPIED
+                entry.table[i0:i0 + n] = array("Q", range(first, first + n * cs, cs))
+                self.l2_cache.mark_dirty(entry)
+            finally:
+                self.l2_cache.put(entry)
+        elif chunk.plan is not None and chunk.needs_link:
+            await self._link_l2(chunk.offset, chunk.plan)
+
+    async def _unprepare(self: "Qcow2Driver", chunks: list[_Chunk]) -> None:
+        """Under the lock: give back the clusters a failed write allocated (never
+        linked)."""
+        if self.header.has_data_file:
+            return
+        cs = self.cluster_size
+        for chunk in chunks:
+            if chunk.fresh_host >= 0:
+                await self.refcounts.free_clusters(chunk.fresh_host, len(chunk.data),
+                                                   Discard.NEVER)
+            for c in chunk.plan or ():
+                if c.alloc:
+                    await self.refcounts.free_clusters(c.host, cs, Discard.NEVER)
 
     async def _unallocate(self: "Qcow2Driver", plan: list[_Cluster]) -> None:
         """Give back the clusters a failed write allocated (never linked)."""
@@ -190,43 +286,6 @@ class WritePath(ZeroPath, ResizePath):
         if self._need_accurate_refcounts() and not self.header.has_data_file:
             await self.l2_cache.set_dependency(self.rb_cache)
         self.l2_cache.set_flush_dependency()
-
-    async def _write_fresh(self: "Qcow2Driver", offset: int, data: memoryview) -> bool:
-        """Whole clusters that are all unallocated (the common case of a copy into a new
-        image): one allocation, one data write and one L2 update for the whole run, in
-        the same order as the general path.  False if any cluster is allocated."""
-        cs, n = self.cluster_size, len(data) // self.cluster_size
-        i0 = self.geo.l2_index(offset)
-        own_file = not self.header.has_data_file
-        async with self.lock:
-            l2_off = await self.l2_for_write(offset)
-            entry = await self.l2_cache.get(l2_off)
-            try:
-                if entry.table[i0:i0 + n].count(0) != n:
-                    return False
-            finally:
-                self.l2_cache.put(entry)
-            await self._mark_dirty()
-            host = await self.refcounts.alloc_clusters(n * cs) if own_file else offset
-        try:
-            await self.data_overlap_check(host, n * cs)
-            await self.data_node.write(host, data)
-        except BaseException:
-            if own_file:
-                async with self.lock:
-                    await self.refcounts.free_clusters(host, n * cs, Discard.NEVER)
-            raise
-        async with self.lock:
-            l2_off = await self.l2_for_write(offset)
-            await self._link_new_clusters_after_their_refcounts()
-            entry = await self.l2_cache.get(l2_off)
-            try:
-                first = host | OFLAG_COPIED
-                entry.table[i0:i0 + n] = array("Q", range(first, first + n * cs, cs))
-                self.l2_cache.mark_dirty(entry)
-            finally:
-                self.l2_cache.put(entry)
-        return True
 
     async def _plan_write(self: "Qcow2Driver", offset: int, length: int) -> list[_Cluster]:
         geo, cs = self.geo, self.cluster_size
