@@ -27,3 +27,21 @@ def tune_malloc() -> None:
         libc.mallopt(M_ARENA_MAX, 1)
     except (OSError, AttributeError):
         pass
+
+
+def _bytearray_factory():  # type: ignore[no-untyped-def]
+    try:
+        import ctypes
+        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
+        make.restype = ctypes.py_object
+        make.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+        return lambda n: make(None, n)
+    except (ImportError, AttributeError):        # not CPython: zeroed is fine too
+        return bytearray
+
+
+#: ``uninitialized(n)``: a bytearray of ``n`` bytes left as malloc gave them, for a
+#: buffer that is about to be overwritten whole (a read into it); zeroing 2 MiB costs
+#: more than a tenth of reading it from the page cache.  The caller must fill every
+#: byte or discard the buffer: it can hold old heap contents.
+uninitialized = _bytearray_factory()
