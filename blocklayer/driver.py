@@ -223,6 +223,11 @@ class BlockDriver:
     can_compressed_write: ClassVar[bool] = False
     can_truncate: ClassVar[bool] = False
     can_check: ClassVar[bool] = False
+    #: a write takes its place in the image (allocates, or takes a FIFO lock under
+    #: which it will) before it first waits, so writes started one after another, each
+    #: before the last completes, are laid out as if each had waited (a copy may then
+    #: keep several in flight); False: callers that care about layout wait in turn
+    allocates_in_order: ClassVar[bool] = False
 
     def __init__(self, node: "BlockNode") -> None:
         self.node = node

@@ -20,6 +20,8 @@ from ..driver import (BlockDriver, BlockStatus, CreateOption, Limits, Perm, Prea
 from ..errors import BlockError, HostIOError, InvalidArgument, NotSupported
 from ..libc import LIBC as _libc
 from ..locking import ImageLock, ofd_supported
+from ..memory import uninitialized
+from .writer import Writer, thread_name
 from ..options import OpenFlags, parse_bool
 
 if TYPE_CHECKING:
@@ -30,8 +32,7 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 SEEK_DATA, SEEK_HOLE = getattr(os, "SEEK_DATA", 3), getattr(os, "SEEK_HOLE", 4)
 MAX_TRANSFER = 1 << 30
-INLINE_WRITE_MAX = 4 << 20
-INLINE_WRITE_SMALL = 64 << 10
+INLINE_WRITE_MAX = 64 << 10
 #: copy_file_range errors that mean "not between these two files" (callers fall back)
 COPY_UNSUPPORTED = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
                               errno.ETXTBSY})
@@ -59,6 +60,7 @@ class FileDriver(BlockDriver):
     is_protocol = True
     protocol_prefixes = ("file",)
     can_write_zeroes = True
+    allocates_in_order = True
     can_discard = True
     can_block_status = True
     can_truncate = True
@@ -80,6 +82,7 @@ class FileDriver(BlockDriver):
     inline_reads: bool = True
     inline_writes: bool = True
     zero_range_ok: bool = True
+    writer: Writer | None = None
 
     # ---- create -------------------------------------------------------------------------
     @classmethod
@@ -150,6 +153,9 @@ class FileDriver(BlockDriver):
                 None, _probe_alignment, self.fd)
 
     async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
         if self.fd >= 0:
             if self.lock is not None:
                 self.lock.release()
@@ -174,7 +180,7 @@ class FileDriver(BlockDriver):
         if self.inline_reads:
             # Page-cache hits are served on the loop thread: a thread hop costs more
             # than the copy.  RWF_NOWAIT fails instead of blocking on the disk.
-            buf = bytearray(length)
+            buf = uninitialized(length)     # read whole or thrown away
             try:
                 got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
             except BlockingIOError:
@@ -193,17 +199,22 @@ class FileDriver(BlockDriver):
         fd = self.fd
         if self.direct:
             await _run(lambda: _direct_write(fd, offset, data), "write")
-        elif self.inline_writes and (len(data) <= INLINE_WRITE_SMALL or (
-                len(data) <= INLINE_WRITE_MAX and self.node.state.in_flight <= 1)):
-            # Buffered writes only copy into the page cache: alone, or small, they are
-            # cheaper on the loop thread; large ones in parallel use the thread pool
-            # so they spread over the cores.
+        elif self.inline_writes and len(data) <= INLINE_WRITE_MAX:
+            # A small buffered write only copies into the page cache: cheaper on the
+            # loop thread than a hop to another one.
             try:
                 _pwrite_full(fd, offset, data)
             except OSError as exc:
                 raise HostIOError.from_oserror(exc, "write failed") from None
         else:
-            await _run(lambda: _pwrite_full(fd, offset, data), "write")
+            # Large ones go to this file's writer thread, in order, so the loop goes
+            # on (reading what comes next) while the kernel copies.
+            if self.writer is None:
+                self.writer = Writer(thread_name(self.path))
+            try:
+                await self.writer.run(lambda: _pwrite_full(fd, offset, data))
+            except OSError as exc:
+                raise HostIOError.from_oserror(exc, "write failed") from None
 
     async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
         await _run(lambda: self._write_zeroes_sync(offset, length, flags), "write zeroes")

@@ -15,6 +15,7 @@ class NullDriver(BlockDriver):
     is_protocol = True
     protocol_prefixes = ("null-co",)
     can_write_zeroes = True
+    allocates_in_order = True
     can_block_status = True
     can_truncate = False
     open_options = ("filename", "size", "latency-ns", "read-zeroes")

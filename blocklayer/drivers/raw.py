@@ -20,6 +20,7 @@ class RawDriver(BlockDriver):
     format_name = "raw"
     is_format = True
     can_write_zeroes = True
+    allocates_in_order = True
     can_discard = True
     can_block_status = True
     can_fua = True

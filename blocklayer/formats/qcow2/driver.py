@@ -51,6 +51,7 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
     is_format = True
     supports_backing = True
     can_write_zeroes = True
+    allocates_in_order = True
     can_discard = True
     can_block_status = True
     can_compressed_write = True
