@@ -122,7 +122,7 @@ class Converter:
         self.progress = progress
         self.done = 0
         self.next_write = 0
-        self.turn = asyncio.Condition()
+        self.turns: dict[int, asyncio.Future[None]] = {}   # waiting workers by seq
         self.written = 0
         self.t0 = time.monotonic()
         self.cluster = _cluster_size(target)
@@ -220,28 +220,54 @@ class Converter:
             offload = item.kind is Kind.DATA and self.s.copy_range
             plan = None if offload else await self._payload(item)
             await self._wait_turn(item.seq)
+            write = None
             try:
                 if offload:
                     await self._copy_offloaded(item)
-                else:
+                elif not self._may_overlap(item, plan):
                     await self._write(item, plan)
+                else:
+                    write = await self._start_write(item, plan)
             finally:
                 await self._next_turn()
+            if write is not None:
+                await write
             self.done += item.length
             self.progress.fraction(self.done, self.total)
 
+    def _may_overlap(self, item: Item, plan: Any) -> bool:
+        """Whether ``item``'s write may still be running when the next one starts: one
+        piece of data in whole target clusters (no cluster shared with a neighbour,
+        whose write would wait for this one while a later one overtook it)."""
+        if self.s.out_of_order or self.s.compressed or plan is None or len(plan) != 1 \
+                or not self.target.driver.allocates_in_order:
+            return False
+        cs = max(self.cluster, 1)
+        return not item.offset % cs and not item.length % cs
+
+    async def _start_write(self, item: Item, plan: Any) -> "asyncio.Future[None]":
+        """Start writing ``item`` (one piece of data) and return once the write has
+        taken its place in the target: its first step has run, which for every driver
+        here takes the locks and allocates before anything waits (qcow2 allocates a
+        whole request in one hold of its lock).  The next write may then start while this one's data is
+        still moving, and the image is laid out as if each had waited for the last."""
+        write = asyncio.ensure_future(self._write(item, plan))
+        await asyncio.sleep(0)
+        return write
+
     async def _wait_turn(self, seq: int) -> None:
-        if self.s.out_of_order:
+        if self.s.out_of_order or self.next_write == seq:
             return
-        async with self.turn:
-            await self.turn.wait_for(lambda: self.next_write == seq)
+        turn = self.turns[seq] = asyncio.get_running_loop().create_future()
+        await turn
 
     async def _next_turn(self) -> None:
         if self.s.out_of_order:
             return
-        async with self.turn:
-            self.next_write += 1
-            self.turn.notify_all()
+        self.next_write += 1
+        turn = self.turns.pop(self.next_write, None)
+        if turn is not None and not turn.done():
+            turn.set_result(None)
 
     async def _payload(self, item: Item) -> Any:
         """What a worker writes for ``item``: the data read (or zeroes to write as
