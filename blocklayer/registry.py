@@ -23,6 +23,13 @@ DRIVERS: dict[str, str] = {
 #: formats that take part in probing, in the order QEMU lists them
 PROBED_FORMATS = ("qcow2", "qed", "raw")
 
+#: the magic a probed format's header starts with: a header without it is not that
+#: format, and its driver is not even imported (probing then costs no start-up)
+PROBE_MAGIC: dict[str, bytes] = {
+    "qcow2": b"QFI\xfb",
+    "qed": b"QED\x00",
+}
+
 #: URL-like prefixes that name a protocol driver ("nbd://host/x", "null-co://")
 PROTOCOL_PREFIXES: dict[str, str] = {
     "file": "file",
@@ -68,7 +75,7 @@ def probe_format(header: bytes, filename: str | None) -> str:
     """The format whose probe scores highest; ``raw`` when nothing else matches."""
     best, best_score = "raw", 0
     for name in PROBED_FORMATS:
-        if name not in DRIVERS:
+        if name not in DRIVERS or not header.startswith(PROBE_MAGIC.get(name, b"")):
             continue
         cls = _load(name)
         if cls is None:
