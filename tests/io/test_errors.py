@@ -76,3 +76,33 @@ def test_console_script_module_entry(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["-V"])
     assert exc.value.code == 0
+
+
+def _file_size_limit() -> None:
+    import resource
+    import signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+
+def test_write_error_from_the_writer_thread(tmp_path):
+    """A write the kernel refuses (EFBIG past RLIMIT_FSIZE) fails with qemu-io's line,
+    large (the file's writer thread) or small (inline), and the next write works."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, normalize
+    args = ["-f", "raw", "-c", "write -P 1 2M 1M", "-c", "write -P 1 3M 4k",
+            "-c", "write -P 2 0 64k", "-c", "write -P 3 64k 512k", "img.raw"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LC_ALL="C")
+    results = []
+    for name, cmd in (("qemu", ["qemu-io"]), ("ours", [sys.executable, "-m", "blocklayer.tools.io"])):
+        d = tmp_path / name
+        make_image(d, bytes(4 << 20))
+        p = subprocess.run(cmd + args, cwd=d, capture_output=True, text=True, env=env,
+                           preexec_fn=_file_size_limit, timeout=60)
+        results.append((p.returncode, normalize(p.stdout), normalize(p.stderr),
+                        (d / "img.raw").read_bytes()))
+    assert results[1] == results[0]
+    assert results[1][1].count("write failed: File too large") == 2
