@@ -3,9 +3,9 @@
 Reads that the page cache holds are served on the loop thread (RWF_NOWAIT), others
 in the loop's thread pool; small writes run inline, large ones on the file's writer
 thread (:mod:`.writer`), in order, so the loop never blocks on the disk and a copy
-reads ahead while the kernel writes.  ``cache=none`` opens with O_DIRECT and bounces through page-aligned buffers.
-Write zeroes and discard use fallocate; block status uses SEEK_DATA / SEEK_HOLE; flush
-is fdatasync.  Image locks are taken as QEMU takes them (see :mod:`blocklayer.locking`).
+reads ahead while the kernel writes.  ``cache=none`` opens with O_DIRECT and bounces
+through page-aligned buffers.  Write zeroes and discard use fallocate; block status
+uses SEEK_DATA / SEEK_HOLE; flush is fdatasync.  Image locks are taken as QEMU takes them (see :mod:`blocklayer.locking`).
 """
 from __future__ import annotations
 
