@@ -30,6 +30,10 @@ COR_CHUNK = 1 << 20
 REQUEST_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("request_depth", default=0)
 #: the task that owns the drained sections it is inside (its own requests pass)
 DRAIN_OWNER: contextvars.ContextVar[object] = contextvars.ContextVar("drain_owner", default=None)
+#: set by a caller that keeps requests in flight and has work of its own meanwhile (a
+#: copy reading ahead): drivers then hand long requests to other threads even when
+#: they are alone, rather than run them on the loop thread
+OVERLAPPED: contextvars.ContextVar[bool] = contextvars.ContextVar("overlapped", default=False)
 
 
 @contextlib.contextmanager

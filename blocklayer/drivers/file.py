@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from ..driver import (BlockDriver, BlockStatus, CreateOption, Limits, Perm, Prealloc,
                       ReqFlag, Status)
 from ..errors import BlockError, HostIOError, InvalidArgument, NotSupported
+from ..io import OVERLAPPED
 from ..libc import LIBC as _libc
 from ..locking import ImageLock, ofd_supported
 from ..memory import uninitialized
@@ -34,7 +35,8 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 SEEK_DATA, SEEK_HOLE = getattr(os, "SEEK_DATA", 3), getattr(os, "SEEK_HOLE", 4)
 MAX_TRANSFER = 1 << 30
-INLINE_WRITE_MAX = 64 << 10
+INLINE_WRITE_MAX = 4 << 20
+INLINE_WRITE_SMALL = 64 << 10
 #: copy_file_range errors that mean "not between these two files" (callers fall back)
 COPY_UNSUPPORTED = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
                               errno.ETXTBSY})
@@ -201,16 +203,18 @@ class FileDriver(BlockDriver):
         fd = self.fd
         if self.direct:
             await _run(lambda: _direct_write(fd, offset, data), "write")
-        elif self.inline_writes and len(data) <= INLINE_WRITE_MAX:
-            # A small buffered write only copies into the page cache: cheaper on the
-            # loop thread than a hop to another one.
+        elif self.inline_writes and (len(data) <= INLINE_WRITE_SMALL or (
+                len(data) <= INLINE_WRITE_MAX and self.node.state.in_flight <= 1
+                and not OVERLAPPED.get())):
+            # A buffered write only copies into the page cache: small, or alone with
+            # nothing else for the loop to do, it is cheaper here than a thread hop.
             try:
                 _pwrite_full(fd, offset, data)
             except OSError as exc:
                 raise HostIOError.from_oserror(exc, "write failed") from None
         else:
-            # Large ones go to this file's writer thread, in order, so the loop goes
-            # on (reading what comes next) while the kernel copies.
+            # Others go to this file's writer thread, in order, so the loop goes on
+            # (reading what comes next) while the kernel copies.
             if self.writer is None:
                 self.writer = Writer(thread_name(self.path))
             try:

@@ -201,9 +201,15 @@ class Converter:
 
     # ---- doing it ----------------------------------------------------------------------
     async def run(self) -> None:
+        from blocklayer.io import OVERLAPPED
         queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=self.s.parallel * 2)
         producer = asyncio.create_task(self._items(queue))
-        workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.s.parallel)]
+        token = OVERLAPPED.set(True)     # the workers' writes leave the loop free to read
+        try:
+            workers = [asyncio.create_task(self._worker(queue))
+                       for _ in range(self.s.parallel)]
+        finally:
+            OVERLAPPED.reset(token)
         try:
             await asyncio.gather(producer, *workers)
         except BaseException:
