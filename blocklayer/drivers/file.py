@@ -37,6 +37,8 @@ SEEK_DATA, SEEK_HOLE = getattr(os, "SEEK_DATA", 3), getattr(os, "SEEK_HOLE", 4)
 MAX_TRANSFER = 1 << 30
 INLINE_WRITE_MAX = 4 << 20
 INLINE_WRITE_SMALL = 64 << 10
+#: buffered writes from this size allocate their range before they copy
+PREALLOCATE_MIN = 1 << 20
 #: copy_file_range errors that mean "not between these two files" (callers fall back)
 COPY_UNSUPPORTED = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
                               errno.ETXTBSY})
@@ -87,6 +89,7 @@ class FileDriver(BlockDriver):
     inline_writes: bool = True
     zero_range_ok: bool = True
     writer: Writer | None = None
+    preallocate_ok: bool = True
 
     # ---- create -------------------------------------------------------------------------
     @classmethod
@@ -209,7 +212,7 @@ class FileDriver(BlockDriver):
             # A buffered write only copies into the page cache: small, or alone with
             # nothing else for the loop to do, it is cheaper here than a thread hop.
             try:
-                _pwrite_full(fd, offset, data)
+                self._write_sync(offset, data)
             except OSError as exc:
                 raise HostIOError.from_oserror(exc, "write failed") from None
         else:
@@ -218,9 +221,23 @@ class FileDriver(BlockDriver):
             if self.writer is None:
                 self.writer = Writer(thread_name(self.path))
             try:
-                await self.writer.run(lambda: _pwrite_full(fd, offset, data))
+                await self.writer.run(lambda: self._write_sync(offset, data))
             except OSError as exc:
                 raise HostIOError.from_oserror(exc, "write failed") from None
+
+    def _write_sync(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """A buffered write; a long one first allocates its range (fallocate, keeping
+        the size), which is what the write would allocate anyway: filling allocated
+        blocks costs the kernel a third less than allocating them page by page as it
+        copies (ext4's delayed allocation), and an overwrite costs one cheap call."""
+        if len(data) >= PREALLOCATE_MIN and self.preallocate_ok:
+            try:
+                fallocate(self.fd, FALLOC_FL_KEEP_SIZE, offset, len(data))
+            except OSError as exc:
+                if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    self.preallocate_ok = False
+                # anything else (no space) is for the write itself to report
+        _pwrite_full(self.fd, offset, data)
 
     async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
         await _run(lambda: self._write_zeroes_sync(offset, length, flags), "write zeroes")
