@@ -58,7 +58,9 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
     can_truncate = True
     #: block status answers go on into the following L2 tables (QEMU's stop at the end
     #: of one); a user that must cut its work where QEMU's answers end turns this off
-    merge_status_runs = True
+    #: (False), or keeps it for runs that read as zeroes without a backing file to
+    #: consult ("holes": where such a run is cut decides no request)
+    merge_status_runs: bool | str = True
     can_check = True
     open_options = ("data-file", "l2-cache-size", "l2-cache-entry-size",
                     "refcount-cache-size", "cache-size", "cache-clean-interval",
@@ -479,10 +481,11 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
     async def _extend_run(self, run: Any, offset: int, length: int) -> Any:
         """Merge the runs of the following L2 tables while they continue this one (same
         kind, contiguous host offsets), so block status answers long runs at once."""
-        kind = run.kind
-        if not self.merge_status_runs or (kind is not SC.NORMAL and
-                                          kind is not SC.UNALLOCATED_PLAIN and
-                                          kind is not SC.ZERO_PLAIN):
+        kind, mode = run.kind, self.merge_status_runs
+        if not mode or (kind is not SC.NORMAL and kind is not SC.UNALLOCATED_PLAIN
+                        and kind is not SC.ZERO_PLAIN):
+            return run
+        if mode == "holes" and (kind is SC.NORMAL or self.node.backing is not None):
             return run
         total = run.length
         for _ in range(MAX_MERGED_LOOKUPS):

@@ -90,13 +90,19 @@ def _source_alignment(node: "BlockNode") -> int:
     return max(align, _cluster_size(node) // SECTOR, 1)
 
 
-def _status_as_qemu(node: "BlockNode") -> None:
+def _status_as_qemu(node: "BlockNode", zero_runs_skipped: bool) -> None:
     """Block status of ``node`` and its backing chain answered in QEMU's pieces: where
-    a run is cut decides where requests start, and so what zero detection sees."""
+    a run is cut decides where requests start, and so what zero detection sees.  When
+    zero runs write nothing (a target that reads as zeroes, -S > 0), runs that read as
+    zeroes may go on past QEMU's cuts: the request after them starts where they end
+    either way, and a 1 TiB image with little data costs a few answers, not one per L2
+    table.  (Otherwise a zero request's cut decides which target clusters it covers
+    whole, and so which become zero clusters.)"""
     layer: BlockNode | None = node
     while layer is not None:
         if getattr(layer.driver, "merge_status_runs", False):
-            layer.driver.merge_status_runs = False  # type: ignore[attr-defined]
+            layer.driver.merge_status_runs = (  # type: ignore[attr-defined]
+                "holes" if zero_runs_skipped else False)
         layer = layer.filtered_backing()
 
 
@@ -112,7 +118,7 @@ class Converter:
     def __init__(self, sources: list["BlockNode"], target: "BlockNode", settings: Settings,
                  progress: Progress) -> None:
         for node in sources:
-            _status_as_qemu(node)
+            _status_as_qemu(node, settings.zero_init and bool(settings.min_sparse))
         parts = layout([n.total_bytes for n in sources], [_source_alignment(n) for n in sources])
         self.sources = [Source(n, p.start * SECTOR, n.total_bytes, (p.start + p.sectors) * SECTOR)
                         for n, p in zip(sources, parts)]
@@ -139,7 +145,8 @@ class Converter:
                      compressed=s.compressed, cluster=max(self.cluster // SECTOR, 1),
                      min_sparse=s.min_sparse // SECTOR,
                      target_has_backing=s.target_has_backing,
-                     target_backing=s.target_backing // SECTOR if s.target_backing >= 0 else -1)
+                     target_backing=s.target_backing // SECTOR if s.target_backing >= 0 else -1,
+                     zero_runs_skipped=s.zero_init and bool(s.min_sparse))
 
     # ---- what to copy ------------------------------------------------------------------
     async def _status(self, i: int, off: int, length: int) -> tuple[Status, int]:

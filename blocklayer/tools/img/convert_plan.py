@@ -51,6 +51,9 @@ class Rules:
     min_sparse: int = 8           # -S in sectors (0: write everything)
     target_has_backing: bool = False
     target_backing: int = -1      # sectors of the target's backing file (-1: unknown)
+    #: the target reads as zeroes and -S > 0: runs of zeroes write nothing, so where
+    #: they are cut decides nothing either
+    zero_runs_skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class Planner:
             elif sector + n > r.target_backing:     # zeroes differ past it: split there
                 n = r.target_backing - sector
         if self.next_status <= sector:
-            n = await self._new_run(sector, n, past_backing)
+            await self._new_run(sector, self._status_limit(sector, n), past_backing)
         n = min(n, self.next_status - sector)
         if self.kind is Kind.DATA:
             n = min(n, r.buf)
@@ -111,6 +114,21 @@ class Planner:
             else:
                 n -= n % r.cluster
         return n, self.kind
+
+    def _status_limit(self, sector: int, n: int) -> int:
+        """How far the block status asked at ``sector`` may answer: qemu-img asks for
+        one request's worth (``n``), and so do we unless zero runs write nothing; then
+        a run reading as zeroes may answer to the end of its source (or the target's
+        backing), handed out in requests of ``n`` without asking again: requests of
+        data still start where the run ends."""
+        r = self.rules
+        if not r.zero_runs_skipped:
+            return n
+        part = self.parts[self.part_at(sector)]
+        end = part.start + part.sectors
+        if 0 <= r.target_backing and sector < r.target_backing:
+            end = min(end, r.target_backing)
+        return max(n, end - sector)
 
     async def _new_run(self, sector: int, n: int, past_backing: bool) -> int:
         i = self.part_at(sector)
