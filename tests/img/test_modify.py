@@ -147,3 +147,28 @@ def test_same_effect(zoo: Path, tmp_path: Path, args: list[str]) -> None:
             pytest.xfail("the qcow2 driver's amend is not qemu-img's yet")
         raise
     same_images(mine, ref)
+
+
+@pytest.mark.parametrize("prep", [
+    [],                                                  # emptied completely, as QEMU
+    [["snapshot", "-c", "keep", "c.qcow2"]],            # a snapshot owns clusters: discard
+    [["amend", "-o", "compat=0.10", "c.qcow2"]],        # v2 has no dirty bit: discard
+    [["resize", "c.qcow2", "40G"]],                     # L1 table over several clusters
+])
+def test_commit_empties_the_top_as_qemu_img(zoo: Path, tmp_path: Path,
+                                            prep: list[list[str]]) -> None:
+    """After ``commit`` the top is the same file as qemu-img leaves: QEMU rewrites it
+    as a new image (header, refcount table, refcount block, L1) where it can, and
+    discards every cluster where it cannot."""
+    import shutil
+    base = tmp_path / "base"
+    shutil.copytree(zoo, base, symlinks=True)
+    for cmd in prep:
+        assert qimg(*cmd, cwd=base).returncode == 0
+    mine, ref = assert_same_effect(["commit", "c.qcow2"], base, tmp_path)
+    same_images(mine, ref)
+    top_mine, top_ref = (mine / "c.qcow2").read_bytes(), (ref / "c.qcow2").read_bytes()
+    if not prep or prep[0][0] == "resize":
+        assert top_mine == top_ref
+    else:
+        assert len(top_mine) == len(top_ref)

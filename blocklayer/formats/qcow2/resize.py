@@ -8,7 +8,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from ...driver import Prealloc
-from ...errors import BlockError, InvalidArgument, NotSupported
+from ...errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
 from . import layout as L
 from .mapping import CT, L1E_OFFSET_MASK
 from .refcount import Discard, last_used
@@ -254,9 +254,61 @@ class ResizePath:
         self.node.backing_file, self.node.backing_format = h.backing_file, h.backing_format
 
     async def make_empty(self: "Qcow2Driver") -> None:
-        """Drop every cluster of the active layer (what ``commit`` does after copying)."""
+        """Drop every cluster of the active layer (what ``commit`` does after copying):
+        where QEMU can, by rewriting the image as a new one of four clusters or so;
+        otherwise by discarding every cluster."""
         from .driver import nested
         with nested():
+            if self._can_empty_completely():
+                await self._make_completely_empty()
+                return
             await self.discard_clusters(0, self.header.size, Discard.SNAPSHOT, full=True)
             await self.flush_caches()
+
+    def _l1_clusters(self: "Qcow2Driver") -> int:
+        return -(-len(self.mapping.l1) * 8 // self.cluster_size)
+
+    def _can_empty_completely(self: "Qcow2Driver") -> bool:
+        """QEMU's conditions: v3 (the dirty bit covers the rewrite), nothing else that
+        owns clusters (snapshots, bitmaps, a LUKS header), no data file, and the header,
+        refcount table, one refcount block and the L1 table counted by that block."""
+        h = self.header
+        return (h.version >= 3 and not self.snapshots and h.bitmaps is None
+                and h.crypt_method != L.CRYPT_LUKS and not h.has_data_file
+                and 3 + self._l1_clusters() <= self.refcounts.block_entries)
+
+    async def _make_completely_empty(self: "Qcow2Driver") -> None:
+        """QEMU's make_completely_empty: under the dirty bit, zero the L1 table and the
+        clusters after the header, point the header at a refcount table in cluster 1
+        naming a refcount block in cluster 2 and an L1 table from cluster 3, count those
+        clusters, clear the dirty bit and cut the file after the L1 table."""
+        h, cs, rc = self.header, self.cluster_size, self.refcounts
+        l1_clusters = self._l1_clusters()
+        async with self.lock:
+            await rc.process_discards()
+            for cache in (self.l2_cache, self.rb_cache):
+                await cache.flush()
+                cache.entries.clear()
+            await self.set_incompatible(h.incompatible_features | L.INCOMPAT_DIRTY)
+            await self.file.write_zeroes(h.l1_table_offset, l1_clusters * cs)
+            l1 = self.mapping.l1
+            l1[:] = L.empty_table(len(l1) * 8)
+            await self.file.write_zeroes(cs, (2 + l1_clusters) * cs)
+            await self.file.write(40, struct.pack(">QQI", 3 * cs, cs, 1))
+            await self.file.flush()
+            h.l1_table_offset, h.refcount_table_offset, h.refcount_table_clusters = 3 * cs, cs, 1
+            rc.table_offset, rc.table = cs, L.empty_table(cs)
+            await self.file.write(cs, struct.pack(">Q", 2 * cs))
+            await self.file.flush()
+            rc.table[0] = 2 * cs
+            rc.free_cluster_index = rc.free_byte_offset = 0
+            first = await rc.alloc_clusters(3 * cs + len(l1) * 8)
+            if first != 0:
+                raise ImageCorrupt("qcow2: emptying the image allocated its header at "
+                                   f"{first:#x}")
+            self.metadata_prealloc = None
+        await self.flush_caches()
+        await self.file.flush()
+        await self.set_incompatible(h.incompatible_features & ~L.INCOMPAT_DIRTY)
+        await self.file.truncate((3 + l1_clusters) * cs)
 
