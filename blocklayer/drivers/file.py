@@ -5,7 +5,8 @@ in the loop's thread pool; small writes run inline, large ones on the file's wri
 thread (:mod:`.writer`), in order, so the loop never blocks on the disk and a copy
 reads ahead while the kernel writes.  ``cache=none`` opens with O_DIRECT and bounces
 through page-aligned buffers.  Write zeroes and discard use fallocate; block status
-uses SEEK_DATA / SEEK_HOLE; flush is fdatasync.  Image locks are taken as QEMU takes them (see :mod:`blocklayer.locking`).
+uses SEEK_DATA / SEEK_HOLE; flush is fdatasync.  Image locks are taken as QEMU takes
+them (see :mod:`blocklayer.locking`).
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from ..io import OVERLAPPED
 from ..libc import LIBC as _libc
 from ..locking import ImageLock, ofd_supported
 from ..memory import uninitialized
-from .writer import Writer, thread_name
 from ..options import OpenFlags, parse_bool
+from .writer import Writer, thread_name
 
 if TYPE_CHECKING:
     from ..node import BlockNode

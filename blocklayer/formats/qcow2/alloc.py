@@ -272,12 +272,9 @@ class WritePath(ZeroPath, ResizePath):
                     await self.refcounts.free_clusters(c.host, cs, Discard.NEVER)
 
     async def _unallocate(self: "Qcow2Driver", plan: list[_Cluster]) -> None:
-        """Give back the clusters a failed write allocated (never linked)."""
+        """Give back the clusters a failed planned write allocated (never linked)."""
         async with self.lock:
-            for c in plan:
-                if c.alloc and not self.header.has_data_file:
-                    await self.refcounts.free_clusters(c.host, self.cluster_size,
-                                                       Discard.NEVER)
+            await self._unprepare([_Chunk(0, memoryview(b""), plan=plan)])
 
     async def _link_new_clusters_after_their_refcounts(self: "Qcow2Driver") -> None:
         """Before L2 entries point at newly allocated clusters: the refcounts that own
