@@ -23,7 +23,7 @@ from common import ENV, half_allocated, ours, table, timed  # noqa: F401
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from blocklayer.open import open_image  # noqa: E402
+from blocklayer.core.open import open_image  # noqa: E402
 
 
 async def api_random(path: str, count: int, write: bool) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blocklayer.open import open_image  # noqa: E402
+from blocklayer.core.open import open_image  # noqa: E402
 
 
 def best_of_two(fn, *args):  # type: ignore[no-untyped-def]

@@ -24,7 +24,7 @@ from typing import Awaitable, Callable
 from common import half_allocated
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from blocklayer.open import open_image  # noqa: E402
+from blocklayer.core.open import open_image  # noqa: E402
 
 GIB = 1 << 30
 HALF = 64 << 20

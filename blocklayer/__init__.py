@@ -23,18 +23,18 @@ __all__ = ["open_image", "create_image", "BlockFile", "BlockGraph", "BlockNode",
            "OpenFlags", "CacheMode", "ReqFlag", "Status"]
 
 if TYPE_CHECKING:
-    from .create import create_image
-    from .driver import ReqFlag, Status
-    from .errors import BlockError
-    from .node import BlockGraph, BlockNode
-    from .open import open_image
-    from .options import CacheMode, OpenFlags
+    from .core.create import create_image
+    from .core.driver import ReqFlag, Status
+    from .core.errors import BlockError
+    from .core.node import BlockGraph, BlockNode
+    from .core.open import open_image
+    from .core.options import CacheMode, OpenFlags
     from .syncfile import BlockFile
 
 _LAZY = {
-    "open_image": "open", "create_image": "create", "BlockFile": "syncfile",
-    "BlockGraph": "node", "BlockNode": "node", "BlockError": "errors",
-    "OpenFlags": "options", "CacheMode": "options", "ReqFlag": "driver", "Status": "driver",
+    "open_image": "core.open", "create_image": "core.create", "BlockFile": "syncfile",
+    "BlockGraph": "core.node", "BlockNode": "core.node", "BlockError": "core.errors",
+    "OpenFlags": "core.options", "CacheMode": "core.options", "ReqFlag": "core.driver", "Status": "core.driver",
 }
 
 

@@ -11,8 +11,8 @@ import io
 import os
 from typing import Any
 
-from .node import BlockNode
-from .open import open_image
+from .core.node import BlockNode
+from .core.open import open_image
 
 
 class BlockFile(io.RawIOBase):

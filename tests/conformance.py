@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from blocklayer.driver import Status
-from blocklayer.errors import BlockError, NotSupported, ReadOnlyError
-from blocklayer.node import BlockNode
-from blocklayer.open import open_image
+from blocklayer.core.driver import Status
+from blocklayer.core.errors import BlockError, NotSupported, ReadOnlyError
+from blocklayer.core.node import BlockNode
+from blocklayer.core.open import open_image
 
 MiB = 1 << 20
 

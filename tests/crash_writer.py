@@ -63,8 +63,8 @@ def kill_at_random(img: Path, fmt: str, seed: int, compress: bool = False) -> in
 
 
 async def main(path: str, fmt: str, seed: int, compress: bool) -> None:
-    from blocklayer.driver import ReqFlag
-    from blocklayer.open import open_image
+    from blocklayer.core.driver import ReqFlag
+    from blocklayer.core.open import open_image
     node = await open_image(path, fmt=fmt)
     ops = plan(seed, node.total_bytes, compress)
 

@@ -31,10 +31,10 @@ import asyncio
 import errno as errnos
 from typing import Any
 
-from ..driver import BlockDriver, BlockStatus, Limits, Prealloc, ReqFlag, Status
-from ..errors import BlockError, InvalidArgument
-from ..io import REQUEST_DEPTH
-from ..options import OpenFlags, parse_size
+from ..core.driver import BlockDriver, BlockStatus, Limits, Prealloc, ReqFlag, Status
+from ..core.errors import BlockError, InvalidArgument
+from ..core.io import REQUEST_DEPTH
+from ..core.options import OpenFlags, parse_size
 from .blkdebug_rules import RuleSet, parse_rules
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import InvalidArgument
-from ..options import flatten
+from ..core.errors import InvalidArgument
+from ..core.options import flatten
 
 #: QEMU 7.2's BlkdebugEvent, in its order
 EVENTS = (

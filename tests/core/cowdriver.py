@@ -9,9 +9,9 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from blocklayer.driver import BlockDriver, BlockStatus, Limits, ReqFlag, Status
-from blocklayer.errors import ImageCorrupt
-from blocklayer.options import OpenFlags
+from blocklayer.core.driver import BlockDriver, BlockStatus, Limits, ReqFlag, Status
+from blocklayer.core.errors import ImageCorrupt
+from blocklayer.core.options import OpenFlags
 
 MAGIC = b"TCOW"
 BLOCK = 4096

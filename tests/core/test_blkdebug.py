@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from blocklayer.errors import BlockError, InvalidArgument
+from blocklayer.core.errors import BlockError, InvalidArgument
 from blocklayer.filters.blkdebug_rules import (EVENTS, InjectRule, RuleSet, SetStateRule,
                                                parse_rules)
-from blocklayer.open import open_image
+from blocklayer.core.open import open_image
 
 from ..conftest import need
 from ..io.conftest import blocklayer_io_cmd, normalize, run_tool

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from blocklayer.drivers.file import _copy_file_range
-from blocklayer.errors import NotSupported
-from blocklayer.node import BlockNode
-from blocklayer.open import open_image
-from blocklayer.options import CacheMode, OpenFlags
+from blocklayer.protocols.file import _copy_file_range
+from blocklayer.core.errors import NotSupported
+from blocklayer.core.node import BlockNode
+from blocklayer.core.open import open_image
+from blocklayer.core.options import CacheMode, OpenFlags
 from tests.conftest import qemu_img, qemu_io
 
 MiB = 1 << 20

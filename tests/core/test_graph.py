@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from blocklayer import chain, graph as graphops, registry
-from blocklayer.create import create_image
-from blocklayer.driver import CreateOption, Status
-from blocklayer.errors import BlockError, PermissionConflict
-from blocklayer.node import BlockGraph
-from blocklayer.open import open_image, open_node
-from blocklayer.options import OpenFlags
-from blocklayer.reopen import reopen
+from blocklayer.core.create import create_image
+from blocklayer.core.driver import CreateOption, Status
+from blocklayer.core.errors import BlockError, PermissionConflict
+from blocklayer.core.node import BlockGraph
+from blocklayer.core.open import open_image, open_node
+from blocklayer.core.options import OpenFlags
+from blocklayer.core.reopen import reopen
 
 from .cowdriver import CowDriver
 

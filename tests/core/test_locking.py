@@ -9,9 +9,9 @@ from typing import Iterator
 import pytest
 
 from blocklayer import registry
-from blocklayer.driver import Perm
-from blocklayer.errors import PermissionConflict
-from blocklayer.open import open_image
+from blocklayer.core.driver import Perm
+from blocklayer.core.errors import PermissionConflict
+from blocklayer.core.open import open_image
 
 from ..conftest import need, qemu_img, qemu_io
 from .cowdriver import CowDriver  # noqa: F401  (registered by test_graph too)
@@ -67,8 +67,8 @@ def test_qemu_writer_blocks_our_writer(qcow2: Path) -> None:
 
 
 def test_our_writer_blocks_qemu_writer(tmp_path: Path) -> None:
-    from blocklayer.create import create_image
-    from blocklayer.driver import CreateOption
+    from blocklayer.core.create import create_image
+    from blocklayer.core.driver import CreateOption
     CowDriver.create_options = (CreateOption("size", "size"), CreateOption("backing_file", "string"))
     path = tmp_path / "ours.cow"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blocklayer.open import open_image
+from blocklayer.core.open import open_image
 
 SIZE = 256 * 1024
 ALIGN = 4096

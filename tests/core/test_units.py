@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from blocklayer import BlockFile
-from blocklayer.driver import Status
-from blocklayer.errors import BlockError, InvalidArgument
-from blocklayer.open import open_image
-from blocklayer.options import CacheMode, parse_size, split_keyval
+from blocklayer.core.driver import Status
+from blocklayer.core.errors import BlockError, InvalidArgument
+from blocklayer.core.open import open_image
+from blocklayer.core.options import CacheMode, parse_size, split_keyval
 from blocklayer.tools.common import size_to_str
 
 
@@ -43,7 +43,7 @@ def test_size_to_str_matches_qemu() -> None:
 
 @pytest.mark.parametrize("n", [1, 511, 65536, 65537, 3 << 20])
 def test_is_zero(n: int) -> None:
-    from blocklayer.io import is_zero
+    from blocklayer.core.io import is_zero
     buf = bytearray(n)
     assert is_zero(buf) and is_zero(bytes(buf)) and is_zero(memoryview(buf)[1:])
     for pos in {0, n // 2, n - 1}:
@@ -91,7 +91,7 @@ def test_json_filename_and_missing_file(tmp_path: Path, raw_image: Path) -> None
 
 def test_probing_raw_warns_only_for_writers(raw_image: Path) -> None:
     async def main() -> None:
-        from blocklayer.node import BlockGraph
+        from blocklayer.core.node import BlockGraph
         g = BlockGraph()
         seen: list[str] = []
         g.event_handlers.append(lambda ev, data: seen.append(data.get("message", "")))

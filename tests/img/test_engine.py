@@ -70,7 +70,7 @@ def test_json_progress(tmp_path: Path) -> None:
 def test_startup_is_lean() -> None:
     code = ("import sys, blocklayer.tools.img.main as m\n"
             "bad = [n for n in ('asyncio', 'numpy', 'blocklayer.formats.qcow2.driver',"
-            " 'blocklayer.node') if n in sys.modules]\nprint(bad)")
+            " 'blocklayer.core.node') if n in sys.modules]\nprint(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 

@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from blocklayer.create import create_image
-from blocklayer.node import BlockNode
-from blocklayer.open import open_image
+from blocklayer.core.create import create_image
+from blocklayer.core.node import BlockNode
+from blocklayer.core.open import open_image
 from tests.conftest import qemu_img, qemu_io
 
 KIB, MIB = 1 << 10, 1 << 20
@@ -51,7 +51,7 @@ def apply_model(model: bytearray, ops: list[Op], zero_discard: bool = True) -> N
 
 
 async def our_ops(node: BlockNode, ops: list[Op]) -> None:
-    from blocklayer.driver import ReqFlag
+    from blocklayer.core.driver import ReqFlag
     for kind, off, n, pat in ops:
         if kind == "write":
             await node.write(off, bytes([pat]) * n)

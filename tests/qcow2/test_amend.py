@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from blocklayer.errors import BlockError
-from blocklayer.open import open_image
+from blocklayer.core.errors import BlockError
+from blocklayer.core.open import open_image
 from tests.conftest import qemu_img, qemu_io, run
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blocklayer.driver import SnapshotInfo
-from blocklayer.errors import BlockError
-from blocklayer.open import open_image
-from blocklayer.options import OpenFlags
+from blocklayer.core.driver import SnapshotInfo
+from blocklayer.core.errors import BlockError
+from blocklayer.core.open import open_image
+from blocklayer.core.options import OpenFlags
 from tests.conftest import need, qemu_img, qemu_io, run
 
 KIB = 1024

@@ -11,10 +11,10 @@ from typing import Callable
 
 import pytest
 
-from blocklayer.driver import CheckMode, CheckResult
-from blocklayer.errors import BlockError
-from blocklayer.open import open_image
-from blocklayer.options import OpenFlags
+from blocklayer.core.driver import CheckMode, CheckResult
+from blocklayer.core.errors import BlockError
+from blocklayer.core.open import open_image
+from blocklayer.core.options import OpenFlags
 from tests.conftest import qemu_img, qemu_io, run
 
 KEYS = {"corruptions": "corruptions", "leaks": "leaks", "check-errors": "check_errors",

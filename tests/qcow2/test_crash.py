@@ -16,7 +16,7 @@ from .helpers import MIB, apply_model, assert_clean, create, open_qcow2, our_ops
 CRASH = """
 import asyncio, os, sys
 from pathlib import Path
-from blocklayer.driver import ReqFlag
+from blocklayer.core.driver import ReqFlag
 from tests.qcow2.helpers import open_qcow2, our_ops
 limit = int(sys.argv[2])
 async def go(img):

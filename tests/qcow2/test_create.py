@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from blocklayer.errors import BlockError
+from blocklayer.core.errors import BlockError
 from tests.conftest import qemu_img, run
 
 from .helpers import MIB, assert_clean, create, qemu_info, same_file

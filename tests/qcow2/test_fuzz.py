@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blocklayer.errors import BlockError
+from blocklayer.core.errors import BlockError
 from tests.conftest import qemu_img, run
 
 from .helpers import KIB, open_qcow2, qemu_ops

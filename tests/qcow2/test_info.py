@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from blocklayer.driver import Status
-from blocklayer.errors import BlockError
+from blocklayer.core.driver import Status
+from blocklayer.core.errors import BlockError
 from blocklayer.formats.qcow2 import layout as L
 from tests.conftest import qemu_img, qemu_io, run
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from blocklayer.errors import BlockError
-from blocklayer.open import open_image
-from blocklayer.options import OpenFlags
+from blocklayer.core.errors import BlockError
+from blocklayer.core.open import open_image
+from blocklayer.core.options import OpenFlags
 from tests.conftest import qemu_img, run
 
 from .helpers import (MIB, apply_model, assert_clean, create, open_qcow2, our_ops,

@@ -34,7 +34,7 @@ configs = st.sampled_from([{"cluster_size": CS}, {"extended_l2": True, "cluster_
 @given(cfg=configs, batches=st.lists(st.lists(op, min_size=1, max_size=4), min_size=1,
                                      max_size=6))
 def test_random_ops_against_model(cfg: dict, batches: list) -> None:
-    from blocklayer.driver import ReqFlag
+    from blocklayer.core.driver import ReqFlag
     with tempfile.TemporaryDirectory() as tmp:
         img = Path(tmp) / "img.qcow2"
         cfg = dict(cfg)

@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blocklayer.driver import ReqFlag, SnapshotInfo
-from blocklayer.errors import BlockError
+from blocklayer.core.driver import ReqFlag, SnapshotInfo
+from blocklayer.core.errors import BlockError
 from tests.conftest import qemu_img
 
 from .helpers import create, open_qcow2

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from blocklayer.driver import SnapshotInfo
-from blocklayer.errors import BlockError
+from blocklayer.core.driver import SnapshotInfo
+from blocklayer.core.errors import BlockError
 from blocklayer.formats.qcow2.snapshot import Snapshot, build_table
-from blocklayer.open import open_image
+from blocklayer.core.open import open_image
 from tests.conftest import qemu_img, qemu_io, run
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from blocklayer.errors import BlockError
+from blocklayer.core.errors import BlockError
 from blocklayer.formats.qcow2 import layout as L
 from blocklayer.formats.qcow2 import mapping as M
 from blocklayer.formats.qcow2.mapping import (L1E_OFFSET_MASK, L2E_OFFSET_MASK,

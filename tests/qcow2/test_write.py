@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from blocklayer.driver import Prealloc
-from blocklayer.errors import BlockError
+from blocklayer.core.driver import Prealloc
+from blocklayer.core.errors import BlockError
 from tests.conftest import ROOT, qemu_img, qemu_io, run
 
 from .helpers import (KIB, MIB, apply_model, assert_clean, create, open_qcow2, our_ops,
@@ -253,7 +253,7 @@ def test_resize_grow_and_shrink(tmp_path: Path, opts: dict) -> None:
 
 
 def test_reopen_read_write_and_back(tmp_path: Path) -> None:
-    from blocklayer.reopen import reopen_set_read_only
+    from blocklayer.core.reopen import reopen_set_read_only
     img = tmp_path / "img.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on", str(img), str(SIZE))
     qemu_io("-f", "qcow2", "-c", "write -P 5 0 1M", "-c", "abort", str(img), check=False)

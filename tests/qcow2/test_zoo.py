@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from blocklayer.driver import CheckMode
+from blocklayer.core.driver import CheckMode
 from tests.conftest import qemu_img, qemu_io
 
 from .helpers import MIB, apply_model, create, open_qcow2, our_ops, qemu_ops
@@ -78,8 +78,8 @@ def _check_json(path: Path) -> dict:
 
 
 async def _our_check(path: Path) -> dict:
-    from blocklayer.options import OpenFlags
-    from blocklayer.open import open_image
+    from blocklayer.core.options import OpenFlags
+    from blocklayer.core.open import open_image
     node = await open_image(str(path), fmt="qcow2", read_only=True,
                             flags=OpenFlags(check=True), backing=False)
     try:

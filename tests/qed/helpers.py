@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from blocklayer.create import create_image
-from blocklayer.driver import CheckMode, CheckResult
-from blocklayer.node import BlockNode
-from blocklayer.open import open_image
+from blocklayer.core.create import create_image
+from blocklayer.core.driver import CheckMode, CheckResult
+from blocklayer.core.node import BlockNode
+from blocklayer.core.open import open_image
 from tests.conftest import qemu_img, qemu_io
 
 Op = tuple[str, int, int, int]        # ("write" | "zero", offset, length, pattern)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from blocklayer.driver import CheckMode, Prealloc, Status
-from blocklayer.errors import BlockError, NotSupported
+from blocklayer.core.driver import CheckMode, Prealloc, Status
+from blocklayer.core.errors import BlockError, NotSupported
 from blocklayer.formats.qed import driver as qed_driver
 from blocklayer.formats.qed import layout
-from blocklayer.registry import probe_format
+from blocklayer.core.registry import probe_format
 from tests.conftest import qemu_img, qemu_io, run
 
 from .helpers import create, open_qed, our_check, qemu_check, read_all
@@ -231,7 +231,7 @@ def test_hostile_tables(tmp_path: Path) -> None:
 
 
 def test_reopen_read_only_clears_need_check(tmp_path: Path) -> None:
-    from blocklayer.reopen import reopen_set_read_only
+    from blocklayer.core.reopen import reopen_set_read_only
     img = tmp_path / "img.qed"
     run(create(img, MIB))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blocklayer.driver import CheckMode
+from blocklayer.core.driver import CheckMode
 from blocklayer.formats.qed import table
 from tests.conftest import qemu_img, run
 

@@ -16,8 +16,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ...driver import ReqFlag
-from ...errors import BlockError, InvalidArgument, NotSupported
+from ...core.driver import ReqFlag
+from ...core.errors import BlockError, InvalidArgument, NotSupported
 from . import layout as L
 from .compress import compress_many
 from .mapping import CT, L2_BITMAP_ALL_ALLOC, L2E_OFFSET_MASK, OFLAG_COPIED, SC

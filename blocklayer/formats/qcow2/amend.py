@@ -9,8 +9,8 @@ import errno
 from array import array
 from typing import TYPE_CHECKING, Any
 
-from ...driver import CreateOption, Prealloc
-from ...errors import BlockError, InvalidArgument, NotSupported
+from ...core.driver import CreateOption, Prealloc
+from ...core.errors import BlockError, InvalidArgument, NotSupported
 from . import layout as L
 from .cache import MetadataCache
 from .mapping import CT, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED

@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ...errors import BlockError, InvalidArgument, NodeNotFound
+from ...core.errors import BlockError, InvalidArgument, NodeNotFound
 from . import layout as L
 from .refcount import Discard
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from ...node import BlockNode
+    from ...core.node import BlockNode
     from .driver import Qcow2Driver
 
 DIR_ENTRY = struct.Struct(">QIIBBHI")       # 24 bytes

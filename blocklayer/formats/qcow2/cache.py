@@ -17,11 +17,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from ...errors import BlockError
+from ...core.errors import BlockError
 from . import layout as L
 
 if TYPE_CHECKING:
-    from ...node import BlockNode
+    from ...core.node import BlockNode
 
 MIN_ENTRIES = 2
 
@@ -146,8 +146,8 @@ def cache_sizes(options: dict[str, object], cluster_size: int, virtual_size: int
                 l2_entry_size: int) -> tuple[int, int]:
     """(L2 entries, refcount entries) from cache-size / l2-cache-size / refcount-cache-size,
     as QEMU's read_cache_sizes computes them."""
-    from ...errors import InvalidArgument
-    from ...options import parse_size
+    from ...core.errors import InvalidArgument
+    from ...core.options import parse_size
 
     def opt(name: str) -> int | None:
         value = options.get(name)

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...driver import CheckMode, CheckResult
-from ...errors import BlockError
+from ...core.driver import CheckMode, CheckResult
+from ...core.errors import BlockError
 from . import layout as L
 from .mapping import (CT, L1E_OFFSET_MASK, L2_BITMAP_ALL_ALLOC, L2_BITMAP_ALL_ZEROES,
                       L2E_OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO)

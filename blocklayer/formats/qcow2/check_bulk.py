@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...errors import BlockError
+from ...core.errors import BlockError
 from . import layout as L
 from .mapping import (L1E_OFFSET_MASK, L2_BITMAP_ALL_ALLOC, L2E_OFFSET_MASK, OFLAG_COMPRESSED,
                       OFLAG_COPIED, OFLAG_ZERO)

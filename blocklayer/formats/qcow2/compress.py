@@ -6,7 +6,7 @@ import io
 import zlib
 from typing import Sequence
 
-from ...errors import BlockError, NotSupported
+from ...core.errors import BlockError, NotSupported
 from .layout import COMPRESSION_ZLIB, COMPRESSION_ZSTD
 
 

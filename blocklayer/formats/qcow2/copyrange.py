@@ -16,12 +16,12 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from ...driver import ReqFlag
-from ...errors import BlockError, NotSupported
+from ...core.driver import ReqFlag
+from ...core.errors import BlockError, NotSupported
 from .mapping import SC, Run
 
 if TYPE_CHECKING:
-    from ...node import BlockNode
+    from ...core.node import BlockNode
     from .alloc import _Cluster
     from .driver import Qcow2Driver
 

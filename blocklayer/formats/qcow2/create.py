@@ -7,9 +7,9 @@ import errno
 import struct
 from typing import TYPE_CHECKING, Any
 
-from ...driver import ChildRole, Prealloc
-from ...errors import BlockError, InvalidArgument, NotSupported
-from ...options import OpenFlags, parse_bool
+from ...core.driver import ChildRole, Prealloc
+from ...core.errors import BlockError, InvalidArgument, NotSupported
+from ...core.options import OpenFlags, parse_bool
 from . import layout as L
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ async def create_qcow2(cls: type["Qcow2Driver"], filename: str, options: dict[st
 async def _open_new(cls: type["Qcow2Driver"], file: Any, filename: str,
                     options: dict[str, Any]) -> Any:
     """A qcow2 node over the freshly written file (and its new data file)."""
-    from ...node import BlockNode
+    from ...core.node import BlockNode
     graph = file.graph
     node = BlockNode(graph, cls, name=None, flags=OpenFlags(), options={},
                      filename=filename)
@@ -175,15 +175,15 @@ async def _open_new(cls: type["Qcow2Driver"], file: Any, filename: str,
 async def _create_data_file(graph: Any, image: str, name: str, size: int) -> Any:
     """The external data file, created at the image's size (so its first block is
     allocated, as QEMU creates it with the image's options)."""
-    from ...drivers.file import FileDriver
-    from ...open import open_node
+    from ...protocols.file import FileDriver
+    from ...core.open import open_node
     await FileDriver.create(name, {"size": size})
     return await open_node(graph, name, {"driver": "file"}, flags=OpenFlags(),
                            role=ChildRole.DATA)
 
 
 async def _backing_size(filename: str, backing: str, fmt: Any) -> int:
-    from ...open import full_backing_filename, open_image
+    from ...core.open import full_backing_filename, open_image
     path = full_backing_filename(filename, backing)
     try:
         node = await open_image(path, fmt=fmt, read_only=True, backing=False)

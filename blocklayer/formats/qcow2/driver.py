@@ -14,11 +14,11 @@ import struct
 from dataclasses import replace
 from typing import Any
 
-from ... import io as _io
-from ...driver import (BlockDriver, BlockStatus, CheckMode, CheckResult, ChildRole,
+from ...core import io as _io
+from ...core.driver import (BlockDriver, BlockStatus, CheckMode, CheckResult, ChildRole,
                        CreateOption, DriverInfo, Limits, ReqFlag, Status)
-from ...errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
-from ...options import OpenFlags, parse_bool
+from ...core.errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
+from ...core.options import OpenFlags, parse_bool
 from . import layout as L
 from .alloc import WritePath
 from .cache import MetadataCache, cache_sizes
@@ -218,7 +218,7 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
         if str(name).startswith("json:"):
             raise InvalidArgument("Could not open data file: json: names are not allowed "
                                   "in images")
-        from ...open import open_node
+        from ...core.open import open_node
         path = str(name)             # QEMU 7.2: relative to the working directory
         dflags = flags.with_(copy_on_read=False, detect_zeroes="off", discard_unmap=True)
         node = await open_node(self.node.graph, path, {"driver": "file"}, flags=dflags,

@@ -12,7 +12,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ...errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
+from ...core.errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
 
 if TYPE_CHECKING:
     import numpy as np

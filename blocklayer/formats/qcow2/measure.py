@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ...driver import Status
+from ...core.driver import Status
 
 if TYPE_CHECKING:
-    from ...node import BlockNode
+    from ...core.node import BlockNode
 
 L1E_SIZE = 8
 REFTABLE_ENTRY_SIZE = 8

@@ -14,7 +14,7 @@ import struct
 from array import array
 from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 
-from ...errors import BlockError, ImageCorrupt, NoSpace
+from ...core.errors import BlockError, ImageCorrupt, NoSpace
 from . import layout as L
 from .cache import MetadataCache
 from .layout import MAX_CLUSTER_OFFSET, MAX_REFTABLE_SIZE
@@ -22,7 +22,7 @@ from .layout import MAX_CLUSTER_OFFSET, MAX_REFTABLE_SIZE
 if TYPE_CHECKING:
     import numpy as np
 
-    from ...node import BlockNode
+    from ...core.node import BlockNode
 
 REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
 #: the lowest bit of every byte value

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...errors import ImageCorrupt
+from ...core.errors import ImageCorrupt
 from . import layout as L
 from .mapping import L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COMPRESSED
 

@@ -7,8 +7,8 @@ import errno
 import struct
 from typing import TYPE_CHECKING
 
-from ...driver import Prealloc
-from ...errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
+from ...core.driver import Prealloc
+from ...core.errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
 from . import layout as L
 from .mapping import CT, L1E_OFFSET_MASK
 from .refcount import Discard, last_used

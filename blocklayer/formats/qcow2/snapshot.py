@@ -21,8 +21,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ...driver import SnapshotInfo
-from ...errors import BlockError, ImageCorrupt, InvalidArgument, NodeNotFound, NotSupported
+from ...core.driver import SnapshotInfo
+from ...core.errors import BlockError, ImageCorrupt, InvalidArgument, NodeNotFound, NotSupported
 from . import layout as L
 from .mapping import CT, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED
 from .refcount import Discard
@@ -30,7 +30,7 @@ from .refcount import Discard
 if TYPE_CHECKING:
     from array import array
 
-    from ...node import BlockNode
+    from ...core.node import BlockNode
     from .driver import Qcow2Driver
 
 SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")     # 40 bytes
@@ -409,7 +409,7 @@ async def goto(drv: "Qcow2Driver", id_or_name: str) -> None:
 async def _resize_for(drv: "Qcow2Driver", size: int) -> None:
     """The virtual size changes to the snapshot's (QEMU truncates through a
     temporary user; snapshots do not block it here)."""
-    from ...driver import Prealloc
+    from ...core.driver import Prealloc
     h = drv.header
     saved, h.nb_snapshots = h.nb_snapshots, 0
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...driver import ReqFlag
-from ...errors import NotSupported
+from ...core.driver import ReqFlag
+from ...core.errors import NotSupported
 from .mapping import CT, L2_BITMAP_ALL_ZEROES, OFLAG_ZERO, SC
 from .refcount import Discard
 

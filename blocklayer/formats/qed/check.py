@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from array import array
 
-from ...driver import CheckResult
-from ...errors import BlockError
+from ...core.driver import CheckResult
+from ...core.errors import BlockError
 from .layout import F_NEED_CHECK, UNALLOCATED, ZERO_CLUSTER
 from .mapping import QedImage
 

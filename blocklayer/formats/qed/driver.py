@@ -17,11 +17,11 @@ import errno
 from array import array
 from typing import Any, AsyncIterator
 
-from ...driver import (BlockDriver, BlockStatus, CheckMode, CheckResult, CreateOption,
+from ...core.driver import (BlockDriver, BlockStatus, CheckMode, CheckResult, CreateOption,
                        DriverInfo, Limits, Prealloc, ReqFlag, Status)
-from ...errors import BlockError, InvalidArgument, NoSpace, NotSupported
-from ...io import metadata_io
-from ...options import OpenFlags
+from ...core.errors import BlockError, InvalidArgument, NoSpace, NotSupported
+from ...core.io import metadata_io
+from ...core.options import OpenFlags
 from . import layout as L
 from .check import check_image
 from .layout import Header

@@ -12,7 +12,7 @@ import sys
 from array import array
 from dataclasses import dataclass, replace
 
-from ...errors import ImageCorrupt, InvalidArgument, NotSupported
+from ...core.errors import ImageCorrupt, InvalidArgument, NotSupported
 
 MAGIC = 0x00444551                      # "QED\0" little-endian
 HEADER_STRUCT = struct.Struct("<IIIIQQQQQII")

@@ -13,12 +13,12 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ...errors import ImageCorrupt
+from ...core.errors import ImageCorrupt
 from .layout import (UNALLOCATED, ZERO_CLUSTER, Geometry, Header, empty_table)
 from .table import CachedTable, L2Cache, read_table, write_table
 
 if TYPE_CHECKING:
-    from ...node import BlockNode
+    from ...core.node import BlockNode
 
 
 class Kind(enum.Enum):

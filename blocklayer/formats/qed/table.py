@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from .layout import ENTRY, Geometry, build_table, parse_table, sector_span
 
 if TYPE_CHECKING:
-    from ...node import BlockNode
+    from ...core.node import BlockNode
 
 #: at most this many L2 tables (QEMU: 50) and about this many bytes of them
 CACHE_MAX_TABLES = 50

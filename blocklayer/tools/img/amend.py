@@ -4,17 +4,17 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from blocklayer.errors import BlockError, InvalidArgument
+from blocklayer.core.errors import BlockError, InvalidArgument
 
 from .args import UsageError, parse
 from .common import OPT_TYPE_NAMES, close_all, new_graph, open_img, parse_o_options, progress_from
 
 if TYPE_CHECKING:
-    from blocklayer.driver import BlockDriver
+    from blocklayer.core.driver import BlockDriver
 
 
 def _supports_amend(cls: type) -> bool:
-    from blocklayer.driver import BlockDriver
+    from blocklayer.core.driver import BlockDriver
     return getattr(cls, "amend", None) is not getattr(BlockDriver, "amend")
 
 
@@ -54,7 +54,7 @@ def _help(fmt: str) -> int:
 
 
 async def run(p, opts: dict[str, str], want_help: bool) -> int:  # type: ignore[no-untyped-def]
-    from blocklayer.options import parse_bool, parse_size
+    from blocklayer.core.options import parse_bool, parse_size
     node = await open_img(new_graph(), p.args[0], fmt=p.last("-f"),
                           image_opts=p.has("--image-opts"), read_only=False,
                           cache=p.last("-t"), resize=True)

@@ -65,6 +65,6 @@ def output_format(value: str | None) -> str:
     if value is None:
         return "human"
     if value not in ("human", "json"):
-        from blocklayer.errors import InvalidArgument
+        from blocklayer.core.errors import InvalidArgument
         raise InvalidArgument("--output must be used with human or json as argument.")
     return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from blocklayer.errors import BlockError, InvalidArgument
+from blocklayer.core.errors import BlockError, InvalidArgument
 
 from .args import PROG, UsageError, parse
 from .common import close_all, new_graph, open_img
@@ -24,7 +24,7 @@ def _int(text: str | None, what: str) -> int:
 
 
 def _size(text: str | None, what: str) -> int:
-    from blocklayer.options import parse_size
+    from blocklayer.core.options import parse_size
     try:
         value = parse_size(text or "", what)
     except InvalidArgument:

@@ -19,13 +19,13 @@ import inspect
 import os
 from typing import TYPE_CHECKING
 
-from blocklayer.errors import BlockError, InvalidArgument
+from blocklayer.core.errors import BlockError, InvalidArgument
 
 from .args import parse
 from .common import close_all, new_graph, open_img
 
 if TYPE_CHECKING:
-    from blocklayer.node import BlockNode
+    from blocklayer.core.node import BlockNode
 
 ACTIONS = ("--add", "--remove", "--clear", "--enable", "--disable", "--merge")
 
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
         raise InvalidArgument("Expecting filename and bitmap name")
     granularity = None
     if p.has("-g"):
-        from blocklayer.options import parse_size
+        from blocklayer.core.options import parse_size
         try:
             granularity = parse_size(p.last("-g") or "", "granularity")
         except InvalidArgument:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from blocklayer.errors import BlockError, InvalidArgument
+from blocklayer.core.errors import BlockError, InvalidArgument
 
 from .common import close_all, open_img
 
 if TYPE_CHECKING:
-    from blocklayer.node import BlockGraph, BlockNode
+    from blocklayer.core.node import BlockGraph, BlockNode
 
 BASE_NODE = "img-writable-base"
 
@@ -39,7 +39,7 @@ async def open_with_writable_base(graph: "BlockGraph", filename: str, fmt: str |
                                   cache: str | None) -> tuple["BlockNode", "BlockNode"]:
     """Open ``filename`` read-write with the layer ``base_name`` (default: the immediate
     backing file) opened read-write too; return (top, base)."""
-    from blocklayer.options import split_keyval
+    from blocklayer.core.options import split_keyval
     probe = await open_img(graph, filename, fmt=fmt, image_opts=image_opts, read_only=False)
     try:
         if probe.filtered_backing() is None:
@@ -53,7 +53,7 @@ async def open_with_writable_base(graph: "BlockGraph", filename: str, fmt: str |
     base = await open_img(graph, base_file, fmt=base_fmt, read_only=False, cache=cache,
                           resize=True, backing=True, unmap=True)
     try:
-        from blocklayer.open import open_image
+        from blocklayer.core.open import open_image
         options: dict[str, Any] = dict(split_keyval(filename)) if image_opts else {}
         options[".".join(["backing"] * depth)] = base.name
         flags_cache = cache

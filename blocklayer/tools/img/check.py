@@ -6,19 +6,19 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
-from blocklayer.errors import BlockError, NotSupported
+from blocklayer.core.errors import BlockError, NotSupported
 
 from .args import UsageError, output_format, parse
 from .common import CommandError, close_all, new_graph, open_img, to_qjson
 
 if TYPE_CHECKING:
-    from blocklayer.driver import CheckResult
+    from blocklayer.core.driver import CheckResult
 
 
 def main(argv: list[str]) -> int:
     p = parse(argv, "f:hqr:T:U", ["format=", "output=", "repair=", "object=", "image-opts",
                                   "force-share"])
-    from blocklayer.driver import CheckMode
+    from blocklayer.core.driver import CheckMode
     mode = CheckMode.NONE
     repair = p.last("-r", "--repair")
     if repair is not None:
@@ -89,7 +89,7 @@ async def _check(node: Any, mode: Any) -> "CheckResult":
 
 async def run(filename: str, fmt: str | None, out: str, mode: Any, quiet: bool,
               cache: str | None, image_opts: bool, force_share: bool) -> int:
-    from blocklayer.driver import CheckMode
+    from blocklayer.core.driver import CheckMode
     node = await open_img(new_graph(), filename, fmt=fmt, image_opts=image_opts,
                           read_only=mode == CheckMode.NONE, force_share=force_share,
                           cache=cache, src_cache=True, backing=False, check=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from blocklayer.errors import BlockError, NotSupported
+from blocklayer.core.errors import BlockError, NotSupported
 
 from .args import UsageError, parse
 from .common import close_all, new_graph, parse_rate, progress_from
@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
 
 
 async def run(p, rate: int) -> int:  # type: ignore[no-untyped-def]
-    from blocklayer.driver import ReqFlag
+    from blocklayer.core.driver import ReqFlag
     from .chain import open_with_writable_base
     graph = new_graph()
     top, base = await open_with_writable_base(graph, p.args[0], p.last("-f"),

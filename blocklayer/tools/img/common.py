@@ -6,10 +6,10 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from blocklayer.errors import BlockError, InvalidArgument
+from blocklayer.core.errors import BlockError, InvalidArgument
 
 if TYPE_CHECKING:
-    from blocklayer.node import BlockGraph, BlockNode
+    from blocklayer.core.node import BlockGraph, BlockNode
 
 SIZE_HINT = ("Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n"
              "{prog}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
@@ -29,7 +29,7 @@ class CommandError(BlockError):
 
 def new_graph(quiet: bool = False) -> "BlockGraph":
     """A graph whose warnings (the raw probing one) go to stderr as qemu-img prints them."""
-    from blocklayer.node import BlockGraph
+    from blocklayer.core.node import BlockGraph
     graph = BlockGraph()
 
     def on_event(event: str, data: dict[str, Any]) -> None:
@@ -43,7 +43,7 @@ def open_flags(*, read_only: bool, force_share: bool = False, cache: str | None 
                src_cache: bool = False, no_backing: bool = False, resize: bool = False,
                no_io: bool = False, check: bool = False,
                unmap: bool = False):  # type: ignore[no-untyped-def]
-    from blocklayer.options import CacheMode, OpenFlags
+    from blocklayer.core.options import CacheMode, OpenFlags
     mode = CacheMode()
     if cache is not None:
         try:
@@ -64,8 +64,8 @@ async def open_img(graph: "BlockGraph", filename: str, *, fmt: str | None = None
                    unmap: bool = False) -> "BlockNode":
     """Open ``filename`` (or an ``--image-opts`` string) with qemu-img's error wording.
     ``unmap``: zero writes may deallocate (qemu-img's BDRV_O_UNMAP)."""
-    from blocklayer.open import open_image
-    from blocklayer.options import split_keyval
+    from blocklayer.core.open import open_image
+    from blocklayer.core.options import split_keyval
     if force_share and not read_only:
         raise InvalidArgument("--force-share/-U can only be used with read-only images")
     flags = open_flags(read_only=read_only, force_share=force_share, cache=cache,
@@ -107,7 +107,7 @@ def chain_of(node: "BlockNode") -> list["BlockNode"]:
 # ---------------------------------------------------------------------------------------
 
 def parse_img_size(text: str, prog: str) -> int:
-    from blocklayer.options import parse_size
+    from blocklayer.core.options import parse_size
     try:
         return parse_size(text, "image size")
     except InvalidArgument:
@@ -126,7 +126,7 @@ def parse_number(text: str, what: str) -> int:
 
 def parse_o_options(values: list[str]) -> tuple[dict[str, str], bool]:
     """Merge every ``-o`` string; return the options and whether ``help`` was asked."""
-    from blocklayer.options import split_keyval
+    from blocklayer.core.options import split_keyval
     merged: dict[str, str] = {}
     want_help = False
     for text in values:
@@ -240,7 +240,7 @@ def progress_from(parsed: Any) -> Progress:
 
 def parse_rate(text: str | None) -> int:
     """``-r``: a rate limit in bytes per second, with qemu-img's error."""
-    from blocklayer.options import parse_size
+    from blocklayer.core.options import parse_size
 
     from .args import PROG
     if text is None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from blocklayer.errors import BlockError
+from blocklayer.core.errors import BlockError
 
 from .args import UsageError, parse
 from .common import CommandError, Progress, close_all, new_graph, open_img, progress_from
 
 if TYPE_CHECKING:
-    from blocklayer.node import BlockNode
+    from blocklayer.core.node import BlockNode
 
 IO_BUF = 2 << 20
 
@@ -53,12 +53,12 @@ async def _read(node: "BlockNode", name: str, off: int, n: int) -> bytes | bytea
 
 
 def _is_zero(data: bytes | bytearray) -> bool:
-    from blocklayer.io import is_zero
+    from blocklayer.core.io import is_zero
     return is_zero(data)
 
 
 async def run(p) -> int:  # type: ignore[no-untyped-def]
-    from blocklayer.driver import Status
+    from blocklayer.core.driver import Status
     name1, name2 = p.args
     graph = new_graph()
     quiet = p.has("-q")

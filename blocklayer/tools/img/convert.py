@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
-from blocklayer.driver import Status
-from blocklayer.errors import BlockError, InvalidArgument
+from blocklayer.core.driver import Status
+from blocklayer.core.errors import BlockError, InvalidArgument
 
 from .args import PROG, parse
 from .common import (Progress, close_all, new_graph, open_img, parse_o_options,
@@ -28,7 +28,7 @@ from .common import (Progress, close_all, new_graph, open_img, parse_o_options,
 from .convert_plan import SECTOR, Kind, Planner, Rules, layout, sparse_pieces
 
 if TYPE_CHECKING:
-    from blocklayer.node import BlockNode
+    from blocklayer.core.node import BlockNode
 
 BUF_SIZE = 2 << 20            # qemu-img's I/O buffer (IO_BUF_SIZE)
 MAX_BUF = 16 << 20            # largest buffer (MAX_BUF_SECTORS)
@@ -208,7 +208,7 @@ class Converter:
 
     # ---- doing it ----------------------------------------------------------------------
     async def run(self) -> None:
-        from blocklayer.io import OVERLAPPED
+        from blocklayer.core.io import OVERLAPPED
         queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=self.s.parallel * 2)
         producer = asyncio.create_task(self._items(queue))
         token = OVERLAPPED.set(True)     # the workers' writes leave the loop free to read
@@ -414,7 +414,7 @@ class Converter:
     async def _zero(self, off: int, n: int) -> None:
         if self.s.zero_init:
             return
-        from blocklayer.driver import ReqFlag
+        from blocklayer.core.driver import ReqFlag
         await self.target.write_zeroes(off, n, ReqFlag.MAY_UNMAP)
 
     def _pieces(self, offset: int, data: bytes | bytearray) -> list[tuple[int, int, Any]]:
@@ -436,7 +436,7 @@ class Converter:
         -S 0), ``(offset, length, buffer)`` for runs of whole clusters to write
         compressed, and the image's partial last cluster alone.  The target, if it
         can, starts compressing them now, ahead of their turn."""
-        from blocklayer.io import is_zero
+        from blocklayer.core.io import is_zero
         c, mv, end = self.cluster, memoryview(data), off + len(data)
         maybe_zero = self.s.min_sparse and not _starts_nonzero(data, 0, c)
         plan: list[list[Any]] = []
@@ -462,7 +462,7 @@ class Converter:
         return out
 
     async def _write_compressed(self, plan: list[tuple[int, int, Any]]) -> None:
-        from blocklayer.driver import ReqFlag
+        from blocklayer.core.driver import ReqFlag
         for pos, n, buf in plan:
             try:
                 if buf is None:
@@ -536,7 +536,7 @@ def _check_snapshot_param(spec: str | None) -> None:
 
 
 def _sparse_size(text: str) -> int:
-    from blocklayer.options import parse_size
+    from blocklayer.core.options import parse_size
     try:
         size = parse_size(text, "x")
     except InvalidArgument:
@@ -599,7 +599,7 @@ def _create_options_help(fmt: str, args: list[str]) -> int:
 
 
 async def _load_snapshot(node: "BlockNode", spec: str) -> None:
-    from blocklayer.options import split_keyval
+    from blocklayer.core.options import split_keyval
     sid: str | None
     name: str | None
     if spec.startswith("snapshot."):
@@ -634,7 +634,7 @@ def _create_options(fmt: str, opts: dict[str, str], size: int, backing: str | No
                     backing_fmt: str | None) -> dict[str, Any]:
     """``-o`` checked against the format, then the size and -B/-F laid over it."""
     from blocklayer import registry
-    from blocklayer.create import all_create_options, normalize_create_options
+    from blocklayer.core.create import all_create_options, normalize_create_options
     try:
         registry.get_driver(fmt)
     except InvalidArgument:
@@ -729,7 +729,7 @@ async def convert(p: Any, src_names: list[str], out_name: str, out_fmt: str,
 
 async def _create(out_name: str, out_fmt: str, options: dict[str, Any],
                   graph: Any) -> None:
-    from blocklayer.create import create_image
+    from blocklayer.core.create import create_image
     try:
         await create_image(out_name, out_fmt, options=options, graph=graph)
     except BlockError as exc:

@@ -21,7 +21,7 @@ import enum
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Sequence
 
-from blocklayer.driver import Status
+from blocklayer.core.driver import Status
 
 SECTOR = 512
 MAX_REQUEST_SECTORS = (2 ** 31 - 1) // SECTOR     # QEMU's BDRV_REQUEST_MAX_SECTORS

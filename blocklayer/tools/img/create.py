@@ -5,13 +5,13 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
-from blocklayer.errors import BlockError, InvalidArgument
+from blocklayer.core.errors import BlockError, InvalidArgument
 
 from .args import PROG, UsageError, parse
 from .common import (new_graph, parse_img_size, parse_o_options, print_create_options_help)
 
 if TYPE_CHECKING:
-    from blocklayer.driver import BlockDriver
+    from blocklayer.core.driver import BlockDriver
 
 
 def main(argv: list[str]) -> int:
@@ -47,7 +47,7 @@ def format_line(filename: str, fmt: str, cls: "type[BlockDriver]", options: dict
     """``Formatting 'f', fmt=F opt=value ...``: the driver's options, in its declared
     order, that are set or have a default."""
     parts = [f"Formatting '{filename}', fmt={fmt}"]
-    from blocklayer.create import all_create_options
+    from blocklayer.core.create import all_create_options
     shown = getattr(cls, "create_defaults_shown", None)
     own = {o.name for o in cls.create_options}
     for opt in all_create_options(fmt):
@@ -66,7 +66,7 @@ def format_line(filename: str, fmt: str, cls: "type[BlockDriver]", options: dict
 async def create(filename: str, fmt: str, size: int | None, opts: dict[str, str],
                  backing: str | None, backing_fmt: str | None, *, unsafe: bool = False,
                  quiet: bool = False) -> int:
-    from blocklayer.create import create_image, normalize_create_options
+    from blocklayer.core.create import create_image, normalize_create_options
     cls = _check_format(fmt, filename)
     names = {o.name for o in cls.create_options}
     raw_opts: dict[str, Any] = dict(opts)
@@ -109,7 +109,7 @@ async def create(filename: str, fmt: str, size: int | None, opts: dict[str, str]
 
 
 async def _backing_size(filename: str, backing: str, backing_fmt: str | None) -> int:
-    from blocklayer.open import full_backing_filename, open_image
+    from blocklayer.core.open import full_backing_filename, open_image
     path = full_backing_filename(filename, backing)
     try:
         node = await open_image(path, fmt=backing_fmt, read_only=True, graph=new_graph(),
@@ -125,7 +125,7 @@ async def _backing_size(filename: str, backing: str, backing_fmt: str | None) ->
 
 async def _probe_format(filename: str, backing: str) -> str | None:
     """The format qemu-img names when it refuses a backing file without one."""
-    from blocklayer.open import full_backing_filename, open_image
+    from blocklayer.core.open import full_backing_filename, open_image
     try:
         node = await open_image(full_backing_filename(filename, backing), read_only=True,
                                 graph=new_graph(), backing=False)

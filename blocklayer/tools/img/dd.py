@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from blocklayer.errors import BlockError, InvalidArgument
+from blocklayer.core.errors import BlockError, InvalidArgument
 
 from .args import PROG, parse
 from .common import close_all, new_graph, open_img
@@ -14,7 +14,7 @@ SUFFIX_HINT = ("You may use k, M, G, T, P or E suffixes for\n"
 
 
 def _num(key: str, value: str) -> int:
-    from blocklayer.options import parse_size
+    from blocklayer.core.options import parse_size
     try:
         return parse_size(value, key)
     except InvalidArgument:
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
 async def run(p, src_name: str, dst_name: str, bs: int, count: int | None,  # type: ignore[no-untyped-def]
               skip: int) -> int:
     from blocklayer import registry
-    from blocklayer.create import create_image, normalize_create_options
+    from blocklayer.core.create import create_image, normalize_create_options
     graph = new_graph()
     out_fmt = p.last("-O") or "raw"
     src = await open_img(graph, src_name, fmt=p.last("-f"), image_opts=p.has("--image-opts"),

@@ -6,14 +6,14 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from blocklayer.errors import BlockError
+from blocklayer.core.errors import BlockError
 
 from .args import UsageError, output_format, parse
 from .common import close_all, dump_human, new_graph, open_img, to_qjson
 
 if TYPE_CHECKING:
-    from blocklayer.driver import SnapshotInfo
-    from blocklayer.node import BlockNode
+    from blocklayer.core.driver import SnapshotInfo
+    from blocklayer.core.node import BlockNode
 
 
 def main(argv: list[str]) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
 
 async def info(filename: str, fmt: str | None, out: str, *, chain: bool,
                image_opts: bool, force_share: bool) -> int:
-    from blocklayer.open import full_backing_filename
+    from blocklayer.core.open import full_backing_filename
     graph = new_graph()
     infos: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -57,7 +57,7 @@ async def info(filename: str, fmt: str | None, out: str, *, chain: bool,
 
 async def image_info(node: "BlockNode") -> dict[str, Any]:
     """An ImageInfo (QAPI field order, which decides ties in QEMU's key order)."""
-    from blocklayer.open import full_backing_filename
+    from blocklayer.core.open import full_backing_filename
     drv = node.driver
     dinfo = drv.get_info()
     out: dict[str, Any] = {"filename": node.filename, "format": node.format_name,
@@ -114,7 +114,7 @@ def snapshot_table(snaps: list["SnapshotInfo"]) -> list[str]:
 
 def human(i: dict[str, Any]) -> str:
     from ..common import size_to_str
-    from blocklayer.driver import SnapshotInfo
+    from blocklayer.core.driver import SnapshotInfo
     lines = [f"image: {i['filename']}", f"file format: {i['format']}",
              f"virtual size: {size_to_str(i['virtual-size'])} ({i['virtual-size']} bytes)"]
     actual = i.get("actual-size")

@@ -6,13 +6,13 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from blocklayer.errors import BlockError
+from blocklayer.core.errors import BlockError
 
 from .args import UsageError, output_format, parse
 from .common import close_all, new_graph, open_img
 
 if TYPE_CHECKING:
-    from blocklayer.node import BlockNode
+    from blocklayer.core.node import BlockNode
 
 STEP = 1 << 30
 
@@ -61,7 +61,7 @@ def _hex(v: int) -> str:
 
 async def entry_at(node: "BlockNode", offset: int, length: int) -> MapEntry:
     """Walk down the chain until a layer says data or zero (the depth of the answer)."""
-    from blocklayer.driver import Status
+    from blocklayer.core.driver import Status
     depth = 0
     layer: BlockNode | None = node.filtered()
     while True:
@@ -102,8 +102,8 @@ async def entries(node: "BlockNode", start: int, end: int):  # type: ignore[no-u
 
 
 def main(argv: list[str]) -> int:
-    from blocklayer.options import parse_size
-    from blocklayer.errors import InvalidArgument
+    from blocklayer.core.options import parse_size
+    from blocklayer.core.errors import InvalidArgument
     p = parse(argv, "f:hU", ["format=", "output=", "object=", "image-opts", "force-share",
                              "start-offset=", "max-length="])
     if len(p.args) != 1:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from blocklayer.errors import BlockError, InvalidArgument
+from blocklayer.core.errors import BlockError, InvalidArgument
 
 from .args import PROG, UsageError, output_format, parse
 from .common import close_all, new_graph, open_img, parse_img_size, parse_o_options, to_qjson
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
 
 async def run(p: Any, filename: str | None, size: int | None, out: str) -> int:
     from blocklayer import registry
-    from blocklayer.create import normalize_create_options
+    from blocklayer.core.create import normalize_create_options
     fmt = p.last("-O") or "raw"
     opts, _ = parse_o_options(p.all("-o"))
     src = None

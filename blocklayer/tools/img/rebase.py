@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from blocklayer.errors import BlockError
+from blocklayer.core.errors import BlockError
 
 from .args import UsageError, parse
 from .common import close_all, new_graph, open_img, progress_from
@@ -43,7 +43,7 @@ async def run(p) -> int:  # type: ignore[no-untyped-def]
     try:
         if not unsafe:
             if new_name:
-                from blocklayer.open import full_backing_filename
+                from blocklayer.core.open import full_backing_filename
                 path = full_backing_filename(top.filename, new_name)
                 try:
                     new = await open_img(graph, path, fmt=new_fmt, read_only=True,

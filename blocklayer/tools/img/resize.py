@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from blocklayer.errors import InvalidArgument
+from blocklayer.core.errors import InvalidArgument
 
 from .args import PROG, UsageError, parse
 from .common import close_all, new_graph, open_img
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     p = parse(argv, "f:hq", ["object=", "image-opts", "preallocation=", "shrink"])
     if len(p.args) != 1:
         raise UsageError("Expecting one image file name")
-    from blocklayer.driver import Prealloc
+    from blocklayer.core.driver import Prealloc
     prealloc = Prealloc.OFF
     if p.has("--preallocation"):
         text = p.last("--preallocation") or ""
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     if size_text[:1] in "+-" and size_text:
         relative = 1 if size_text[0] == "+" else -1
         size_text = size_text[1:]
-    from blocklayer.options import parse_size
+    from blocklayer.core.options import parse_size
     try:
         value = parse_size(size_text, "size")
     except InvalidArgument:

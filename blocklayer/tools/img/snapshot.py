@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from blocklayer.errors import BlockError
+from blocklayer.core.errors import BlockError
 
 from .args import UsageError, parse
 from .common import close_all, new_graph, open_img
@@ -26,8 +26,8 @@ def _fail(what: str, name: str, exc: BlockError) -> BlockError:
 
 
 async def run(p, action: str, name: str) -> int:  # type: ignore[no-untyped-def]
-    from blocklayer.driver import SnapshotInfo
-    from blocklayer.errors import NotSupported
+    from blocklayer.core.driver import SnapshotInfo
+    from blocklayer.core.errors import NotSupported
     from .info import snapshot_table
     read_only = action == "-l"
     node = await open_img(new_graph(), p.args[0],

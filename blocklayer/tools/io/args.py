@@ -8,8 +8,8 @@ import time
 from types import SimpleNamespace
 from typing import Any, Awaitable, Callable, Iterator, Mapping
 
-from ...driver import ReqFlag
-from ...errors import BlockError
+from ...core.driver import ReqFlag
+from ...core.errors import BlockError
 from .getopt import Getopt, GetoptError
 from .output import REQUEST_MAX_BYTES, NumberError, cvtnum, parse_pattern
 from .session import Session

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 from typing import Any, Awaitable, Callable
 
-from ...driver import Perm, ReqFlag
+from ...core.driver import Perm, ReqFlag
 from .args import (CommandError, OptionSpec, iovec_lengths, num, parse_options, pattern,
                    timed_request, usage)
 from .cmd_rw import report_done, report_read

@@ -8,10 +8,10 @@ import os
 import re
 import signal
 
-from ...driver import Perm
-from ...errors import InvalidArgument, describe
-from ...options import split_keyval
-from ...reopen import reopen
+from ...core.driver import Perm
+from ...core.errors import InvalidArgument, describe
+from ...core.options import split_keyval
+from ...core.reopen import reopen
 from .args import CommandError, Options, num, usage
 from .cmd_rw import FAILED
 from .helptext import HELP

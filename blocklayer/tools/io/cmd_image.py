@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import errno
 
-from ...driver import BlockDriver, Perm, Prealloc
-from ...errors import describe
-from ...node import BlockNode
+from ...core.driver import BlockDriver, Perm, Prealloc
+from ...core.errors import describe
+from ...core.node import BlockNode
 from .args import Options, num, strerror, usage
 from .cmd_rw import FAILED
 from .output import REQUEST_MAX_BYTES, cvtstr, format_specific

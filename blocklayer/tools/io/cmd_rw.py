@@ -5,8 +5,8 @@ import errno
 from types import SimpleNamespace
 from typing import Awaitable
 
-from ...driver import Perm, ReqFlag
-from ...errors import BlockError, NotSupported
+from ...core.driver import Perm, ReqFlag
+from ...core.errors import BlockError, NotSupported
 from .args import (CommandError, OptionSpec, errno_of, iovec_lengths, length, num,
                    parse_options, pattern, sector_aligned, strerror, timed_request, usage)
 from .helptext import HELP

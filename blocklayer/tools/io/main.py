@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass, field
 
 from ... import __version__
-from ...errors import BlockError, InvalidArgument, describe
-from ...options import split_keyval
+from ...core.errors import BlockError, InvalidArgument, describe
+from ...core.options import split_keyval
 from . import cmd_aio, cmd_control, cmd_image, cmd_rw  # noqa: F401  (register commands)
 from .args import CommandError
 from .getopt import Getopt, GetoptError

@@ -12,11 +12,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, TextIO
 
-from ...driver import Perm
-from ...errors import BlockError, InvalidArgument, describe
-from ...node import BlockGraph, BlockNode
-from ...open import open_image
-from ...options import CacheMode, OpenFlags
+from ...core.driver import Perm
+from ...core.errors import BlockError, InvalidArgument, describe
+from ...core.node import BlockGraph, BlockNode
+from ...core.open import open_image
+from ...core.options import CacheMode, OpenFlags
 
 PROG = "blocklayer-io"
 AIO_MODES = ("threads", "native", "io_uring")

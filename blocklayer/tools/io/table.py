@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from ...driver import Perm
+from ...core.driver import Perm
 from .session import Session
 
 QUIT = 1

@@ -6,7 +6,7 @@ thread (:mod:`.writer`), in order, so the loop never blocks on the disk and a co
 reads ahead while the kernel writes.  ``cache=none`` opens with O_DIRECT and bounces
 through page-aligned buffers.  Write zeroes and discard use fallocate; block status
 uses SEEK_DATA / SEEK_HOLE; flush is fdatasync.  Image locks are taken as QEMU takes
-them (see :mod:`blocklayer.locking`).
+them (see :mod:`blocklayer.core.locking`).
 """
 from __future__ import annotations
 
@@ -18,18 +18,18 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from ..driver import (BlockDriver, BlockStatus, CreateOption, Limits, Perm, Prealloc,
+from ..core.driver import (BlockDriver, BlockStatus, CreateOption, Limits, Perm, Prealloc,
                       ReqFlag, Status)
-from ..errors import BlockError, HostIOError, InvalidArgument, NotSupported
-from ..io import OVERLAPPED
-from ..libc import LIBC as _libc
-from ..locking import ImageLock, ofd_supported
-from ..memory import uninitialized
-from ..options import OpenFlags, parse_bool
-from .writer import Writer, thread_name
+from ..core.errors import BlockError, HostIOError, InvalidArgument, NotSupported
+from ..core.io import OVERLAPPED
+from ..host.libc import LIBC as _libc
+from ..core.locking import ImageLock, ofd_supported
+from ..host.memory import uninitialized
+from ..core.options import OpenFlags, parse_bool
+from ..host.writer import Writer, thread_name
 
 if TYPE_CHECKING:
-    from ..node import BlockNode
+    from ..core.node import BlockNode
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02

@@ -5,13 +5,13 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any
 
-from ..driver import (BlockDriver, BlockStatus, ChildRole, CreateOption, DriverInfo, Limits,
+from ..core.driver import (BlockDriver, BlockStatus, ChildRole, CreateOption, DriverInfo, Limits,
                       Perm, Prealloc, ReqFlag, Status)
-from ..errors import BlockError, InvalidArgument, NotSupported
-from ..options import OpenFlags, parse_size
+from ..core.errors import BlockError, InvalidArgument, NotSupported
+from ..core.options import OpenFlags, parse_size
 
 if TYPE_CHECKING:
-    from ..node import BlockNode
+    from ..core.node import BlockNode
 
 PROBE_SIZE = 512
 
@@ -43,7 +43,7 @@ class RawDriver(BlockDriver):
     @classmethod
     async def create(cls, filename: str, options: dict[str, Any], *,
                      open_file: Any = None) -> None:
-        from .file import FileDriver
+        from ..protocols.file import FileDriver
         await FileDriver.create(filename, options)
 
     @classmethod
@@ -102,7 +102,7 @@ class RawDriver(BlockDriver):
 
     def _check_probed_write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """A probed raw image may not get a header that would probe as another format."""
-        from ..registry import probe_format
+        from ..core.registry import probe_format
         head = bytes(data[:PROBE_SIZE - offset])
         if offset == 0 and probe_format(head, None) != "raw":
             raise BlockError("write to block 0 of a probed raw image refused", errno.EPERM)

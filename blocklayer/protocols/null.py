@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..driver import BlockDriver, BlockStatus, Prealloc, ReqFlag, Status
-from ..options import OpenFlags, parse_bool, parse_size
+from ..core.driver import BlockDriver, BlockStatus, Prealloc, ReqFlag, Status
+from ..core.options import OpenFlags, parse_bool, parse_size
 
 
 class NullDriver(BlockDriver):

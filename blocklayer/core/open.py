@@ -20,7 +20,7 @@ from typing import Any
 from . import registry
 from .driver import BlockDriver, ChildRole, Perm
 from .errors import BlockError, InvalidArgument, NodeNotFound
-from .memory import tune_malloc
+from ..host.memory import tune_malloc
 from .node import BlockGraph, BlockNode
 from .options import (CacheMode, OpenFlags, extract_prefix, parse_bool, parse_json_filename)
 

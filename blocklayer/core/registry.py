@@ -10,11 +10,11 @@ from .driver import BlockDriver
 from .errors import InvalidArgument
 
 DRIVERS: dict[str, str] = {
-    "file": "blocklayer.drivers.file:FileDriver",
-    "host_device": "blocklayer.drivers.file:HostDeviceDriver",
-    "null-co": "blocklayer.drivers.null:NullDriver",
-    "null-aio": "blocklayer.drivers.null:NullAioDriver",
-    "raw": "blocklayer.drivers.raw:RawDriver",
+    "file": "blocklayer.protocols.file:FileDriver",
+    "host_device": "blocklayer.protocols.file:HostDeviceDriver",
+    "null-co": "blocklayer.protocols.null:NullDriver",
+    "null-aio": "blocklayer.protocols.null:NullAioDriver",
+    "raw": "blocklayer.formats.raw:RawDriver",
     "blkdebug": "blocklayer.filters.blkdebug:BlkdebugDriver",
     "qcow2": "blocklayer.formats.qcow2.driver:Qcow2Driver",
     "qed": "blocklayer.formats.qed.driver:QedDriver",

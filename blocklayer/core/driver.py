@@ -1,15 +1,15 @@
 """The block driver interface (QEMU's ``BlockDriver``), with its small value types.
 
 A driver is a class.  One instance serves one node (``self.node``); the node layer in
-:mod:`blocklayer.node` and :mod:`blocklayer.io` calls the driver only with requests that
+:mod:`blocklayer.core.node` and :mod:`blocklayer.core.io` calls the driver only with requests that
 are in bounds, aligned to ``limits().request_alignment`` and no larger than
 ``limits().max_transfer``.  A driver does only what is specific to it: capabilities it
 does not have are declared (``can_*`` attributes, or raising :class:`NotSupported`) and the
 fallbacks live once, in the request path.
 
-To add a driver, copy :mod:`blocklayer.drivers.null` (protocol) or
-:mod:`blocklayer.drivers.raw` (format), change the names and register it in
-:mod:`blocklayer.registry`.
+To add a driver, copy :mod:`blocklayer.protocols.null` (protocol) or
+:mod:`blocklayer.formats.raw` (format), change the names and register it in
+:mod:`blocklayer.core.registry`.
 """
 from __future__ import annotations
 
@@ -304,7 +304,7 @@ class BlockDriver:
 
     async def copy_range_from(self, offset: int, dst: "BlockNode", dst_offset: int,
                               length: int, flags: ReqFlag) -> None:
-        """Source side of a copy offload (see :func:`blocklayer.io.node_copy_range`):
+        """Source side of a copy offload (see :func:`blocklayer.core.io.node_copy_range`):
         resolve ``[offset, offset+length)`` to where it is stored and pass it on, a
         format or filter to a child's ``copy_range``, a protocol to
         ``dst.copy_range_to(self.node, ...)``.  Raise :class:`NotSupported` for any

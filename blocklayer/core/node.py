@@ -4,7 +4,7 @@ A :class:`BlockGraph` owns the nodes by name.  A :class:`BlockNode` has one driv
 instance, children (each a :class:`Child` edge with a role and permissions), parents,
 open flags and per-node state that the request path uses (tracked requests, drain
 counters, accounting, the write threshold, before-write notifiers).  The request
-entry points (``read``, ``write``, ...) are defined in :mod:`blocklayer.io` and bound
+entry points (``read``, ``write``, ...) are defined in :mod:`blocklayer.core.io` and bound
 here so there is exactly one path every request goes through.
 """
 from __future__ import annotations
@@ -354,7 +354,7 @@ class BlockNode:
                 elif not edge.node.closed:
                     edge.node.refresh_perms()
 
-    # ---- the request path (see blocklayer.io) ---------------------------------------------
+    # ---- the request path (see blocklayer.core.io) ---------------------------------------------
     read = _io.node_read
     write = _io.node_write
     write_zeroes = _io.node_write_zeroes

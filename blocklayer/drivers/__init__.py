@@ -1,1 +1,0 @@
-"""Protocol, format-agnostic and filter drivers.  Formats live in :mod:`blocklayer.formats`."""

@@ -1,0 +1,1 @@
+"""Host helpers: the C library calls os lacks, malloc tuning, the writer thread."""

@@ -1,0 +1,1 @@
+"""Block jobs and the copy engine they share."""
