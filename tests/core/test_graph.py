@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from blocklayer import chain, graph as graphops, registry
+from blocklayer.core import chain, graph as graphops, registry
 from blocklayer.core.create import create_image
 from blocklayer.core.driver import CreateOption, Status
 from blocklayer.core.errors import BlockError, PermissionConflict

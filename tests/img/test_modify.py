@@ -55,7 +55,7 @@ def _allocation(image: Path) -> list[dict[str, object]] | str:
 
 def _formatting_gap(fmt: str) -> bool:
     """Drivers that do not (yet) say which create defaults qemu-img prints."""
-    from blocklayer import registry
+    from blocklayer.core import registry
     cls = registry.get_driver(fmt)
     return fmt != "raw" and getattr(cls, "create_defaults_shown", None) is None and \
         any(o.default is not None for o in cls.create_options) or \
