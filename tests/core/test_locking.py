@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from blocklayer import registry
+from blocklayer.core import registry
 from blocklayer.core.driver import Perm
 from blocklayer.core.errors import PermissionConflict
 from blocklayer.core.open import open_image

@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
 
 
 def _help(fmt: str) -> int:
-    from blocklayer import registry
+    from blocklayer.core import registry
     try:
         cls = registry.get_driver(fmt)
     except InvalidArgument:

@@ -163,7 +163,7 @@ OPT_TYPE_NAMES = {"size": "size", "bool": "bool (on/off)", "string": "str", "num
 def print_create_options_help(fmt: str, with_header: str = "Supported options:",
                               protocol_of: str | None = None) -> None:
     """``-o help``: the format's options, with the protocol's when a filename is known."""
-    from blocklayer import registry
+    from blocklayer.core import registry
     cls = registry.get_driver(fmt)
     options = {o.name: o for o in cls.create_options}
     if protocol_of is None and with_header == "Supported options:" and not cls.is_protocol:

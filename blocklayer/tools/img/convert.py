@@ -584,7 +584,7 @@ def _check_option_mix(p: Any) -> None:
 
 
 def _create_options_help(fmt: str, args: list[str]) -> int:
-    from blocklayer import registry
+    from blocklayer.core import registry
     try:
         registry.get_driver(fmt)
     except InvalidArgument:
@@ -633,7 +633,7 @@ async def _snapshot(spec: str | None, sources: list["BlockNode"]) -> None:
 def _create_options(fmt: str, opts: dict[str, str], size: int, backing: str | None,
                     backing_fmt: str | None) -> dict[str, Any]:
     """``-o`` checked against the format, then the size and -B/-F laid over it."""
-    from blocklayer import registry
+    from blocklayer.core import registry
     from blocklayer.core.create import all_create_options, normalize_create_options
     try:
         registry.get_driver(fmt)
@@ -652,7 +652,7 @@ def _create_options(fmt: str, opts: dict[str, str], size: int, backing: str | No
 
 
 def _check_compression(fmt: str | None, create_opts: dict[str, Any] | None) -> None:
-    from blocklayer import registry
+    from blocklayer.core import registry
     if fmt is not None and not registry.get_driver(fmt).can_compressed_write:
         raise InvalidArgument("Compression not supported for this file format")
     opts = create_opts or {}

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
 
 
 def _check_format(fmt: str, filename: str) -> "type[BlockDriver]":
-    from blocklayer import registry
+    from blocklayer.core import registry
     try:
         return registry.get_driver(fmt)
     except InvalidArgument:

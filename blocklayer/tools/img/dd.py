@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
 
 async def run(p, src_name: str, dst_name: str, bs: int, count: int | None,  # type: ignore[no-untyped-def]
               skip: int) -> int:
-    from blocklayer import registry
+    from blocklayer.core import registry
     from blocklayer.core.create import create_image, normalize_create_options
     graph = new_graph()
     out_fmt = p.last("-O") or "raw"

@@ -122,7 +122,7 @@ def version_text() -> str:
 
 
 def print_help() -> None:
-    from blocklayer import registry
+    from blocklayer.core import registry
     from .args import PROG
     formats = "".join(" " + n for n in registry.format_names())
     print(version_text() + HELP % {"prog": PROG, "formats": formats}, end="")

@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
 
 
 async def run(p: Any, filename: str | None, size: int | None, out: str) -> int:
-    from blocklayer import registry
+    from blocklayer.core import registry
     from blocklayer.core.create import normalize_create_options
     fmt = p.last("-O") or "raw"
     opts, _ = parse_o_options(p.all("-o"))
