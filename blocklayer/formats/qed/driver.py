@@ -17,7 +17,7 @@ import errno
 from array import array
 from typing import Any, AsyncIterator
 
-from ...core.driver import (BlockDriver, BlockStatus, CheckMode, CheckResult, CreateOption,
+from ...core.driver import (BlockDriver, BlockStatus, Cap, CheckMode, CheckResult, CreateOption,
                        DriverInfo, Limits, Prealloc, ReqFlag, Status)
 from ...core.errors import BlockError, InvalidArgument, NoSpace, NotSupported
 from ...core.io import metadata_io
@@ -60,10 +60,7 @@ class QedDriver(BlockDriver):
     format_name = "qed"
     is_format = True
     supports_backing = True
-    can_write_zeroes = True
-    can_block_status = True
-    can_truncate = True
-    can_check = True
+    caps = Cap.WRITE_ZEROES | Cap.BLOCK_STATUS
     create_options = (
         CreateOption("size", "size", "Virtual disk size"),
         CreateOption("backing_file", "string", "File name of a base image"),
