@@ -256,8 +256,11 @@ async def _read_split(node: "BlockNode", offset: int, length: int,
     total = node.total_bytes
     if offset >= total and not node.driver.is_protocol:
         return _zeros(length) if length <= ZERO_BUFFER_MAX else bytes(length)
-    readable = length if node.driver.is_protocol else min(length, total - offset)
     limits = node.limits
+    # as QEMU: up to the end rounded up to the alignment (the last block of a filter
+    # over a file whose length is not aligned is read whole)
+    readable = length if node.driver.is_protocol \
+        else min(length, align_up(total - offset, limits.request_alignment))
     max_xfer = limits.max_transfer or readable
     if readable <= max_xfer:
         data = await node.driver.read(offset, readable, flags)
@@ -339,8 +342,8 @@ def _after_write(node: "BlockNode", offset: int, length: int) -> None:
     end = offset + length
     if end > node.stats.wr_highest_offset:
         node.stats.wr_highest_offset = end
-    if end > node.total_bytes and node.driver.is_protocol:
-        node.total_bytes = end
+    if end > node.total_bytes and (node.driver.is_protocol or node.driver.is_filter):
+        node.total_bytes = end      # a format below grew its file (and every filter)
     for observer in node.write_observers:
         observer(node, offset, length)
 

@@ -224,14 +224,14 @@ class QedDriver(BlockDriver):
                 return out
             run = await img.find(pos, end - pos)
 
-    async def _read_run(self, run: Run, pos: int) -> bytes:
+    async def _read_run(self, run: Run, pos: int) -> bytes | bytearray:
         if run.kind is Kind.DATA:
             return await self.img.file.read(run.host, run.length)
         if run.kind is Kind.ZERO:
             return _zeros(run.length)
         return await self._read_backing(pos, run.length)
 
-    async def _read_backing(self, pos: int, length: int) -> bytes:
+    async def _read_backing(self, pos: int, length: int) -> bytes | bytearray:
         """The backing file's bytes, zeroes where it has none (or is shorter)."""
         backing = self.node.backing
         if backing is None or pos >= backing.total_bytes:
