@@ -446,8 +446,10 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
 
     # ---- block status -----------------------------------------------------------------------
     def set_status_shape(self, shape: StatusShape) -> None:
-        self.merge_status_runs = {StatusShape.MERGED: True, StatusShape.HOLES: "holes",
-                                  StatusShape.QEMU: False}[shape]
+        merge: dict[StatusShape, bool | str] = {StatusShape.MERGED: True,
+                                                StatusShape.HOLES: "holes",
+                                                StatusShape.QEMU: False}
+        self.merge_status_runs = merge[shape]
 
     async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
         async with self.lock:

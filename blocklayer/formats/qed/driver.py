@@ -322,7 +322,7 @@ class QedDriver(BlockDriver):
             # the copied backing data must be durable before the L2 table points at it
             await file.flush()
 
-    async def _old_contents(self, pos: int, length: int, kind: Kind) -> bytes:
+    async def _old_contents(self, pos: int, length: int, kind: Kind) -> bytes | bytearray:
         if length == 0:
             return b""
         if kind is Kind.ZERO:
