@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .driver import BlockDriver, BlockStatus, Cap, ChildRole, Limits, Perm, Prealloc, ReqFlag, Status
+from .driver import (BlockDriver, BlockStatus, Cap, ChildRole, Limits, Perm, Prealloc, ReqFlag,
+                     Status)
 from .errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class FilterDriver(BlockDriver):
         return child
 
     async def open(self, options: dict[str, Any], flags: "OpenFlags") -> None:
-        self.child   # noqa: B018  (fails cleanly when there is none)
+        _ = self.child      # InvalidArgument when there is none
 
     # ---- what the node can do: the child's ------------------------------------------
     def capabilities(self) -> Cap:

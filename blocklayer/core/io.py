@@ -257,10 +257,11 @@ async def _read_split(node: "BlockNode", offset: int, length: int,
     if offset >= total and not node.driver.is_protocol:
         return _zeros(length) if length <= ZERO_BUFFER_MAX else bytes(length)
     limits = node.limits
-    # as QEMU: up to the end rounded up to the alignment (the last block of a filter
-    # over a file whose length is not aligned is read whole)
-    readable = length if node.driver.is_protocol \
-        else min(length, align_up(total - offset, limits.request_alignment))
+    if node.driver.is_protocol or offset + length <= total:
+        readable = length
+    else:   # as QEMU: up to the end rounded up to the alignment (the last block of a
+        # filter over a file whose length is not aligned is read whole)
+        readable = min(length, align_up(total - offset, limits.request_alignment))
     max_xfer = limits.max_transfer or readable
     if readable <= max_xfer:
         data = await node.driver.read(offset, readable, flags)
