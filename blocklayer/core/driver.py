@@ -3,12 +3,15 @@
 A driver is a class.  One instance serves one node (``self.node``); the node layer in
 :mod:`blocklayer.core.node` and :mod:`blocklayer.core.io` calls the driver only with requests that
 are in bounds, aligned to ``limits().request_alignment`` and no larger than
-``limits().max_transfer``.  A driver does only what is specific to it: capabilities it
-does not have are declared (``can_*`` attributes, or raising :class:`NotSupported`) and the
-fallbacks live once, in the request path.
+``limits().max_transfer``.  A driver does only what is specific to it: what it can do is
+declared once (``caps``, asked through :meth:`BlockDriver.capabilities`), every operation a
+caller may use is declared here with its default (raising :class:`NotSupported`, doing
+nothing, or answering conservatively), and the fallbacks live once, in the request path.
+No caller looks an operation up by name.
 
-To add a driver, copy :mod:`blocklayer.protocols.null` (protocol) or
-:mod:`blocklayer.formats.raw` (format), change the names and register it in
+To add a driver, copy :mod:`blocklayer.protocols.null` (protocol),
+:mod:`blocklayer.filters.blkdebug` (filter, on :class:`blocklayer.core.filter.FilterDriver`)
+or :mod:`blocklayer.formats.qed` (format), change the names and register it in
 :mod:`blocklayer.core.registry`.
 """
 from __future__ import annotations
@@ -37,9 +40,37 @@ class ReqFlag(enum.IntFlag):
     NO_FALLBACK = 0x4    # write zeroes: fail with ENOTSUP instead of writing a buffer
     COMPRESSED = 0x8     # write: store compressed
     COPY_ON_READ = 0x10  # read: copy what comes from the backing chain into this node
-    NO_SERIALISING = 0x20
-    PREFETCH = 0x40      # read with copy-on-read whose data nobody needs
-    NO_WAIT = 0x80
+
+
+class Cap(enum.IntFlag):
+    """What a driver can do beyond read and write (nbdkit's ``can_*`` answers).
+
+    A driver declares its own in ``caps``; :meth:`BlockDriver.capabilities` answers for
+    the open node (a filter adds its child's, and may hide some).  The node caches the
+    answer at open (``BlockNode.caps``); the request path falls back where one is
+    missing.
+    """
+
+    NONE = 0
+    WRITE_ZEROES = 0x1        # write_zeroes() (else the request path writes zero buffers)
+    DISCARD = 0x2             # discard() (else discard is a no-op)
+    BLOCK_STATUS = 0x4        # block_status() (else "all data")
+    FUA = 0x8                 # write(FUA) is durable (else the request path flushes)
+    COMPRESSED_WRITE = 0x10   # write(COMPRESSED)
+    #: a write takes its place in the image (allocates, or takes a FIFO lock under
+    #: which it will) before it first waits, so writes started one after another, each
+    #: before the last completes, are laid out as if each had waited (a copy may then
+    #: keep several in flight); without it, callers that care about layout wait in turn
+    ALLOCATES_IN_ORDER = 0x20
+    PERSISTENT_BITMAPS = 0x40  # the bitmap_* operations (dirty bitmaps stored in the image)
+
+
+class StatusShape(enum.Enum):
+    """How block status answers may run on (:meth:`BlockDriver.set_status_shape`)."""
+
+    MERGED = "merged"   # as long as the driver can tell at once (the default)
+    HOLES = "holes"     # cut where QEMU's are, except zero runs without a backing file
+    QEMU = "qemu"       # cut where QEMU's answers are (qcow2: at each L2 table)
 
 
 class Status(enum.IntFlag):
@@ -109,6 +140,7 @@ class DriverInfo:
     vm_state_offset: int = 0
     is_dirty: bool = False
     needs_compressed_writes: bool = False
+    encrypted: bool = False
 
 
 @dataclass(slots=True)
@@ -202,44 +234,40 @@ class BlockDriver:
     is_protocol: ClassVar[bool] = False
     #: a filter has exactly one child that holds the data (``file`` or ``backing``)
     is_filter: ClassVar[bool] = False
-    protocol_prefixes: ClassVar[tuple[str, ...]] = ()
     #: the child role through which guest data flows for formats/filters
     data_child_role: ClassVar[ChildRole] = ChildRole.FILE
     supports_backing: ClassVar[bool] = False
     #: the option prefix and child name of the file child (blkdebug calls it "image")
     file_child_key: ClassVar[str] = "file"
     create_options: ClassVar[tuple[CreateOption, ...]] = ()
+    #: the options ``qemu-img amend`` accepts; empty: the driver cannot amend
+    amend_options: ClassVar[tuple[CreateOption, ...]] = ()
     #: the options whose default ``qemu-img create`` shows in its ``Formatting`` line
     #: (QEMU prints only options that have a default string); None: every default
     create_defaults_shown: ClassVar[tuple[str, ...] | None] = None
     #: options accepted by ``open`` besides the generic ones (documentation and checking)
     open_options: ClassVar[tuple[str, ...]] = ()
 
-    # capabilities; the request path falls back when one is missing
-    can_write_zeroes: ClassVar[bool] = False
-    can_discard: ClassVar[bool] = False
-    can_block_status: ClassVar[bool] = False
-    can_fua: ClassVar[bool] = False
-    can_compressed_write: ClassVar[bool] = False
-    can_truncate: ClassVar[bool] = False
-    can_check: ClassVar[bool] = False
-    #: a write takes its place in the image (allocates, or takes a FIFO lock under
-    #: which it will) before it first waits, so writes started one after another, each
-    #: before the last completes, are laid out as if each had waited (a copy may then
-    #: keep several in flight); False: callers that care about layout wait in turn
-    allocates_in_order: ClassVar[bool] = False
+    #: what the driver itself can do (see :class:`Cap`); ask :meth:`capabilities`
+    caps: ClassVar[Cap] = Cap.NONE
 
     def __init__(self, node: "BlockNode") -> None:
         self.node = node
+
+    def capabilities(self) -> Cap:
+        """What this open node can do: by default what the class declares in ``caps``.
+        Asked once the node is open (and after a reopen); the node caches the answer."""
+        return self.caps
+
+    @property
+    def allocates_in_order(self) -> bool:
+        """Shorthand for ``Cap.ALLOCATES_IN_ORDER in capabilities()``."""
+        return bool(self.capabilities() & Cap.ALLOCATES_IN_ORDER)
 
     # ---- class-level -------------------------------------------------------------
     @classmethod
     def probe(cls, header: bytes, filename: str | None) -> int:
         """Score 0..100 for how sure the driver is that ``header`` is its format."""
-        return 0
-
-    @classmethod
-    def probe_protocol(cls, filename: str) -> int:
         return 0
 
     @classmethod
@@ -251,6 +279,15 @@ class BlockDriver:
         its open node (so formats need not know how files are made).
         """
         raise NotSupported(f"Driver '{cls.format_name}' does not support image creation")
+
+    @classmethod
+    async def measure(cls, options: dict[str, Any],
+                      source: "BlockNode | None" = None) -> dict[str, int]:
+        """``qemu-img measure``: ``{"required", "fully-allocated"}`` bytes (and
+        ``"bitmaps"`` when the format stores them) for an image made with ``options``
+        (``size`` an int), or holding the data of ``source``."""
+        raise NotSupported(f"Block driver '{cls.format_name}' does not support size "
+                           "measurement")
 
     # ---- lifecycle ---------------------------------------------------------------
     async def open(self, options: dict[str, Any], flags: "OpenFlags") -> None:
@@ -328,10 +365,16 @@ class BlockDriver:
     async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
         """Status of ``[offset, offset+length)``; may answer for a shorter prefix.
 
-        Default (used when ``can_block_status`` is False): everything is data, allocated
-        here for protocols, and recursed into the data child for filters.
+        Called only when ``capabilities()`` has :attr:`Cap.BLOCK_STATUS`; without it
+        the request path answers: everything is data, allocated here for protocols,
+        and recursed into the data child for filters.
         """
         return BlockStatus(Status.DATA | Status.ALLOCATED, length)
+
+    def set_status_shape(self, shape: StatusShape) -> None:
+        """How long block status answers may be from now on.  A caller whose work is
+        cut where the answers are cut (a copy that must make QEMU's requests) asks for
+        :attr:`StatusShape.QEMU`.  Default: the driver's answers already are."""
 
     async def truncate(self, size: int, exact: bool, prealloc: Prealloc) -> None:
         raise NotSupported(f"Image format '{self.format_name}' does not support resizing")
@@ -373,6 +416,7 @@ class BlockDriver:
         raise NotSupported("This image format does not support checks")
 
     async def amend(self, options: dict[str, Any], force: bool) -> None:
+        """Change format options (the ``amend_options``, values parsed)."""
         raise NotSupported(f"Format driver '{self.format_name}' does not support option amendment")
 
     async def change_backing_file(self, backing_file: str | None,
@@ -388,6 +432,54 @@ class BlockDriver:
 
     def data_file_name(self) -> str | None:
         return None
+
+    async def backing_changed(self) -> None:
+        """The node's ``backing`` child was attached or replaced (default: nothing)."""
+
+    # compressed writes (with :attr:`Cap.COMPRESSED_WRITE`)
+    def compress_ahead(self, offset: int, data: memoryview) -> None:
+        """A hint: a compressed write of this very ``data`` at ``offset`` follows; the
+        driver may start compressing it now (default: nothing)."""
+
+    async def end_compressed(self) -> None:
+        """A run of compressed writes is over (default: nothing)."""
+
+    # persistent dirty bitmaps (with :attr:`Cap.PERSISTENT_BITMAPS`); callers use
+    # :mod:`blocklayer.core.bitmaps`, which checks the capability first
+    def bitmap_list(self) -> list[dict[str, Any]]:
+        """Each bitmap: ``{"name", "granularity", "flags", "recording", "persistent",
+        "inconsistent", "count"}``."""
+        return []
+
+    async def bitmap_add(self, name: str, granularity: int | None = None,
+                         persistent: bool = True, disabled: bool = False) -> None:
+        raise NotSupported(f"Driver '{self.format_name}' cannot store persistent bitmaps")
+
+    async def bitmap_remove(self, name: str) -> None:
+        raise NotSupported(f"Driver '{self.format_name}' cannot store persistent bitmaps")
+
+    async def bitmap_clear(self, name: str) -> None:
+        raise NotSupported(f"Driver '{self.format_name}' cannot store persistent bitmaps")
+
+    async def bitmap_set_enabled(self, name: str, enabled: bool) -> None:
+        raise NotSupported(f"Driver '{self.format_name}' cannot store persistent bitmaps")
+
+    async def bitmap_merge(self, target: str, source: Any) -> None:
+        """Merge into ``target`` a bitmap of this node (by name) or one that
+        :meth:`bitmap_find` returned (of another node of the same driver)."""
+        raise NotSupported(f"Driver '{self.format_name}' cannot store persistent bitmaps")
+
+    def bitmap_find(self, name: str) -> Any:
+        """A handle on bitmap ``name`` for :meth:`bitmap_merge`."""
+        raise NotSupported(f"Driver '{self.format_name}' cannot store persistent bitmaps")
+
+    def bitmap_get(self, name: str) -> Any:
+        """The bits of ``name``, one bool per granule (a numpy array)."""
+        raise NotSupported(f"Driver '{self.format_name}' cannot store persistent bitmaps")
+
+    def bitmap_set(self, name: str, offset: int, length: int, value: bool = True) -> None:
+        """Mark (or clear) the granules of ``[offset, offset + length)``."""
+        raise NotSupported(f"Driver '{self.format_name}' cannot store persistent bitmaps")
 
     # snapshots
     async def snapshot_list(self) -> list[SnapshotInfo]:

@@ -9,22 +9,42 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from typing import Self
 
 
 class BlockError(Exception):
-    """Root of every blocklayer error."""
+    """Root of every blocklayer error.
+
+    ``guest_offset``: where in the guest a request of many clusters failed, when the
+    driver knows (a copy names it as if it had made one request per cluster).
+    ``check_messages``: the lines a check had found before it failed.
+    """
 
     default_errno = _errno.EIO
     qmp_class = "GenericError"
 
-    def __init__(self, message: str, errno: int | None = None) -> None:
+    def __init__(self, message: str, errno: int | None = None, *,
+                 guest_offset: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.errno = self.default_errno if errno is None else errno
+        self.guest_offset = guest_offset
+        self.check_messages: list[str] = []
 
     @property
     def strerror(self) -> str:
         return os.strerror(self.errno)
+
+    def with_prefix(self, prefix: str, suffix: str = "") -> Self:
+        """This error with ``prefix`` before its message (and ``suffix`` after it):
+        the same class, errno and fields, with this error as its cause.
+        ``raise exc.with_prefix("Could not open 'x': ")`` inside ``except``."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.message = prefix + self.message + suffix
+        new.args = (new.message,)
+        new.__cause__ = self
+        return new
 
     def __str__(self) -> str:
         return self.message

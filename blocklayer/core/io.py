@@ -17,11 +17,18 @@ import contextvars
 import errno
 from typing import TYPE_CHECKING, Iterator
 
-from .driver import BlockStatus, Prealloc, ReqFlag, Status
+from .driver import BlockStatus, Cap, Prealloc, ReqFlag, Status
 from .errors import BlockError, InvalidArgument, NotSupported, ReadOnlyError
 
 if TYPE_CHECKING:
     from .node import BlockNode
+
+# capability bits as plain ints: ``node.caps & CAP_FUA`` is one C operation per request
+CAP_WRITE_ZEROES = int(Cap.WRITE_ZEROES)
+CAP_DISCARD = int(Cap.DISCARD)
+CAP_BLOCK_STATUS = int(Cap.BLOCK_STATUS)
+CAP_FUA = int(Cap.FUA)
+CAP_COMPRESSED_WRITE = int(Cap.COMPRESSED_WRITE)
 
 BDRV_MAX_LENGTH = (1 << 63) - 1
 ZERO_BUFFER_MAX = 1 << 20          # largest zero buffer written by the fallback
@@ -249,8 +256,12 @@ async def _read_split(node: "BlockNode", offset: int, length: int,
     total = node.total_bytes
     if offset >= total and not node.driver.is_protocol:
         return _zeros(length) if length <= ZERO_BUFFER_MAX else bytes(length)
-    readable = length if node.driver.is_protocol else min(length, total - offset)
     limits = node.limits
+    if node.driver.is_protocol or offset + length <= total:
+        readable = length
+    else:   # as QEMU: up to the end rounded up to the alignment (the last block of a
+        # filter over a file whose length is not aligned is read whole)
+        readable = min(length, align_up(total - offset, limits.request_alignment))
     max_xfer = limits.max_transfer or readable
     if readable <= max_xfer:
         data = await node.driver.read(offset, readable, flags)
@@ -278,7 +289,7 @@ async def _copy_on_read(node: "BlockNode", offset: int, length: int) -> bytes:
         if not allocated and pos < node.total_bytes:
             usable = min(n, node.total_bytes - pos)
             piece = memoryview(chunk)[:usable]
-            if is_zero(piece) and node.driver.can_write_zeroes:
+            if is_zero(piece) and node.caps & CAP_WRITE_ZEROES:
                 try:
                     await node.driver.write_zeroes(pos, usable, ReqFlag.NONE)
                 except NotSupported:
@@ -301,7 +312,7 @@ async def node_write(node: "BlockNode", offset: int, data: bytes | bytearray | m
     if not node.flags.cache.writeback and REQUEST_DEPTH.get() == 0:
         flags |= ReqFlag.FUA          # writethrough: every guest write is durable
     async with _request(node, "write", offset, length, write=True):
-        if flags and flags & ReqFlag.COMPRESSED and not node.driver.can_compressed_write:
+        if flags and flags & ReqFlag.COMPRESSED and not node.caps & CAP_COMPRESSED_WRITE:
             raise NotSupported("Compression is not supported for this drive", errno.ENOTSUP)
         mode = node.flags.detect_zeroes
         if mode != "off" and not flags & ReqFlag.COMPRESSED and is_zero(data):
@@ -332,8 +343,8 @@ def _after_write(node: "BlockNode", offset: int, length: int) -> None:
     end = offset + length
     if end > node.stats.wr_highest_offset:
         node.stats.wr_highest_offset = end
-    if end > node.total_bytes and node.driver.is_protocol:
-        node.total_bytes = end
+    if end > node.total_bytes and (node.driver.is_protocol or node.driver.is_filter):
+        node.total_bytes = end      # a format below grew its file (and every filter)
     for observer in node.write_observers:
         observer(node, offset, length)
 
@@ -374,7 +385,8 @@ async def _write_split(node: "BlockNode", offset: int, data: bytes | bytearray |
     drv = node.driver
     # ``flags and``: int truth is C code, Flag arithmetic is Python (per request)
     fua = bool(flags and flags & ReqFlag.FUA)
-    if fua and not drv.can_fua:
+    emulate_fua = fua and not node.caps & CAP_FUA
+    if emulate_fua:
         flags &= ~ReqFlag.FUA
     max_xfer = node.limits.max_transfer
     if flags and flags & ReqFlag.COMPRESSED:
@@ -386,7 +398,7 @@ async def _write_split(node: "BlockNode", offset: int, data: bytes | bytearray |
         mv = memoryview(data)
         for pos in range(0, length, max_xfer):
             await drv.write(offset + pos, mv[pos:pos + max_xfer], flags)
-    if fua and not drv.can_fua:
+    if emulate_fua:
         await node_flush(node)
 
 
@@ -440,14 +452,14 @@ async def _zero_aligned(node: "BlockNode", offset: int, length: int, flags: ReqF
 
 
 async def _zero_piece(node: "BlockNode", offset: int, length: int, flags: ReqFlag) -> None:
-    drv = node.driver
-    if drv.can_write_zeroes:
+    caps = node.caps
+    if caps & CAP_WRITE_ZEROES:
         try:
-            await drv.write_zeroes(offset, length, flags)
+            await node.driver.write_zeroes(offset, length, flags)
         except NotSupported:
             pass
         else:
-            if flags & ReqFlag.FUA and not drv.can_fua:
+            if flags & ReqFlag.FUA and not caps & CAP_FUA:
                 await node_flush(node)
             return
     await _write_zero_buffer(node, offset, length, flags)
@@ -474,7 +486,7 @@ async def _write_zero_buffer(node: "BlockNode", offset: int, length: int,
 async def node_discard(node: "BlockNode", offset: int, length: int) -> None:
     """Discard (unmap) a range; a no-op unless the node was opened with discard=unmap."""
     async with _request(node, "discard", offset, length, write=True):
-        if not node.flags.discard_unmap or not node.driver.can_discard or length == 0:
+        if not node.flags.discard_unmap or not node.caps & CAP_DISCARD or length == 0:
             return
         start_ns = node.stats.start()
         limits = node.limits
@@ -645,7 +657,7 @@ async def node_block_status(node: "BlockNode", offset: int, length: int,
     query_len = align_up(offset + length, align) - aligned_off
     depth_token = REQUEST_DEPTH.set(REQUEST_DEPTH.get() + 1)
     try:
-        if drv.can_block_status:
+        if node.caps & CAP_BLOCK_STATUS:
             st = await drv.block_status(aligned_off, query_len, want_zero)
         elif drv.is_filter and node.data_child is not None:
             st = BlockStatus(Status.RAW | Status.OFFSET_VALID, query_len,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 from . import io as _io
 from .accounting import BlockStats
-from .driver import BlockDriver, ChildRole, Limits, Perm
+from .driver import BlockDriver, Cap, ChildRole, Limits, Perm
 from .errors import InvalidArgument, NodeNotFound, PermissionConflict
 from .options import OpenFlags
 
@@ -107,6 +107,10 @@ class BlockNode:
         self.closing = False
         self.total_bytes = 0
         self.limits = Limits()                 # cached driver limits (refresh_limits)
+        #: the driver's ``capabilities()`` (a :class:`Cap`; the class's declaration
+        #: until open), cached by refresh_limits as a plain int: the request path tests
+        #: one bit in C (``caps & CAP_FUA``)
+        self.caps = int(driver_cls.caps)
         self.allow_write_beyond_eof = False    # image creation grows its file freely
         self.state = NodeState()
         self.stats = BlockStats()
@@ -167,9 +171,15 @@ class BlockNode:
         return node
 
     def refresh_limits(self) -> Limits:
-        """Ask the driver for its limits again (after open, reopen or a child change)."""
+        """Ask the driver for its limits and capabilities again (after open, reopen or
+        a child change)."""
         self.limits = self.driver.limits()
+        self.caps = int(self.driver.capabilities())
         return self.limits
+
+    def can(self, cap: Cap) -> bool:
+        """Whether the node has every capability in ``cap`` (tools; not per request)."""
+        return self.caps & cap == cap
 
     # ---- children and permissions --------------------------------------------------------
     def attach_child(self, name: str, role: ChildRole, child: "BlockNode") -> Child:

@@ -294,7 +294,7 @@ async def _open_backing(node: BlockNode, backing_opts: dict[str, Any], backing_r
     except NodeNotFound:
         raise
     except BlockError as exc:
-        raise BlockError(f"Could not open backing file: {exc.message}", exc.errno) from None
+        raise exc.with_prefix("Could not open backing file: ")
     try:
         node.attach_child("backing", ChildRole.BACKING, backing)
     except BaseException:
@@ -304,9 +304,7 @@ async def _open_backing(node: BlockNode, backing_opts: dict[str, Any], backing_r
 
 
 async def _after_backing_change(node: BlockNode) -> None:
-    hook = getattr(node.driver, "backing_changed", None)
-    if hook is not None:
-        await hook()
+    await node.driver.backing_changed()
 
 
 def full_backing_filename(overlay: str, backing: str) -> str:

@@ -29,43 +29,34 @@ from __future__ import annotations
 
 import asyncio
 import errno as errnos
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from ..core.driver import BlockDriver, BlockStatus, Limits, Prealloc, ReqFlag, Status
-from ..core.errors import BlockError, InvalidArgument
+from ..core.driver import BlockStatus, Cap, Limits, Prealloc, ReqFlag
+from ..core.errors import BlockError, InvalidArgument, NotSupported
+from ..core.filter import FilterDriver
 from ..core.io import REQUEST_DEPTH
 from ..core.options import OpenFlags, parse_size
 from .blkdebug_rules import RuleSet, parse_rules
 
+if TYPE_CHECKING:
+    from ..core.node import BlockNode
 
-class BlkdebugDriver(BlockDriver):
+
+class BlkdebugDriver(FilterDriver):
     format_name = "blkdebug"
-    is_filter = True
-    protocol_prefixes = ("blkdebug",)
     file_child_key = "image"
-    can_write_zeroes = True
-    can_discard = True
-    can_block_status = True
-    can_fua = True
-    can_truncate = True
+    # its own: zeroing and discard fire events and obey rules whatever the image can do
+    caps = FilterDriver.caps | Cap.WRITE_ZEROES | Cap.DISCARD
     open_options = ("config", "x-image", "align", "max-transfer", "opt-write-zero",
                     "max-write-zero", "opt-discard", "max-discard", "inject-error",
                     "set-state", "take-child-perms", "unshare-child-perms")
 
-    def _child(self):  # type: ignore[no-untyped-def]
-        child = self.node.file
-        assert child is not None
-        return child
-
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
-        if self.node.file is None:
-            raise InvalidArgument("blkdebug needs a 'file' child")
-        inner = self._child().driver.limits()
+        inner = self.child.limits
 
         def size(key: str) -> int:
             return parse_size(options.get(key, 0), key)
-        # QEMU: FUA only as the image supports it, else the request path flushes here
-        self.can_fua = self._child().driver.can_fua  # type: ignore[misc]
         self.align = size("align") or inner.request_alignment
         if self.align & (self.align - 1):
             raise InvalidArgument("Cannot meet constraints with align " + str(self.align))
@@ -79,13 +70,17 @@ class BlkdebugDriver(BlockDriver):
         self.unflushed = False           # QEMU's write generation: written since a flush
         self.rules.fire("none")
 
+    def capabilities(self) -> Cap:
+        # a request may wait (a rule failing it later) before it reaches the image
+        return super().capabilities() & ~Cap.ALLOCATES_IN_ORDER
+
     def limits(self) -> Limits:
-        inner = self._child().driver.limits()
-        return Limits(request_alignment=max(self.align, inner.request_alignment),
-                      max_transfer=self.max_transfer or inner.max_transfer,
-                      pwrite_zeroes_alignment=self.opt_write_zero,
-                      max_pwrite_zeroes=self.max_write_zero,
-                      pdiscard_alignment=self.opt_discard, max_pdiscard=self.max_discard)
+        inner = self.child.limits
+        return replace(inner, request_alignment=max(self.align, inner.request_alignment),
+                       max_transfer=self.max_transfer or inner.max_transfer,
+                       pwrite_zeroes_alignment=self.opt_write_zero,
+                       max_pwrite_zeroes=self.max_write_zero,
+                       pdiscard_alignment=self.opt_discard, max_pdiscard=self.max_discard)
 
     async def _check(self, iotype: str, offset: int, length: int) -> None:
         """Fail the request as an active rule says, else check what QEMU asserts."""
@@ -106,10 +101,10 @@ class BlkdebugDriver(BlockDriver):
         if REQUEST_DEPTH.get() > 1:
             self.rules.fire(event)
 
-    async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes:
+    async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes | bytearray:
         self._fire_from_parent("read_aio")
         await self._check("read", offset, length)
-        return await self._child().read(offset, length)
+        return await super().read(offset, length, flags)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview,
                     flags: ReqFlag) -> None:
@@ -118,7 +113,7 @@ class BlkdebugDriver(BlockDriver):
         self.unflushed = True
         try:
             await self._check("write", offset, len(data))
-            await self._child().write(offset, data, flags & ReqFlag.FUA)
+            await super().write(offset, data, flags)
         finally:
             self.rules.fire("pwritev_done")
 
@@ -127,14 +122,14 @@ class BlkdebugDriver(BlockDriver):
         self.unflushed = True
         try:
             await self._check("write-zeroes", offset, length)
-            await self._child().write_zeroes(offset, length, flags)
+            await super().write_zeroes(offset, length, flags)
         finally:
             self.rules.fire("pwritev_done")
 
     async def discard(self, offset: int, length: int) -> None:
         self.unflushed = True
         await self._check("discard", offset, length)
-        await self._child().discard(offset, length)
+        await super().discard(offset, length)
 
     async def flush_to_os(self) -> None:
         self.rules.fire("flush_to_os")
@@ -146,17 +141,18 @@ class BlkdebugDriver(BlockDriver):
         await self._check("flush", 0, 0)
         self.unflushed = False
 
+    async def copy_range_from(self, offset: int, dst: BlockNode, dst_offset: int,
+                              length: int, flags: ReqFlag) -> None:
+        raise NotSupported("blkdebug does not offload copies")    # as QEMU's
+
+    async def copy_range_to(self, src: BlockNode, src_offset: int, offset: int,
+                            length: int, flags: ReqFlag) -> None:
+        raise NotSupported("blkdebug does not offload copies")
+
     async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
         await self._check("block-status", offset, length)
-        return BlockStatus(Status.RAW | Status.OFFSET_VALID, length, offset, self._child())
+        return await super().block_status(offset, length, want_zero)
 
     async def truncate(self, size: int, exact: bool, prealloc: Prealloc) -> None:
         self.unflushed = True
-        await self._child().truncate(size, exact, prealloc)
-
-    async def get_length(self) -> int:
-        return self._child().total_bytes
-
-    def has_zero_init(self) -> bool:
-        return self._child().driver.has_zero_init()
-
+        await super().truncate(size, exact, prealloc)

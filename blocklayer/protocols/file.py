@@ -18,7 +18,7 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from ..core.driver import (BlockDriver, BlockStatus, CreateOption, Limits, Perm, Prealloc,
+from ..core.driver import (BlockDriver, BlockStatus, Cap, CreateOption, Limits, Perm, Prealloc,
                       ReqFlag, Status)
 from ..core.errors import BlockError, HostIOError, InvalidArgument, NotSupported
 from ..core.io import OVERLAPPED
@@ -65,12 +65,7 @@ def _zero_fill(fd: int, offset: int, length: int) -> None:
 class FileDriver(BlockDriver):
     format_name = "file"
     is_protocol = True
-    protocol_prefixes = ("file",)
-    can_write_zeroes = True
-    allocates_in_order = True
-    can_discard = True
-    can_block_status = True
-    can_truncate = True
+    caps = Cap.WRITE_ZEROES | Cap.DISCARD | Cap.BLOCK_STATUS | Cap.ALLOCATES_IN_ORDER
     open_options = ("filename", "aio", "aio-max-batch", "locking", "pr-manager", "x-inline-io",
                     "drop-cache", "x-check-cache-dropped")
     create_options = (
@@ -392,7 +387,6 @@ class FileDriver(BlockDriver):
 
 class HostDeviceDriver(FileDriver):
     format_name = "host_device"
-    protocol_prefixes = ("host_device",)
 
 
 # ---------------------------------------------------------------------------------------

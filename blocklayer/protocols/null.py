@@ -6,18 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..core.driver import BlockDriver, BlockStatus, Prealloc, ReqFlag, Status
+from ..core.driver import BlockDriver, BlockStatus, Cap, Prealloc, ReqFlag, Status
 from ..core.options import OpenFlags, parse_bool, parse_size
 
 
 class NullDriver(BlockDriver):
     format_name = "null-co"
     is_protocol = True
-    protocol_prefixes = ("null-co",)
-    can_write_zeroes = True
-    allocates_in_order = True
-    can_block_status = True
-    can_truncate = False
+    caps = Cap.WRITE_ZEROES | Cap.BLOCK_STATUS | Cap.ALLOCATES_IN_ORDER
     open_options = ("filename", "size", "latency-ns", "read-zeroes")
 
     size = 1 << 30
@@ -63,4 +59,3 @@ class NullDriver(BlockDriver):
 
 class NullAioDriver(NullDriver):
     format_name = "null-aio"
-    protocol_prefixes = ("null-aio",)

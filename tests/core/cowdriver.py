@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from blocklayer.core.driver import BlockDriver, BlockStatus, Limits, ReqFlag, Status
+from blocklayer.core.driver import BlockDriver, BlockStatus, Cap, Limits, ReqFlag, Status
 from blocklayer.core.errors import ImageCorrupt
 from blocklayer.core.options import OpenFlags
 
@@ -23,7 +23,7 @@ class CowDriver(BlockDriver):
     format_name = "test-cow"
     is_format = True
     supports_backing = True
-    can_block_status = True
+    caps = Cap.BLOCK_STATUS
 
     @classmethod
     def probe(cls, header: bytes, filename: str | None) -> int:

@@ -483,8 +483,8 @@ class WritePath(ZeroPath, ResizePath):
         except BlockError as exc:
             # where a write of many clusters failed (QEMU's convert, one cluster per
             # request, names the cluster)
-            if not hasattr(exc, "guest_offset"):
-                exc.guest_offset = offset + i * cs      # type: ignore[attr-defined]
+            if exc.guest_offset is None:
+                exc.guest_offset = offset + i * cs
             raise
 
     async def end_compressed(self: "Qcow2Driver") -> None:
@@ -535,7 +535,7 @@ class WritePath(ZeroPath, ResizePath):
                         first = idx
                     if olds[idx - first] & L2E_OFFSET_MASK:
                         error = BlockError("Compression can't overwrite anything", errno.EIO)
-                        error.guest_offset = guest      # type: ignore[attr-defined]
+                        error.guest_offset = guest
                         break
                     await self._mark_dirty()
                     placed.append((guest, await self.refcounts.alloc_bytes(len(out)), out))
@@ -549,7 +549,7 @@ class WritePath(ZeroPath, ResizePath):
                     try:
                         await self.file.write(placed[k][1], buf)
                     except BlockError as exc:
-                        exc.guest_offset = placed[k][0]  # type: ignore[attr-defined]
+                        exc.guest_offset = placed[k][0]
                         raise
                     k = j
             except BaseException:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 from array import array
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...core.driver import CreateOption, Prealloc
 from ...core.errors import BlockError, InvalidArgument, NotSupported
@@ -20,7 +20,7 @@ from .snapshot import EXTRA_V3_MIN, write_snapshots
 if TYPE_CHECKING:
     from .driver import Qcow2Driver
 
-AMEND_OPTIONS = (
+AMEND_OPTIONS: tuple[CreateOption, ...] = (
     CreateOption("compat", "string", "Compatibility level (v2 [0.10] or v3 [1.1])"),
     CreateOption("size", "size", "Virtual disk size"),
     CreateOption("backing_file", "string", "File name of a base image"),
@@ -258,7 +258,7 @@ async def change_refcount_order(drv: "Qcow2Driver", order: int) -> None:
 class AmendMethods:
     """``amend`` on the driver (mixed into :class:`~.driver.Qcow2Driver`)."""
 
-    amend_options = AMEND_OPTIONS
+    amend_options: ClassVar[tuple[CreateOption, ...]] = AMEND_OPTIONS
 
     async def amend(self: "Qcow2Driver", options: dict[str, Any], force: bool) -> None:  # type: ignore[misc]
         from .driver import nested

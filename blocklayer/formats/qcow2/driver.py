@@ -15,8 +15,8 @@ from dataclasses import replace
 from typing import Any
 
 from ...core import io as _io
-from ...core.driver import (BlockDriver, BlockStatus, CheckMode, CheckResult, ChildRole,
-                       CreateOption, DriverInfo, Limits, ReqFlag, Status)
+from ...core.driver import (BlockDriver, BlockStatus, Cap, CheckMode, CheckResult, ChildRole,
+                       CreateOption, DriverInfo, Limits, ReqFlag, Status, StatusShape)
 from ...core.errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
 from ...core.options import OpenFlags, parse_bool
 from . import layout as L
@@ -50,18 +50,12 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
     format_name = "qcow2"
     is_format = True
     supports_backing = True
-    can_write_zeroes = True
-    allocates_in_order = True
-    can_discard = True
-    can_block_status = True
-    can_compressed_write = True
-    can_truncate = True
+    caps = (Cap.WRITE_ZEROES | Cap.DISCARD | Cap.BLOCK_STATUS | Cap.COMPRESSED_WRITE
+            | Cap.ALLOCATES_IN_ORDER | Cap.PERSISTENT_BITMAPS)
     #: block status answers go on into the following L2 tables (QEMU's stop at the end
-    #: of one); a user that must cut its work where QEMU's answers end turns this off
-    #: (False), or keeps it for runs that read as zeroes without a backing file to
-    #: consult ("holes": where such a run is cut decides no request)
+    #: of one) unless ``set_status_shape`` asked for QEMU's cuts (False), or for them
+    #: except in runs that read as zeroes without a backing file ("holes")
     merge_status_runs: bool | str = True
-    can_check = True
     open_options = ("data-file", "l2-cache-size", "l2-cache-entry-size",
                     "refcount-cache-size", "cache-size", "cache-clean-interval",
                     "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
@@ -451,6 +445,12 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
         return decompress(self.header.compression_type, data, self.cluster_size)
 
     # ---- block status -----------------------------------------------------------------------
+    def set_status_shape(self, shape: StatusShape) -> None:
+        merge: dict[StatusShape, bool | str] = {StatusShape.MERGED: True,
+                                                StatusShape.HOLES: "holes",
+                                                StatusShape.QEMU: False}
+        self.merge_status_runs = merge[shape]
+
     async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
         async with self.lock:
             if self.metadata_prealloc is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ...core import bitmaps
 from ...core.driver import Status
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ async def _allocated_data(source: "BlockNode", cluster_size: int) -> int:
 def _bitmaps_size(source: "BlockNode", cluster_size: int) -> int:
     total = 0
     dir_size = 0
-    for bm in source.driver.bitmap_list():          # type: ignore[attr-defined]
+    for bm in bitmaps.list_bitmaps(source):
         if not bm.get("persistent", True):
             continue
         bits = -(-source.total_bytes // bm["granularity"])
@@ -97,6 +98,6 @@ async def measure(options: dict[str, Any], source: "BlockNode | None") -> dict[s
         required = virtual
     fully = prealloc_size(virtual, cluster_size, refcount_order, extended_l2)
     info = {"required": fully - virtual + required, "fully-allocated": fully}
-    if v3 and source is not None and hasattr(source.driver, "bitmap_list"):
+    if v3 and source is not None and bitmaps.supported(source):
         info["bitmaps"] = _bitmaps_size(source, cluster_size)
     return info

@@ -17,7 +17,7 @@ import errno
 from array import array
 from typing import Any, AsyncIterator
 
-from ...core.driver import (BlockDriver, BlockStatus, CheckMode, CheckResult, CreateOption,
+from ...core.driver import (BlockDriver, BlockStatus, Cap, CheckMode, CheckResult, CreateOption,
                        DriverInfo, Limits, Prealloc, ReqFlag, Status)
 from ...core.errors import BlockError, InvalidArgument, NoSpace, NotSupported
 from ...core.io import metadata_io
@@ -60,10 +60,7 @@ class QedDriver(BlockDriver):
     format_name = "qed"
     is_format = True
     supports_backing = True
-    can_write_zeroes = True
-    can_block_status = True
-    can_truncate = True
-    can_check = True
+    caps = Cap.WRITE_ZEROES | Cap.BLOCK_STATUS
     create_options = (
         CreateOption("size", "size", "Virtual disk size"),
         CreateOption("backing_file", "string", "File name of a base image"),
@@ -227,14 +224,14 @@ class QedDriver(BlockDriver):
                 return out
             run = await img.find(pos, end - pos)
 
-    async def _read_run(self, run: Run, pos: int) -> bytes:
+    async def _read_run(self, run: Run, pos: int) -> bytes | bytearray:
         if run.kind is Kind.DATA:
             return await self.img.file.read(run.host, run.length)
         if run.kind is Kind.ZERO:
             return _zeros(run.length)
         return await self._read_backing(pos, run.length)
 
-    async def _read_backing(self, pos: int, length: int) -> bytes:
+    async def _read_backing(self, pos: int, length: int) -> bytes | bytearray:
         """The backing file's bytes, zeroes where it has none (or is shorter)."""
         backing = self.node.backing
         if backing is None or pos >= backing.total_bytes:
@@ -325,7 +322,7 @@ class QedDriver(BlockDriver):
             # the copied backing data must be durable before the L2 table points at it
             await file.flush()
 
-    async def _old_contents(self, pos: int, length: int, kind: Kind) -> bytes:
+    async def _old_contents(self, pos: int, length: int, kind: Kind) -> bytes | bytearray:
         if length == 0:
             return b""
         if kind is Kind.ZERO:

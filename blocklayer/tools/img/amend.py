@@ -10,18 +10,16 @@ from .args import UsageError, parse
 from .common import OPT_TYPE_NAMES, close_all, new_graph, open_img, parse_o_options, progress_from
 
 if TYPE_CHECKING:
-    from blocklayer.core.driver import BlockDriver
+    from blocklayer.core.driver import BlockDriver, CreateOption
 
 
-def _supports_amend(cls: type) -> bool:
-    from blocklayer.core.driver import BlockDriver
-    return getattr(cls, "amend", None) is not getattr(BlockDriver, "amend")
+def _supports_amend(cls: "type[BlockDriver]") -> bool:
+    return bool(cls.amend_options)
 
 
-def amend_options(cls: "type[BlockDriver]") -> tuple:  # type: ignore[type-arg]
-    """The options ``amend`` accepts: ``amend_options`` if the driver lists them."""
-    opts = getattr(cls, "amend_options", None)
-    return tuple(opts) if opts is not None else tuple(cls.create_options)
+def amend_options(cls: "type[BlockDriver]") -> "tuple[CreateOption, ...]":
+    """The options ``amend`` accepts (the driver declares them)."""
+    return cls.amend_options
 
 
 def main(argv: list[str]) -> int:
@@ -87,8 +85,9 @@ async def run(p, opts: dict[str, str], want_help: bool) -> int:  # type: ignore[
         try:
             await node.driver.amend(values, p.has("--force"))
         except BlockError as exc:
-            raise BlockError(f"Error while amending options: {exc.message}", exc.errno) \
-                if not exc.message.startswith("Error") else exc from None
+            if exc.message.startswith("Error"):
+                raise
+            raise exc.with_prefix("Error while amending options: ")
         await node.refresh_total_bytes()
         await node.flush()
         progress.current = 100.0      # printed once, by the end (as qemu-img)

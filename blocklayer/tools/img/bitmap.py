@@ -1,24 +1,14 @@
 """``bitmap``: add, remove, clear, enable, disable and merge persistent dirty bitmaps,
-in the order given, through the driver's bitmap methods (optional; a driver without
-them refuses cleanly):
-
-    bitmap_list() -> list[dict]                # {"name", "granularity", "flags", ...}
-    bitmap_add(name, granularity=None)         # persistent, enabled
-    bitmap_remove(name) / bitmap_clear(name)
-    bitmap_enable(name) / bitmap_disable(name)  or  bitmap_set_enabled(name, bool)
-    bitmap_find(name) -> handle                # a bitmap to merge from another image
-    bitmap_merge(name, source_name_or_handle)
-
-(each may be async or not).
-"""
+in the order given, through the node's bitmap API (:mod:`blocklayer.core.bitmaps`; a
+node that cannot store them refuses cleanly)."""
 from __future__ import annotations
 
 import asyncio
 import errno
-import inspect
 import os
 from typing import TYPE_CHECKING
 
+from blocklayer.core import bitmaps
 from blocklayer.core.errors import BlockError, InvalidArgument
 
 from .args import parse
@@ -71,63 +61,31 @@ async def run(p, actions: list[tuple[str, str]], granularity: int | None) -> int
             op = opt[2:]
             try:
                 await _apply(p, graph, node, op, bitmap, value, granularity, sources)
-            except _Unsupported:
+            except bitmaps.Unsupported:
                 raise _unsupported(op, bitmap, node) from None
             except BlockError as exc:
-                raise BlockError(f"Operation {op} on bitmap {bitmap} failed: {exc.message}",
-                                 exc.errno) from None
+                raise exc.with_prefix(f"Operation {op} on bitmap {bitmap} failed: ")
         await node.flush()
     finally:
         await close_all(node, *sources.values())
     return 0
 
 
-class _Unsupported(Exception):
-    pass
-
-
-async def _call(drv: object, name: str, *args: object, **kw: object) -> object:
-    method = getattr(drv, name, None)
-    if method is None:
-        raise _Unsupported(name)
-    result = method(*args, **kw)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
 async def _apply(p, graph, node: "BlockNode", op: str, bitmap: str, value: str,  # type: ignore[no-untyped-def]
                  granularity: int | None, sources: dict[str, "BlockNode"]) -> None:
-    drv = node.driver
     if op == "add":
-        await _call(drv, "bitmap_add", bitmap, granularity=granularity)
+        await bitmaps.add(node, bitmap, granularity)
     elif op in ("enable", "disable"):
-        if hasattr(drv, f"bitmap_{op}"):
-            await _call(drv, f"bitmap_{op}", bitmap)
-        else:
-            await _call(drv, "bitmap_set_enabled", bitmap, op == "enable")
+        await bitmaps.set_enabled(node, bitmap, op == "enable")
     elif op == "merge":
-        source: object = value
+        src = None
         if p.has("-b"):
             src = sources.get("b")
             if src is None:
                 src = sources["b"] = await open_img(graph, p.last("-b"), fmt=p.last("-F"),
                                                     read_only=True)
-            source = await _call(src.driver, "bitmap_find", value)
-        await _call(drv, "bitmap_merge", bitmap, source)
+        await bitmaps.merge(node, bitmap, value, source_node=src)
+    elif op == "remove":
+        await bitmaps.remove(node, bitmap)
     else:
-        await _call(drv, f"bitmap_{op}", bitmap)
-
-
-async def list_bitmaps(node: "BlockNode") -> list[dict]:  # type: ignore[type-arg]
-    try:
-        return list(await _call(node.driver, "bitmap_list"))  # type: ignore[call-overload]
-    except _Unsupported:
-        return []
-
-
-async def copy_bitmap(src: "BlockNode", dst: "BlockNode", name: str) -> None:
-    """``convert --bitmaps``: one bitmap, through the same optional methods."""
-    info = next((b for b in await list_bitmaps(src) if b["name"] == name), {})
-    await _call(dst.driver, "bitmap_add", name, granularity=info.get("granularity"))
-    await _call(dst.driver, "bitmap_merge", name, await _call(src.driver, "bitmap_find", name))
+        await bitmaps.clear(node, bitmap)

@@ -63,7 +63,7 @@ async def open_with_writable_base(graph: "BlockGraph", filename: str, fmt: str |
             top = await open_image(None if image_opts else filename, options, fmt=fmt,
                                    graph=graph, flags=flags)
         except BlockError as exc:
-            raise BlockError(f"Could not open '{filename}': {exc.message}", exc.errno) from None
+            raise exc.with_prefix(f"Could not open '{filename}': ")
     except BaseException:
         await close_all(base)
         raise

@@ -79,7 +79,7 @@ async def _check(node: Any, mode: Any) -> "CheckResult":
     except NotSupported:
         raise CommandError("This image format does not support checks", 63) from None
     except BlockError as exc:
-        for msg in getattr(exc, "check_messages", ()):
+        for msg in exc.check_messages:
             sys.stderr.write(msg.rstrip("\n") + "\n")
         raise CommandError(f"Check failed: {exc.strerror}", 1) from None
     for msg in result.messages:

@@ -82,7 +82,7 @@ async def open_img(graph: "BlockGraph", filename: str, *, fmt: str | None = None
         return await open_image(name, options, fmt=fmt, read_only=read_only, graph=graph,
                                 flags=flags, backing=backing)
     except BlockError as exc:
-        raise BlockError(f"Could not open '{filename}': {exc.message}", exc.errno) from None
+        raise exc.with_prefix(f"Could not open '{filename}': ")
 
 
 async def close_all(*nodes: "BlockNode | None") -> None:
@@ -173,7 +173,7 @@ def print_create_options_help(fmt: str, with_header: str = "Supported options:",
             proto = registry.get_driver(registry.protocol_for(protocol_of))
         except InvalidArgument:
             proto = None
-        for o in getattr(proto, "create_options", ()):
+        for o in proto.create_options if proto is not None else ():
             options.setdefault(o.name, o)
     print(with_header)
     for opt in sorted(options.values(), key=lambda o: o.name):

@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
-from blocklayer.core.driver import Status
+from blocklayer.core import bitmaps
+from blocklayer.core.driver import Cap, Status, StatusShape
 from blocklayer.core.errors import BlockError, InvalidArgument
 
 from .args import PROG, parse
@@ -100,9 +101,8 @@ def _status_as_qemu(node: "BlockNode", zero_runs_skipped: bool) -> None:
     whole, and so which become zero clusters.)"""
     layer: BlockNode | None = node
     while layer is not None:
-        if getattr(layer.driver, "merge_status_runs", False):
-            layer.driver.merge_status_runs = (  # type: ignore[attr-defined]
-                "holes" if zero_runs_skipped else False)
+        layer.driver.set_status_shape(StatusShape.HOLES if zero_runs_skipped
+                                      else StatusShape.QEMU)
         layer = layer.filtered_backing()
 
 
@@ -253,7 +253,7 @@ class Converter:
         piece of data in whole target clusters (no cluster shared with a neighbour,
         whose write would wait for this one while a later one overtook it)."""
         if self.s.out_of_order or self.s.compressed or plan is None or len(plan) != 1 \
-                or not self.target.driver.allocates_in_order:
+                or not self.target.can(Cap.ALLOCATES_IN_ORDER):
             return False
         cs = max(self.cluster, 1)
         return not item.offset % cs and not item.length % cs
@@ -451,12 +451,12 @@ class Converter:
                 plan[-1][1] = stop - plan[-1][0]
             else:
                 plan.append([pos, stop - pos, kind])
-        ahead = getattr(self.target.driver, "compress_ahead", None)
+        ahead = self.target.driver.compress_ahead
         size = self.target.total_bytes
         out = []
         for pos, n, kind in plan:
             buf = None if kind == "zero" else mv[pos - off:pos - off + n]
-            if buf is not None and ahead is not None and (kind == "data" or pos + n == size):
+            if buf is not None and (kind == "data" or pos + n == size):
                 ahead(pos, buf)
             out.append((pos, n, buf))
         return out
@@ -471,7 +471,7 @@ class Converter:
                     await self._throttle(n)
                     await self.target.write(pos, buf, ReqFlag.COMPRESSED)
             except BlockError as exc:        # named by the cluster, as one per request
-                at = getattr(exc, "guest_offset", pos)
+                at = pos if exc.guest_offset is None else exc.guest_offset
                 raise BlockError(f"error while writing at byte {at}: {exc.strerror}",
                                  exc.errno) from None
 
@@ -653,7 +653,7 @@ def _create_options(fmt: str, opts: dict[str, str], size: int, backing: str | No
 
 def _check_compression(fmt: str | None, create_opts: dict[str, Any] | None) -> None:
     from blocklayer.core import registry
-    if fmt is not None and not registry.get_driver(fmt).can_compressed_write:
+    if fmt is not None and not registry.get_driver(fmt).caps & Cap.COMPRESSED_WRITE:
         raise InvalidArgument("Compression not supported for this file format")
     opts = create_opts or {}
     if opts.get("encryption") or opts.get("encrypt.format"):
@@ -740,7 +740,7 @@ async def _create(out_name: str, out_fmt: str, options: dict[str, Any],
 async def _prepare_target(target: "BlockNode", s: Settings, total: int, creating: bool,
                           has_backing: bool, is_zero: bool) -> None:
     """Checks on the opened target, and what the copy may assume about it."""
-    if s.compressed and not target.driver.can_compressed_write:
+    if s.compressed and not target.can(Cap.COMPRESSED_WRITE):
         raise InvalidArgument("Compression not supported for this file format")
     if not creating and target.total_bytes < total:
         raise InvalidArgument("output file is smaller than input file")
@@ -755,28 +755,25 @@ async def _prepare_target(target: "BlockNode", s: Settings, total: int, creating
 async def _end_compressed(target: "BlockNode") -> None:
     """qemu-img ends a compressed copy with an empty compressed write, after which the
     image file ends on a whole sector."""
-    end = getattr(target.driver, "end_compressed", None)
-    if end is not None:
-        await end()
+    await target.driver.end_compressed()
 
 
 def _check_bitmap_source(sources: list["BlockNode"]) -> None:
     if len(sources) > 1:
         raise InvalidArgument("Copying bitmaps only possible with single source")
-    if not hasattr(sources[0].driver, "bitmap_list"):
+    if not bitmaps.supported(sources[0]):
         raise InvalidArgument("Source lacks bitmap support")
 
 
 async def _copy_bitmaps(src: "BlockNode", dst: "BlockNode", skip_broken: bool) -> None:
     """``--bitmaps``: copy persistent bitmaps through the drivers' optional bitmap API."""
-    from . import bitmap as bitmap_cmd
-    if not hasattr(dst.driver, "bitmap_add"):
+    if not bitmaps.supported(dst):
         raise InvalidArgument("Destination lacks bitmap support")
-    for bm in await bitmap_cmd.list_bitmaps(src):
+    for bm in bitmaps.list_bitmaps(src):
         name = bm["name"]
         if bm.get("inconsistent") or "in-use" in bm.get("flags", ()):
             if skip_broken:
                 sys.stderr.write(f"{PROG}: warning: Skipping inconsistent bitmap '{name}'\n")
                 continue
             raise BlockError(f"Cannot copy inconsistent bitmap '{name}'")
-        await bitmap_cmd.copy_bitmap(src, dst, name)
+        await bitmaps.copy(src, dst, name)

@@ -48,7 +48,7 @@ def format_line(filename: str, fmt: str, cls: "type[BlockDriver]", options: dict
     order, that are set or have a default."""
     parts = [f"Formatting '{filename}', fmt={fmt}"]
     from blocklayer.core.create import all_create_options
-    shown = getattr(cls, "create_defaults_shown", None)
+    shown = cls.create_defaults_shown
     own = {o.name for o in cls.create_options}
     for opt in all_create_options(fmt):
         if opt.name not in own and opt.name not in options:
@@ -98,13 +98,13 @@ async def create(filename: str, fmt: str, size: int | None, opts: dict[str, str]
         if "size" not in normalized:
             raise InvalidArgument("Image creation needs a size parameter")
     except BlockError as exc:
-        raise BlockError(f"{filename}: {exc.message}", exc.errno) from None
+        raise exc.with_prefix(f"{filename}: ")
     if not quiet:
         print(format_line(filename, fmt, cls, normalized), flush=True)
     try:
         await create_image(filename, fmt, options=normalized, graph=new_graph(quiet))
     except BlockError as exc:
-        raise BlockError(f"{filename}: {exc.message}", exc.errno) from None
+        raise exc.with_prefix(f"{filename}: ")
     return 0
 
 
@@ -115,7 +115,7 @@ async def _backing_size(filename: str, backing: str, backing_fmt: str | None) ->
         node = await open_image(path, fmt=backing_fmt, read_only=True, graph=new_graph(),
                                 backing=False)
     except BlockError as exc:
-        raise BlockError(f"{exc.message}\nCould not open backing image.", exc.errno) from None
+        raise exc.with_prefix("", "\nCould not open backing image.")
     try:
         return node.total_bytes
     finally:

@@ -65,8 +65,7 @@ async def run(p, src_name: str, dst_name: str, bs: int, count: int | None,  # ty
                                    out_fmt, {"size": max(size - in_pos, 0)}),
                                graph=graph)
         except BlockError as exc:
-            raise BlockError(f"{dst_name}: error while creating output image: {exc.message}",
-                             exc.errno) from None
+            raise exc.with_prefix(f"{dst_name}: error while creating output image: ")
         dst = await open_img(graph, dst_name, fmt=out_fmt, read_only=False, cache="unsafe")
         if in_pos > src.total_bytes:      # qemu-img 7.2 reports it and exits 0
             import sys

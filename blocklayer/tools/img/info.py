@@ -68,7 +68,7 @@ async def image_info(node: "BlockNode") -> dict[str, Any]:
     out["virtual-size"] = node.total_bytes
     if dinfo.cluster_size:
         out["cluster-size"] = dinfo.cluster_size
-    if getattr(drv, "encrypted", False):
+    if dinfo.encrypted:
         out["encrypted"] = True
     if node.backing_file:
         out["backing-filename"] = node.backing_file

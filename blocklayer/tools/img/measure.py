@@ -54,14 +54,10 @@ async def run(p: Any, filename: str | None, size: int | None, out: str) -> int:
         try:
             options = normalize_create_options(fmt, opts)
         except BlockError as exc:
-            raise BlockError(f"{exc.message}\n{PROG}: Invalid options for file format "
-                             f"'{fmt}'", exc.errno) from None
+            raise exc.with_prefix("", f"\n{PROG}: Invalid options for file format '{fmt}'")
         if size is not None:
             options["size"] = size
-        measure = getattr(cls, "measure", None)
-        if measure is None:
-            raise InvalidArgument(f"Block driver '{fmt}' does not support size measurement")
-        info = await measure(options, src)
+        info = await cls.measure(options, src)
     finally:
         await close_all(src)
     if out == "json":

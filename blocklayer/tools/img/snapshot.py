@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
 
 
 def _fail(what: str, name: str, exc: BlockError) -> BlockError:
-    return BlockError(f"Could not {what} snapshot '{name}': {exc.message}", exc.errno)
+    return exc.with_prefix(f"Could not {what} snapshot '{name}': ")
 
 
 async def run(p, action: str, name: str) -> int:  # type: ignore[no-untyped-def]
@@ -50,7 +50,7 @@ async def run(p, action: str, name: str) -> int:  # type: ignore[no-untyped-def]
                 raise BlockError(f"Could not create snapshot '{name}': -{exc.errno} "
                                  f"({exc.strerror})", exc.errno) from None
             except BlockError as exc:
-                raise _fail("create", name, exc) from None
+                raise _fail("create", name, exc)
         elif action == "-a":
             try:
                 await drv.snapshot_goto(name)
@@ -58,7 +58,7 @@ async def run(p, action: str, name: str) -> int:  # type: ignore[no-untyped-def]
                 raise BlockError(f"Could not apply snapshot '{name}': Block driver does not "
                                  "support snapshots", exc.errno) from None
             except BlockError as exc:
-                raise _fail("apply", name, exc) from None
+                raise _fail("apply", name, exc)
         elif action == "-d":
             # qemu-img deletes by name only (bdrv_snapshot_delete(bs, NULL, name))
             found = next((sn for sn in await drv.snapshot_list() if sn.name == name), None)
@@ -67,7 +67,7 @@ async def run(p, action: str, name: str) -> int:  # type: ignore[no-untyped-def]
             try:
                 await drv.snapshot_delete(found.id, found.name)
             except BlockError as exc:
-                raise _fail("delete", name, exc) from None
+                raise _fail("delete", name, exc)
         if not read_only:
             await node.flush()
     finally:
