@@ -12,6 +12,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ...core.errors import InvalidArgument, NotSupported
 
@@ -92,7 +93,7 @@ class Header:
             self.blocks_allocated, self.uuid_image, self.uuid_last_snap, self.uuid_link,
             self.uuid_parent, self.unused2)
 
-    def with_(self, **changes: int) -> "Header":
+    def with_(self, **changes: Any) -> "Header":
         return replace(self, **changes)
 
     @property
