@@ -86,7 +86,7 @@ def info_pair(path: Path, *args: str) -> tuple[tuple[int, str, str], tuple[int, 
             (b.returncode, b.stdout, ours_named(b.stderr)))
 
 
-def patched(src: Path, dst: Path, edits: list[tuple[int, str, int]],
+def patched(src: Path, dst: Path, edits: list[tuple[int, str, Any]],
             fix: Callable[[bytearray], None] | None = None) -> Path:
     """A copy of ``src`` with ``struct`` edits (offset, format, value) applied."""
     data = bytearray(src.read_bytes())

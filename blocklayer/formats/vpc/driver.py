@@ -120,7 +120,7 @@ class VpcDriver(BlockDriver):
         footer = Footer.parse(await read_padded(file, 0, L.FOOTER_SIZE))
         if footer.creator == L.CREATOR:
             return footer, False
-        size = file.total_bytes
+        size = L.round_up(file.total_bytes, L.SECTOR)     # QEMU's bdrv_getlength
         if size < L.FOOTER_SIZE:
             raise InvalidArgument("File too small for a VHD header")
         footer = Footer.parse(await read_padded(file, size - L.FOOTER_SIZE, L.FOOTER_SIZE))
@@ -153,12 +153,13 @@ class VpcDriver(BlockDriver):
         self.block_size, self.bitmap_size = bs, L.bitmap_size(bs)
         self.bat_offset = dyn.table_offset
         free = L.round_up(dyn.table_offset + bat_bytes, L.SECTOR)
-        if free > file.total_bytes:         # checked before reading it: bounded memory
+        file_size = L.round_up(file.total_bytes, L.SECTOR)     # QEMU's bdrv_getlength
+        if free > file_size:                # checked before reading it: bounded memory
             raise _truncated()
         self.bat = L.parse_bat(await read_padded(file, dyn.table_offset, bat_bytes), entries)
         ends = [L.SECTOR * e + self.bitmap_size + bs for e in self.bat if e != L.UNALLOCATED]
         self.free_offset = max([free, *ends])
-        if self.free_offset > file.total_bytes:
+        if self.free_offset > file_size:
             raise _truncated()
 
     def limits(self) -> Limits:
