@@ -78,12 +78,19 @@ def ours_named(text: str) -> str:
     return text.replace("blocklayer-img:", "qemu-img:")
 
 
-def info_pair(path: Path, *args: str) -> tuple[tuple[int, str, str], tuple[int, str, str]]:
-    """``info`` by QEMU and by us: (exit code, stdout, stderr) each."""
-    q = qemu_img("info", *args, str(path), check=False)
-    b = tool("img", "info", *args, str(path))
+Outcome = tuple[int, str, str]          # exit code, stdout, stderr
+
+
+def both(*args: str) -> tuple[Outcome, Outcome]:
+    """The same ``qemu-img`` command by QEMU and by us."""
+    q = qemu_img(*args, check=False)
+    b = tool("img", *args)
     return ((q.returncode, q.stdout, q.stderr),
             (b.returncode, b.stdout, ours_named(b.stderr)))
+
+
+def info_pair(path: Path, *args: str) -> tuple[Outcome, Outcome]:
+    return both("info", *args, str(path))
 
 
 def patched(src: Path, dst: Path, edits: list[tuple[int, str, Any]],
@@ -172,3 +179,29 @@ async def run_batches(path: Path, fmt: str, size: int, plan: list[Batch]) -> byt
     finally:
         await node.close()
     return model
+
+
+# ---------------------------------------------------------------------------------------
+# convert, both ways
+# ---------------------------------------------------------------------------------------
+
+def check_convert_from(src: Path, fmt: str, target: str, tmp: Path) -> None:
+    """Our convert of a ``fmt`` image to ``target``: qemu-img compare finds them equal."""
+    dst = tmp / f"out.{target}"
+    assert tool("img", "convert", "-O", target, str(src), str(dst)).returncode == 0
+    assert qemu_img("compare", "-f", fmt, "-F", target, str(src), str(dst)).returncode == 0
+
+
+def check_convert_to(tmp: Path, source: str, fmt: str, opts: list[str], size: int,
+                     ops: list[Op], mask: Callable[[bytearray], None]) -> Path:
+    """Our convert of a ``source`` image with ``ops`` written to ``fmt``: equal to the
+    source, and the same file as qemu-img's convert (after ``mask``)."""
+    src, dst, ref = tmp / f"src.{source}", tmp / f"out.{fmt}", tmp / f"ref.{fmt}"
+    qemu_img("create", "-q", "-f", source, str(src), str(size))
+    qemu_apply(src, source, ops)
+    res = tool("img", "convert", "-O", fmt, *opts, str(src), str(dst))
+    assert res.returncode == 0, res.stderr
+    assert qemu_img("compare", "-f", source, "-F", fmt, str(src), str(dst)).returncode == 0
+    qemu_img("convert", "-O", fmt, *opts, str(src), str(ref))
+    assert masked_file(dst, mask) == masked_file(ref, mask)
+    return dst

@@ -12,36 +12,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from array import array
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...core.driver import (BlockDriver, BlockStatus, CheckMode, CheckResult, CreateOption,
-                            DriverInfo, Limits, Prealloc, ReqFlag, Status)
-from ...core.errors import ImageCorrupt, InvalidArgument, NotSupported
+                            DriverInfo, Limits, ReqFlag, Status)
+from ...core.errors import ImageCorrupt, NotSupported
 from ...core.options import OpenFlags
 from . import layout as L
 from .check import check_bmap
 from .layout import Header
-from .mapping import Kind, block_runs
-
-if TYPE_CHECKING:
-    from ...core.node import BlockNode
-
-
-async def read_padded(file: "BlockNode", offset: int, length: int) -> bytes:
-    """``length`` bytes at ``offset``, zeroes where the file ends (as QEMU reads)."""
-    n = max(0, min(length, file.total_bytes - offset))
-    data = bytes(await file.read(offset, n)) if n else b""
-    return data + bytes(length - n)
-
-
-def check_prealloc(options: dict[str, Any]) -> None:
-    """The protocol's ``preallocation`` option, refused as QEMU's file driver refuses
-    it (it has nothing to preallocate: the image file starts empty)."""
-    prealloc = str(options.get("preallocation", "off"))
-    if prealloc not in [p.value for p in Prealloc]:
-        raise InvalidArgument(f"invalid parameter value: {prealloc}")
-    if prealloc == Prealloc.METADATA.value:
-        raise InvalidArgument(f"Unsupported preallocation mode: {prealloc}")
+from .mapping import block_runs
+from .shared import Kind, check_prealloc, create_on, file_child, read_padded
 
 
 class VdiDriver(BlockDriver):
@@ -75,8 +56,6 @@ class VdiDriver(BlockDriver):
         if size > L.DISK_SIZE_MAX:
             raise NotSupported("Unsupported VDI image size (size is 0x%x, max supported is "
                                "0x%x)" % (size, L.DISK_SIZE_MAX))
-        if open_file is None:
-            raise NotSupported("Driver 'vdi' needs a protocol to create images on")
         blocks = -(-size // L.BLOCK_SIZE)
         bmap = L.initial_bmap(blocks, static)
         header = Header(
@@ -84,20 +63,16 @@ class VdiDriver(BlockDriver):
             offset_data=L.BMAP_OFFSET + len(bmap), disk_size=size,
             blocks_in_image=blocks, blocks_allocated=blocks if static else 0,
             uuid_image=uuid.uuid4().bytes_le, uuid_last_snap=uuid.uuid4().bytes_le)
-        file = await open_file(filename)
-        try:
+
+        async def fill(file: Any) -> None:
             await file.write(0, header.build() + bmap)
             if static:
                 await file.truncate(header.offset_data + blocks * L.BLOCK_SIZE)
-            await file.flush()
-        finally:
-            await file.close()
+        await create_on("vdi", filename, open_file, fill)
 
     # ---- open ---------------------------------------------------------------------------
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
-        file = self.node.file
-        if file is None:
-            raise InvalidArgument("A 'vdi' node needs a 'file' child")
+        file = file_child(self.node, "vdi")
         raw = await read_padded(file, 0, L.HEADER_SIZE)
         self.header = L.validate_header(Header.parse(raw), file.total_bytes)
         h = self.header

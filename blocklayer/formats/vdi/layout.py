@@ -11,10 +11,11 @@ import errno
 import struct
 import sys
 from array import array
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 from ...core.errors import InvalidArgument, NotSupported
+from .shared import StructLayout
 
 SIGNATURE = 0xBEDA107F
 VERSION_1_1 = 0x00010001
@@ -50,8 +51,10 @@ def is_allocated(entry: int) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Header:
+class Header(StructLayout):
     """The VDI header at offset 0."""
+
+    STRUCT: ClassVar[struct.Struct] = HEADER_STRUCT
 
     text: bytes = TEXT
     signature: int = SIGNATURE
@@ -77,24 +80,6 @@ class Header:
     uuid_link: bytes = NULL_UUID
     uuid_parent: bytes = NULL_UUID
     unused2: bytes = b""
-
-    @classmethod
-    def parse(cls, buf: bytes | bytearray | memoryview) -> "Header":
-        """The header from the first 512 bytes (zero-filled if the file is shorter)."""
-        raw = bytes(buf[:HEADER_SIZE]).ljust(HEADER_SIZE, b"\0")
-        return cls(*HEADER_STRUCT.unpack(raw))
-
-    def build(self) -> bytes:
-        return HEADER_STRUCT.pack(
-            self.text, self.signature, self.version, self.header_size, self.image_type,
-            self.image_flags, self.description, self.offset_bmap, self.offset_data,
-            self.cylinders, self.heads, self.sectors, self.sector_size, self.unused1,
-            self.disk_size, self.block_size, self.block_extra, self.blocks_in_image,
-            self.blocks_allocated, self.uuid_image, self.uuid_last_snap, self.uuid_link,
-            self.uuid_parent, self.unused2)
-
-    def with_(self, **changes: Any) -> "Header":
-        return replace(self, **changes)
 
     @property
     def is_static(self) -> bool:

@@ -6,26 +6,11 @@ neighbouring guest blocks are rarely neighbours in the file.
 """
 from __future__ import annotations
 
-import enum
 from array import array
-from dataclasses import dataclass
 from typing import Iterator
 
 from .layout import Header, is_allocated
-
-
-class Kind(enum.Enum):
-    DATA = "data"           # stored at ``host``
-    ZERO = "zero"           # unallocated or discarded: reads as zeroes
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    guest: int
-    length: int
-    kind: Kind
-    host: int = 0
-    block: int = 0          # index in the block map
+from .shared import Kind, Run
 
 
 def block_runs(header: Header, bmap: array, offset: int, length: int) -> Iterator[Run]:

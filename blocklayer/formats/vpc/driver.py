@@ -18,12 +18,12 @@ from typing import Any
 
 from ...core.driver import (BlockDriver, BlockStatus, CreateOption, DriverInfo, Limits,
                             ReqFlag, Status)
-from ...core.errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
+from ...core.errors import BlockError, ImageCorrupt, InvalidArgument
 from ...core.options import OpenFlags
-from ..vdi.driver import check_prealloc, read_padded
+from ..vdi.shared import Kind, Run, check_prealloc, create_on, file_child, read_padded
 from . import layout as L
 from .layout import DynHeader, Footer
-from .mapping import Kind, Run, block_run
+from .mapping import block_run
 
 
 class VpcDriver(BlockDriver):
@@ -70,8 +70,6 @@ class VpcDriver(BlockDriver):
             # qemu-img says this for any EFBIG from a driver's create
             raise BlockError("The image size is too large for file format 'vpc'",
                              errno.EFBIG) from None
-        if open_file is None:
-            raise NotSupported("Driver 'vpc' needs a protocol to create images on")
         fixed = sub == "fixed"
         footer = Footer(
             data_offset=L.NO_OFFSET if fixed else L.FOOTER_SIZE,
@@ -80,22 +78,18 @@ class VpcDriver(BlockDriver):
             cyls=chs[0], heads=chs[1], secs_per_cyl=chs[2],
             type=L.TYPE_FIXED if fixed else L.TYPE_DYNAMIC,
             uuid=uuid.uuid4().bytes).with_checksum().build()
-        file = await open_file(filename)
-        try:
+
+        async def fill(file: Any) -> None:
             if fixed:
                 await file.truncate(size + L.FOOTER_SIZE)
                 await file.write(size, footer)
             else:
                 await _create_dynamic(file, footer, size // L.SECTOR)
-            await file.flush()
-        finally:
-            await file.close()
+        await create_on("vpc", filename, open_file, fill)
 
     # ---- open ---------------------------------------------------------------------------
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
-        file = self.node.file
-        if file is None:
-            raise InvalidArgument("A 'vpc' node needs a 'file' child")
+        file_child(self.node, "vpc")
         calc = options.get("force_size_calc")
         if calc not in (None, "chs", "current_size"):
             raise InvalidArgument(f"Invalid size calculation mode: '{calc}'")
@@ -216,15 +210,16 @@ class VpcDriver(BlockDriver):
     async def _refresh_bitmap(self, run: Run) -> None:
         """The first write to a block since the last one elsewhere marks every sector of
         it used (QEMU does, so Virtual PC reads none of it as absent)."""
-        if run.bitmap != self.last_bitmap:
-            self.last_bitmap = run.bitmap
-            await self._write_sync(run.bitmap, b"\xff" * self.bitmap_size)
+        bitmap = L.SECTOR * self.bat[run.block]
+        if bitmap != self.last_bitmap:
+            self.last_bitmap = bitmap
+            await self._write_sync(bitmap, b"\xff" * self.bitmap_size)
 
     async def _alloc_block(self, run: Run) -> Run:
         """A new block where the footer was: bitmap, footer after it, then the BAT entry."""
         if run.guest > self.total_sectors * L.SECTOR:
             raise InvalidArgument("Write beyond the end of the VHD image")
-        index = run.guest // self.block_size
+        index = run.block
         if index >= len(self.bat):
             raise ImageCorrupt("VHD BAT has no entry for this block")
         start = self.free_offset

@@ -11,8 +11,10 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+from ..vdi.shared import StructLayout
 
 SECTOR = 512
 FOOTER_SIZE = 512
@@ -48,8 +50,27 @@ def checksum(buf: bytes) -> int:
     return ~sum(buf) & 0xFFFFFFFF
 
 
+class Checksummed(StructLayout):
+    """A layout with a ``checksum`` field over all of its bytes."""
+
+    __slots__ = ()
+
+    def _sum(self) -> int:
+        return checksum(self.with_(checksum=0).build())
+
+    def with_checksum(self: C) -> C:
+        return self.with_(checksum=self._sum())
+
+    def checksum_ok(self) -> bool:
+        return self._sum() == getattr(self, "checksum")
+
+
+C = TypeVar("C", bound=Checksummed)
+
+
 @dataclass(frozen=True, slots=True)
-class Footer:
+class Footer(Checksummed):
+    STRUCT: ClassVar[struct.Struct] = FOOTER_STRUCT
     creator: bytes = CREATOR
     features: int = 2
     version: int = 0x00010000
@@ -70,30 +91,14 @@ class Footer:
     in_saved_state: int = 0
     reserved: bytes = b""
 
-    @classmethod
-    def parse(cls, buf: bytes | bytearray | memoryview) -> "Footer":
-        return cls(*FOOTER_STRUCT.unpack(bytes(buf[:FOOTER_SIZE]).ljust(FOOTER_SIZE, b"\0")))
-
-    def build(self) -> bytes:
-        return FOOTER_STRUCT.pack(
-            self.creator, self.features, self.version, self.data_offset, self.timestamp,
-            self.creator_app, self.major, self.minor, self.creator_os, self.orig_size,
-            self.current_size, self.cyls, self.heads, self.secs_per_cyl, self.type,
-            self.checksum, self.uuid, self.in_saved_state, self.reserved)
-
-    def with_checksum(self) -> "Footer":
-        return replace(self, checksum=checksum(replace(self, checksum=0).build()))
-
-    def checksum_ok(self) -> bool:
-        return checksum(replace(self, checksum=0).build()) == self.checksum
-
     @property
     def chs_sectors(self) -> int:
         return self.cyls * self.heads * self.secs_per_cyl
 
 
 @dataclass(frozen=True, slots=True)
-class DynHeader:
+class DynHeader(Checksummed):
+    STRUCT: ClassVar[struct.Struct] = DYN_STRUCT
     magic: bytes = DYN_MAGIC
     data_offset: int = NO_OFFSET
     table_offset: int = BAT_OFFSET
@@ -107,24 +112,6 @@ class DynHeader:
     parent_name: bytes = b""
     parent_locators: bytes = b""
     reserved2: bytes = b""
-
-    @classmethod
-    def parse(cls, buf: bytes | bytearray | memoryview) -> "DynHeader":
-        raw = bytes(buf[:DYN_HEADER_SIZE]).ljust(DYN_HEADER_SIZE, b"\0")
-        return cls(*DYN_STRUCT.unpack(raw))
-
-    def build(self) -> bytes:
-        return DYN_STRUCT.pack(
-            self.magic, self.data_offset, self.table_offset, self.version,
-            self.max_table_entries, self.block_size, self.checksum, self.parent_uuid,
-            self.parent_timestamp, self.reserved, self.parent_name, self.parent_locators,
-            self.reserved2)
-
-    def with_(self, **changes: Any) -> "DynHeader":
-        return replace(self, **changes)
-
-    def with_checksum(self) -> "DynHeader":
-        return replace(self, checksum=checksum(replace(self, checksum=0).build()))
 
 
 def bitmap_size(block_size: int) -> int:
