@@ -19,6 +19,7 @@ from blocklayer.core.create import create_image
 from blocklayer.core.node import BlockNode
 from blocklayer.core.open import open_image
 from tests.conftest import ROOT, qemu_img, qemu_io, tool
+from tests.conftest import run as _run
 
 Op = tuple[str, int, int, int]          # ("write" | "zero", offset, length, pattern)
 KIB, MIB = 1 << 10, 1 << 20
@@ -157,6 +158,25 @@ def batches(size: int, block: int) -> Any:
             out.append(batch)
         return out
     return draw_batches()
+
+
+def model_settings() -> Any:
+    """Hypothesis settings of the short model tests (a few examples, no deadline)."""
+    from hypothesis import HealthCheck, settings
+    return settings(max_examples=12, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow])
+
+
+def model_roundtrip(tmp: Path, fmt: str, create_opts: list[str], size: int,
+                    plan: list[Batch]) -> Path:
+    """A fresh qemu-img image, the plan run on our node, the data as qemu-img sees it."""
+    path = tmp / f"m.{fmt}"
+    path.unlink(missing_ok=True)
+    qemu_img("create", "-q", "-f", fmt, *create_opts, str(path), str(size))
+    model = _run(run_batches(path, fmt, size, plan))
+    assert qemu_raw(path, fmt, tmp) == model
+    return path
 
 
 async def run_batches(path: Path, fmt: str, size: int, plan: list[Batch]) -> bytearray:

@@ -1,12 +1,11 @@
 """vdi: differential tests against QEMU 7.2's qemu-img and qemu-io."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from tests.conformance import DriverConformance
 from tests.conftest import qemu_img, run, tool
@@ -245,16 +244,8 @@ class TestVdiStaticConformance(_Vdi):
     static = True
 
 
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                 HealthCheck.too_slow])
+@D.model_settings()
 @given(plan=D.batches(SIZE, MIB))
 def test_random_model(tmp_path: Path, plan: list[D.Batch]) -> None:
-    path = tmp_path / "m.vdi"
-    path.unlink(missing_ok=True)
-    qemu_img("create", "-q", "-f", "vdi", str(path), str(SIZE))
-    model = run(D.run_batches(path, "vdi", SIZE, plan))
+    path = D.model_roundtrip(tmp_path, "vdi", [], SIZE, plan)
     assert qemu_img("check", str(path)).returncode == 0
-    assert D.qemu_raw(path, "vdi", tmp_path) == model
-    info = json.loads(qemu_img("info", "--output=json", str(path)).stdout)
-    assert info["virtual-size"] == SIZE

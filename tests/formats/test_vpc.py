@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from blocklayer.formats.vpc import layout as L
 from tests.conformance import DriverConformance
@@ -278,16 +278,10 @@ class TestVpcFixedConformance(_Vpc):
     sub = "fixed"
 
 
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                 HealthCheck.too_slow])
+@D.model_settings()
 @given(plan=D.batches(SIZE, BLOCK))
 def test_random_model(tmp_path: Path, plan: list[D.Batch]) -> None:
-    path = tmp_path / "m.vhd"
-    path.unlink(missing_ok=True)
-    qemu_img("create", "-q", "-f", "vpc", "-o", "force_size=on", str(path), str(SIZE))
-    model = run(D.run_batches(path, "vpc", SIZE, plan))
-    assert D.qemu_raw(path, "vpc", tmp_path) == model
+    D.model_roundtrip(tmp_path, "vpc", ["-o", "force_size=on"], SIZE, plan)
 
 
 @pytest.mark.parametrize("calc", ["chs", "current_size", "bogus"])
