@@ -5,10 +5,27 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import qemu_img
+
 from . import differential as D
 
 
 @pytest.mark.parametrize("fmt", ["vdi", "vpc"])
 def test_create_help_lists_qemus_options(tmp_path: Path, fmt: str) -> None:
     q, b = D.both("create", "-f", fmt, "-o", "help", str(tmp_path / "x"))
+    assert b == q
+
+
+@pytest.mark.parametrize("fmt,opts", [("vdi", "static=off"), ("vdi", "static=on"),
+                                      ("vpc", "subformat=dynamic"),
+                                      ("vpc", "subformat=fixed")])
+@pytest.mark.parametrize("out", ["human", "json"])
+def test_map_matches(tmp_path: Path, fmt: str, opts: str, out: str) -> None:
+    """Block status as QEMU's: unallocated blocks read as zeroes, a static or fixed
+    image is all data (zero where the file has holes)."""
+    path = tmp_path / f"m.{fmt}"
+    qemu_img("create", "-q", "-f", fmt, "-o", opts, str(path), str(9 * D.MIB))
+    D.qemu_apply(path, fmt, [("write", 0, 4096, 1), ("write", 5 * D.MIB, D.MIB, 2),
+                             ("zero", 7 * D.MIB, 4096, 0)])
+    q, b = D.both("map", "-f", fmt, f"--output={out}", str(path))
     assert b == q
