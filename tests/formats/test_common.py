@@ -29,3 +29,14 @@ def test_map_matches(tmp_path: Path, fmt: str, opts: str, out: str) -> None:
                              ("zero", 7 * D.MIB, 4096, 0)])
     q, b = D.both("map", "-f", fmt, f"--output={out}", str(path))
     assert b == q
+
+
+@pytest.mark.parametrize("fmt,opts", [("vdi", "static=off"), ("vpc", "subformat=dynamic")])
+@pytest.mark.parametrize("command", [("resize", "{}", "+1M"), ("amend", "-o", "size=1G", "{}"),
+                                     ("commit", "{}"), ("check", "-r", "all", "{}")])
+def test_unsupported_operations_fail_as_qemus(tmp_path: Path, fmt: str, opts: str,
+                                              command: tuple[str, ...]) -> None:
+    path = tmp_path / f"u.{fmt}"
+    qemu_img("create", "-q", "-f", fmt, "-o", opts, str(path), "4M")
+    q, b = D.both(*(a.format(path) for a in command))
+    assert b == q

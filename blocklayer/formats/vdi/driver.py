@@ -15,14 +15,14 @@ from array import array
 from typing import Any
 
 from ...core.driver import (BlockDriver, BlockStatus, CheckMode, CheckResult, CreateOption,
-                            DriverInfo, Limits, ReqFlag, Status)
+                            DriverInfo, Limits, Prealloc, ReqFlag, Status)
 from ...core.errors import ImageCorrupt, NotSupported
 from ...core.options import OpenFlags
 from . import layout as L
 from .check import check_bmap
 from .layout import Header
 from .mapping import block_runs
-from .shared import Kind, check_prealloc, create_on, file_child, read_padded
+from .shared import Kind, check_prealloc, create_on, file_child, no_resize, read_padded
 
 
 class VdiDriver(BlockDriver):
@@ -163,6 +163,9 @@ class VdiDriver(BlockDriver):
 
     async def get_length(self) -> int:
         return self.header.disk_size
+
+    async def truncate(self, size: int, exact: bool, prealloc: Prealloc) -> None:
+        raise no_resize()
 
     def has_zero_init(self) -> bool:
         if self.header.is_static:

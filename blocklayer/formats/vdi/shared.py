@@ -90,3 +90,8 @@ def file_child(node: "BlockNode", fmt: str) -> "BlockNode":
     if file is None:
         raise InvalidArgument(f"A '{fmt}' node needs a 'file' child")
     return file
+
+
+def no_resize() -> NotSupported:
+    """QEMU's words for a format driver without ``bdrv_co_truncate``."""
+    return NotSupported("Image format driver does not support resize")

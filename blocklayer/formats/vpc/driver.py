@@ -17,10 +17,11 @@ from array import array
 from typing import Any
 
 from ...core.driver import (BlockDriver, BlockStatus, CreateOption, DriverInfo, Limits,
-                            ReqFlag, Status)
+                            Prealloc, ReqFlag, Status)
 from ...core.errors import BlockError, ImageCorrupt, InvalidArgument
 from ...core.options import OpenFlags
-from ..vdi.shared import Kind, Run, check_prealloc, create_on, file_child, read_padded
+from ..vdi.shared import (Kind, Run, check_prealloc, create_on, file_child, no_resize,
+                          read_padded)
 from . import layout as L
 from .layout import DynHeader, Footer
 from .mapping import block_run
@@ -255,6 +256,9 @@ class VpcDriver(BlockDriver):
 
     async def get_length(self) -> int:
         return self.total_sectors * L.SECTOR
+
+    async def truncate(self, size: int, exact: bool, prealloc: Prealloc) -> None:
+        raise no_resize()
 
     def has_zero_init(self) -> bool:
         if self.fixed:
