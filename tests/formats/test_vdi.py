@@ -249,3 +249,16 @@ class TestVdiStaticConformance(_Vdi):
 def test_random_model(tmp_path: Path, plan: list[D.Batch]) -> None:
     path = D.model_roundtrip(tmp_path, "vdi", [], SIZE, plan)
     assert qemu_img("check", str(path)).returncode == 0
+
+
+def test_write_with_a_damaged_allocation_count(tmp_path: Path) -> None:
+    """blocks_allocated past the map: QEMU's write fails with EFBIG, so does ours, and
+    neither changes the file."""
+    path = D.patched(_qemu_made(tmp_path, ops=[]), tmp_path / "a.vdi",
+                     [(0x184, "<I", 0xFFFFFF00)])
+    before = path.read_bytes()
+    q = D.qemu_io("-c", "write 0 4k", str(path), check=False)
+    assert path.read_bytes() == before
+    b = tool("io", "-c", "write 0 4k", str(path))
+    assert (b.returncode, b.stdout, b.stderr) == (q.returncode, q.stdout, q.stderr)
+    assert path.read_bytes() == before

@@ -10,6 +10,7 @@ written, the header and the changed sectors of the block map, as QEMU does.
 from __future__ import annotations
 
 import asyncio
+import errno
 import uuid
 from array import array
 from typing import Any
@@ -128,8 +129,9 @@ class VdiDriver(BlockDriver):
                 return True
             entry = self.header.blocks_allocated
             if entry >= min(self.header.blocks_in_image, L.DISCARDED):
+                # QEMU writes past the map's reach and the file refuses (EFBIG)
                 raise ImageCorrupt("VDI image has no free block left (blocks_allocated "
-                                   f"is {entry})")
+                                   f"is {entry})", errno.EFBIG)
             self.bmap[block] = entry
             self.header = self.header.with_(blocks_allocated=entry + 1)
             buf = bytearray(bs)
