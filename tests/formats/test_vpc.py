@@ -295,3 +295,14 @@ def test_force_size_calc_open_option(tmp_path: Path, calc: str) -> None:
     # first line is the generic layer's business, not the driver's
     assert (ours[0], ours[1].split("\n")[1:], ours[2]) == \
         (theirs[0], theirs[1].split("\n")[1:], theirs[2])
+
+
+def test_largest_table_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """0x1fffffff entries pass QEMU's limits (QEMU then reads 2 GiB, zeroes past the end
+    of the file, and refuses the image as truncated): we refuse it unread."""
+    path = D.patched(_qemu_made(tmp_path, "dynamic", []), tmp_path / "h.vhd",
+                     [(_dyn(28), ">I", 0x1FFFFFFF)])
+    b = D.ours_limited("info", "-f", "vpc", str(path))
+    assert (b.returncode, D.ours_named(b.stderr)) == (
+        1, f"qemu-img: Could not open '{path}': block-vpc: free_data_block_offset points "
+           "after the end of file. The image has been truncated.\n")
