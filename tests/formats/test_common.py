@@ -40,3 +40,11 @@ def test_unsupported_operations_fail_as_qemus(tmp_path: Path, fmt: str, opts: st
     qemu_img("create", "-q", "-f", fmt, "-o", opts, str(path), "4M")
     q, b = D.both(*(a.format(path) for a in command))
     assert b == q
+
+
+@pytest.mark.parametrize("src_fmt,dst_fmt", [("vdi", "vpc"), ("vpc", "vdi")])
+def test_convert_between_the_two(tmp_path: Path, src_fmt: str, dst_fmt: str) -> None:
+    src = tmp_path / f"s.{src_fmt}"
+    qemu_img("create", "-q", "-f", src_fmt, str(src), str(9 * D.MIB))
+    D.qemu_apply(src, src_fmt, [("write", 0, 4096, 1), ("write", 3 * D.MIB - 7, D.MIB, 2)])
+    D.check_convert_from(src, src_fmt, dst_fmt, tmp_path)
