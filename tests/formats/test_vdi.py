@@ -1,6 +1,7 @@
 """vdi: differential tests against QEMU 7.2's qemu-img and qemu-io."""
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +263,42 @@ def test_write_with_a_damaged_allocation_count(tmp_path: Path) -> None:
     b = tool("io", "-c", "write 0 4k", str(path))
     assert (b.returncode, b.stdout, b.stderr) == (q.returncode, q.stdout, q.stderr)
     assert path.read_bytes() == before
+
+
+def _virtualbox_like(path: Path) -> bytearray:
+    """An image laid out as VirtualBox lays them out (its own text, the data area at
+    1 MiB, blocks stored out of order, a discarded block, an odd disk size), with the
+    guest data it holds."""
+    from blocklayer.formats.vdi import layout as L
+    size = 6 * MIB - 1000
+    order = {0: 2, 2: 0, 3: 1, 5: 3}                 # guest block -> data block
+    bmap = [order.get(i, L.UNALLOCATED) for i in range(6)]
+    bmap[4] = L.DISCARDED
+    header = L.Header(text=b"<<< Oracle VM VirtualBox Disk Image >>>\n", offset_data=MIB,
+                      disk_size=size, blocks_in_image=6, blocks_allocated=4, cylinders=12,
+                      heads=16, sectors=63, uuid_image=bytes(range(16)),
+                      description=b"made by hand")
+    data = bytearray(MIB + 4 * MIB)
+    data[:512] = header.build()
+    data[0x200:0x200 + 24] = struct.pack("<6I", *bmap)
+    model = bytearray(6 * MIB)
+    for guest, stored in order.items():
+        chunk = bytes((guest * 31 + i) % 251 + 1 for i in range(MIB))
+        data[MIB + stored * MIB:MIB + (stored + 1) * MIB] = chunk
+        model[guest * MIB:(guest + 1) * MIB] = chunk
+    path.write_bytes(data)
+    return model[:L.round_up(size, 512)]
+
+
+def test_virtualbox_layout_reads_and_writes_as_qemu(tmp_path: Path) -> None:
+    theirs, ours = tmp_path / "q.vdi", tmp_path / "b.vdi"
+    model = _virtualbox_like(theirs)
+    _virtualbox_like(ours)
+    assert run(D.our_read_all(ours, "vdi")) == model == D.qemu_raw(theirs, "vdi", tmp_path)
+    ops: list[Op] = [("write", 4 * MIB + 10, 100, 7), ("write", MIB - 5, 10, 8),
+                     ("write", 0, 512, 9)]
+    D.qemu_apply(theirs, "vdi", ops)
+    run(D.our_write(ours, "vdi", ops))
+    assert ours.read_bytes() == theirs.read_bytes()
+    q, b = D.both("check", str(ours))
+    assert b == q
