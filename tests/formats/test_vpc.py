@@ -306,3 +306,49 @@ def test_largest_table_is_refused_before_it_is_read(tmp_path: Path) -> None:
     assert (b.returncode, D.ours_named(b.stderr)) == (
         1, f"qemu-img: Could not open '{path}': block-vpc: free_data_block_offset points "
            "after the end of file. The image has been truncated.\n")
+
+
+def _hyperv_like(path: Path) -> bytearray:
+    """A dynamic VHD as other tools make them: creator ``win `` (sized by current_size),
+    512 KiB blocks, the BAT one sector later than QEMU's, blocks out of order with
+    partial bitmaps; returns the guest data."""
+    bs, size = 512 * KIB, 3 * MIB
+    footer = L.Footer(data_offset=512, creator_app=b"win ", creator_os=b"Wi2k",
+                      orig_size=size, current_size=size, cyls=100, heads=4,
+                      secs_per_cyl=17, uuid=bytes(range(16))).with_checksum().build()
+    entries, bat_at = size // bs, 4 * 512
+    first = bat_at + 512
+    order = {0: 1, 3: 0, 5: 2}                        # guest block -> stored block
+    bat = [L.UNALLOCATED] * entries
+    stride = 512 + bs
+    for guest, stored in order.items():
+        bat[guest] = (first + stored * stride) // 512
+    data = bytearray(first + len(order) * stride)
+    data[:512] = footer
+    dyn = L.DynHeader(table_offset=bat_at, max_table_entries=entries, block_size=bs)
+    data[512:1536] = dyn.with_checksum().build()
+    data[bat_at:bat_at + 512] = b"\xff" * 512
+    data[bat_at:bat_at + 4 * entries] = struct.pack(f">{entries}I", *bat)
+    model = bytearray(size)
+    for guest, stored in order.items():
+        at = first + stored * stride
+        data[at:at + 512] = b"\xf0" + bytes(511)      # a bitmap QEMU will set all ones
+        chunk = bytes((guest * 13 + i) % 253 + 1 for i in range(bs))
+        data[at + 512:at + stride] = chunk
+        model[guest * bs:(guest + 1) * bs] = chunk
+    path.write_bytes(bytes(data) + footer)
+    return model
+
+
+def test_other_tools_layout_reads_and_writes_as_qemu(tmp_path: Path) -> None:
+    theirs, ours = tmp_path / "q.vhd", tmp_path / "b.vhd"
+    model = _hyperv_like(theirs)
+    _hyperv_like(ours)
+    assert run(D.our_read_all(ours, "vpc")) == model == D.qemu_raw(theirs, "vpc", tmp_path)
+    ops: list[Op] = [("write", 3 * 512 * KIB + 10, 100, 7), ("write", 512 * KIB - 5, 10, 8),
+                     ("write", 0, 512, 9), ("write", 2 * MIB, 512 * KIB, 3)]
+    D.qemu_apply(theirs, "vpc", ops)
+    run(D.our_write(ours, "vpc", ops))
+    assert ours.read_bytes() == theirs.read_bytes()
+    q, b = D.info_pair(ours, "--output=json")
+    assert b == q
