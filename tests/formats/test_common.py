@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import qemu_img
+from tests.conftest import qemu_img, run
 
 from . import differential as D
 
@@ -48,3 +48,17 @@ def test_convert_between_the_two(tmp_path: Path, src_fmt: str, dst_fmt: str) -> 
     qemu_img("create", "-q", "-f", src_fmt, str(src), str(9 * D.MIB))
     D.qemu_apply(src, src_fmt, [("write", 0, 4096, 1), ("write", 3 * D.MIB - 7, D.MIB, 2)])
     D.check_convert_from(src, src_fmt, dst_fmt, tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["vdi", "vpc"])
+def test_as_a_backing_file(tmp_path: Path, fmt: str) -> None:
+    """A qcow2 overlay on a vdi or vpc base: info of the chain and the data as QEMU's."""
+    base, top = tmp_path / f"base.{fmt}", tmp_path / "top.qcow2"
+    qemu_img("create", "-q", "-f", fmt, str(base), str(9 * D.MIB))
+    D.qemu_apply(base, fmt, [("write", 0, 3 * D.MIB, 1)])
+    qemu_img("create", "-q", "-f", "qcow2", "-b", base.name, "-F", fmt, str(top))
+    D.qemu_apply(top, "qcow2", [("write", D.MIB, 4096, 2)])
+    q, b = D.both("info", "--backing-chain", "--output=json", str(top))
+    assert b == q
+    model = bytearray(D.qemu_raw(top, "qcow2", tmp_path))
+    assert run(D.our_read_all(top, "qcow2")) == model
