@@ -62,3 +62,24 @@ def test_as_a_backing_file(tmp_path: Path, fmt: str) -> None:
     assert b == q
     model = bytearray(D.qemu_raw(top, "qcow2", tmp_path))
     assert run(D.our_read_all(top, "qcow2")) == model
+
+
+@pytest.mark.parametrize("fmt", ["vdi", "vpc"])
+def test_commit_into_a_base(tmp_path: Path, fmt: str) -> None:
+    """qemu-img commit of a qcow2 overlay into a vdi or vpc base: the same base file."""
+    made = tmp_path / f"made.{fmt}"
+    qemu_img("create", "-q", "-f", fmt, str(made), str(9 * D.MIB))
+    D.qemu_apply(made, fmt, [("write", 0, 3 * D.MIB, 1)])
+    bases = []
+    for who in ("qemu", "ours"):
+        (tmp_path / who).mkdir()
+        base, top = tmp_path / who / f"base.{fmt}", tmp_path / who / "top.qcow2"
+        base.write_bytes(made.read_bytes())
+        qemu_img("create", "-q", "-f", "qcow2", "-b", base.name, "-F", fmt, str(top))
+        D.qemu_apply(top, "qcow2", [("write", D.MIB, 4096, 2), ("write", 5 * D.MIB, D.MIB, 3),
+                                    ("zero", 0, 4096, 0)])
+        res = (qemu_img("commit", "-q", str(top), check=False) if who == "qemu"
+               else D.tool("img", "commit", "-q", str(top)))
+        assert res.returncode == 0, res.stderr
+        bases.append(base.read_bytes())
+    assert bases[0] == bases[1]
