@@ -18,16 +18,21 @@ DRIVERS: dict[str, str] = {
     "blkdebug": "blocklayer.filters.blkdebug:BlkdebugDriver",
     "qcow2": "blocklayer.formats.qcow2.driver:Qcow2Driver",
     "qed": "blocklayer.formats.qed.driver:QedDriver",
+    "vdi": "blocklayer.formats.vdi.driver:VdiDriver",
+    "vpc": "blocklayer.formats.vpc.driver:VpcDriver",
 }
 
-#: formats that take part in probing, in the order QEMU lists them
-PROBED_FORMATS = ("qcow2", "qed", "raw")
+#: formats that take part in probing, in the order QEMU asks them (the first of equal
+#: scores wins: an image with both QED's and VDI's magic is QED, with VDI's and
+#: qcow2's or vpc's it is VDI)
+PROBED_FORMATS = ("qed", "vdi", "qcow2", "vpc", "raw")
 
 #: the magic a probed format's header starts with: a header without it is not that
 #: format, and its driver is not even imported (probing then costs no start-up)
 PROBE_MAGIC: dict[str, bytes] = {
     "qcow2": b"QFI\xfb",
     "qed": b"QED\x00",
+    "vpc": b"conectix",
 }
 
 #: URL-like prefixes that name a protocol driver ("nbd://host/x", "null-co://")

@@ -1,0 +1,1 @@
+"""The VHD (Virtual PC) image format, QEMU's vpc."""
