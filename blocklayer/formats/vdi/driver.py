@@ -15,7 +15,7 @@ import uuid
 from array import array
 from typing import Any
 
-from ...core.driver import (BlockDriver, BlockStatus, CheckMode, CheckResult, CreateOption,
+from ...core.driver import (BlockDriver, Cap, BlockStatus, CheckMode, CheckResult, CreateOption,
                             DriverInfo, Limits, Prealloc, ReqFlag, Status)
 from ...core.errors import ImageCorrupt, NotSupported
 from ...core.options import OpenFlags
@@ -29,8 +29,7 @@ from .shared import Kind, check_prealloc, create_on, file_child, no_resize, read
 class VdiDriver(BlockDriver):
     format_name = "vdi"
     is_format = True
-    can_block_status = True
-    can_check = True
+    caps = Cap.BLOCK_STATUS
     create_options = (
         CreateOption("size", "size", "Virtual disk size"),
         CreateOption("static", "bool", "VDI static (pre-allocated) image", False),

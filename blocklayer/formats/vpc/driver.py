@@ -16,7 +16,7 @@ import uuid
 from array import array
 from typing import Any
 
-from ...core.driver import (BlockDriver, BlockStatus, CreateOption, DriverInfo, Limits,
+from ...core.driver import (BlockDriver, Cap, BlockStatus, CreateOption, DriverInfo, Limits,
                             Prealloc, ReqFlag, Status)
 from ...core.errors import BlockError, ImageCorrupt, InvalidArgument
 from ...core.options import OpenFlags
@@ -30,7 +30,7 @@ from .mapping import block_run
 class VpcDriver(BlockDriver):
     format_name = "vpc"
     is_format = True
-    can_block_status = True
+    caps = Cap.BLOCK_STATUS
     create_options = (
         CreateOption("size", "size", "Virtual disk size"),
         CreateOption("subformat", "string", "Type of virtual hard disk format. Supported "
