@@ -35,7 +35,7 @@ def compress_many(kind: int, chunks: Sequence[bytes | bytearray | memoryview],
     return out
 
 
-def decompress(kind: int, data: bytes, cluster_size: int) -> bytes:
+def decompress(kind: int, data: bytes | bytearray, cluster_size: int) -> bytes:
     """Exactly one cluster from ``data``; anything else is an I/O error."""
     try:
         if kind == COMPRESSION_ZLIB:
