@@ -165,7 +165,7 @@ class _Check:
             self.msg.append("ERROR: I/O error in check_refcounts_l1")
             self.res.check_errors += 1
             raise
-        l1 = np.frombuffer(bytes(raw), ">u8").astype(U64)
+        l1 = L.table_as_ndarray(bytes(raw))
         if l1_is_plain(l1, self.cs, self.file_len):
             offsets = (l1[l1 != 0] & U64(L1E_OFFSET_MASK)).tolist()
             for group in batches(offsets, self.cs):
@@ -199,7 +199,7 @@ class _Check:
             self.msg.append("ERROR: I/O error in check_refcounts_l2")
             res.check_errors += 1
             raise
-        words = np.frombuffer(bytes(raw), ">u8").astype(U64)
+        words = L.table_as_ndarray(bytes(raw))
         if geo.extended_l2:
             ents, bitmaps = words[0::2], words[1::2]
         else:
@@ -457,7 +457,7 @@ async def _read_reftable(drv: "Qcow2Driver") -> np.ndarray:
     h = drv.header
     raw = await drv.file.read(h.refcount_table_offset,
                               h.refcount_table_clusters * drv.cluster_size)
-    return np.frombuffer(bytes(raw), ">u8").astype(U64)
+    return L.table_as_ndarray(bytes(raw))
 
 
 async def check_refcounts(drv: "Qcow2Driver", res: CheckResult, fix: CheckMode) -> None:

@@ -64,7 +64,7 @@ async def read_tables(drv: "Qcow2Driver", offsets: list[int]) -> np.ndarray | No
             buf[k * cs:(k + 1) * cs] = await drv.file.read(off, cs)
     except BlockError:
         return None
-    return np.frombuffer(buf, ">u8").astype(U64)
+    return L.table_as_ndarray(buf)
 
 
 def l1_is_plain(l1: np.ndarray, cs: int, file_len: int) -> bool:

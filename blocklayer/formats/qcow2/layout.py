@@ -662,6 +662,13 @@ def empty_table(nbytes: int, typecode: str = "Q") -> array:
     return array(typecode, bytes(nbytes))
 
 
+def table_as_ndarray(data: bytes | bytearray | memoryview) -> "np.ndarray":
+    """Big-endian 8-byte entries -> a native ``uint64`` numpy array (a copy), for the
+    bulk paths.  Imports numpy."""
+    import numpy as np
+    return np.frombuffer(data, ">u8").astype(np.uint64)
+
+
 def as_ndarray(table: array) -> "np.ndarray":
     """The same memory as a numpy array (a view: writes go to ``table``).  Imports
     numpy: only for the bulk paths."""

@@ -109,7 +109,7 @@ async def _count_snapshots(drv: "Qcow2Driver", c: Counter) -> None:
         pos += e.entry_size
         pos = (pos + 7) & ~7
         raw = await file.read(l1_off, l1_size * 8)
-        l1 = np.frombuffer(raw.ljust(l1_size * 8, b"\0"), ">u8").astype(np.uint64)
+        l1 = L.table_as_ndarray(raw.ljust(l1_size * 8, b"\0"))
         await _count_l1(drv, c, l1_off, l1)
     c.add(start, pos - start)
 
