@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from ...core.driver import ReqFlag
 from ...core.errors import BlockError, InvalidArgument, NotSupported
 from .compress import compress_many
-from .mapping import CT, L2_BITMAP_ALL_ALLOC, L2E_OFFSET_MASK, OFLAG_COPIED, SC
 from .cache import Entry
+from .mapping import CT, L2_BITMAP_ALL_ALLOC, L2E_OFFSET_MASK, OFLAG_COPIED, SC
 from .refcount import Discard
 from .state import Qcow2State
 
@@ -387,7 +387,8 @@ class WritePath:
                 j = i
                 while j < len(chunks) and outs[j] is not None:
                     j += 1
-                await self._write_compressed_clusters(offset + i * cs, outs[i:j])  # type: ignore[arg-type]
+                await self._write_compressed_clusters(offset + i * cs,
+                                                      [o for o in outs[i:j] if o is not None])
                 i = j
         except BlockError as exc:
             # where a write of many clusters failed (QEMU's convert, one cluster per

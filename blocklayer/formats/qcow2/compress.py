@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import zlib
-from typing import Sequence
+from typing import Any, Sequence
 
 from ...core.errors import BlockError, NotSupported
 from .layout import COMPRESSION_ZLIB, COMPRESSION_ZSTD
@@ -63,7 +63,7 @@ def decompress(kind: int, data: bytes | bytearray, cluster_size: int) -> bytes:
     return out
 
 
-def _zstd():  # type: ignore[no-untyped-def]
+def _zstd() -> Any:
     try:
         import zstandard
     except ImportError:

@@ -125,7 +125,8 @@ async def create_qcow2(cls: type["Qcow2Driver"], filename: str, options: dict[st
         await file.write(cs, L.build_entries(2 * cs).ljust(2 * cs, b"\0"))
         await file.flush()
         node = await _open_new(cls, file, filename, options)
-        drv: Qcow2Driver = node.driver  # type: ignore[assignment]
+        drv = node.driver
+        assert isinstance(drv, cls)
         with metadata_io():
             async with drv.lock:
                 offset = await drv.refcounts.alloc_clusters(3 * cs)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import errno
 
 from ...core.driver import Prealloc
-from ...core.io import metadata_io
 from ...core.errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
+from ...core.io import metadata_io
 from . import layout as L
-from .mapping import CT, L1E_OFFSET_MASK
 from .alloc import WritePath, _Cluster
+from .mapping import CT, L1E_OFFSET_MASK
 from .refcount import Discard, last_used
 from .state import Qcow2State
 from .zeroes import ZeroPath

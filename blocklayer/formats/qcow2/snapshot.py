@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ...core.driver import SnapshotInfo
 from ...core.errors import BlockError, ImageCorrupt, InvalidArgument, NodeNotFound, NotSupported
 from . import layout as L
+from .cache import Entry
 from .mapping import CT, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED
 from .refcount import Discard
 
@@ -257,7 +258,7 @@ def _nonzero(entries: "array") -> list[int]:
     return list(itertools.compress(range(len(entries)), entries))
 
 
-async def _update_l2(drv: "Qcow2Driver", entry, l2_off: int, step: int,  # type: ignore[no-untyped-def]
+async def _update_l2(drv: "Qcow2Driver", entry: Entry, l2_off: int, step: int,
                      addend: int) -> None:
     geo, rc, table = drv.geo, drv.refcounts, entry.table
     for j in _nonzero(table[0::step]):

@@ -8,8 +8,8 @@ from typing import Any
 
 from ...core.driver import ReqFlag
 from ...core.errors import NotSupported
-from .mapping import CT, L2_BITMAP_ALL_ZEROES, OFLAG_ZERO, SC
 from .cache import Entry
+from .mapping import CT, L2_BITMAP_ALL_ZEROES, OFLAG_ZERO, SC
 from .refcount import Discard
 from .state import Qcow2State
 
