@@ -339,3 +339,15 @@ class Streamer:
 
 
 _NOTHING = object()
+
+
+def loads(text: str) -> Any:
+    """One complete value (the command line's JSON options), QEMU's parse errors."""
+    lexer = Lexer()
+    tokens = list(lexer.feed(text + " "))
+    for tok in tokens:
+        if tok.kind == "error":
+            raise JSONParseError(f"JSON parse error, stray '{tok.text}'")
+    if lexer.quote or not tokens:
+        raise JSONParseError("JSON parse error, expecting value")
+    return parse_tokens(tokens)

@@ -43,12 +43,13 @@ class Schema:
     raw: list[dict[str, Any]]
     version: dict[str, Any]
     command_order: list[str]
+    qom_types: list[dict[str, Any]]
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> "Schema":
         entities = {e["name"]: e for e in data["schema"]}
         return cls(entities, data.get("alternate-names", {}), data["schema"],
-                   data["version"], data.get("command-order", []))
+                   data["version"], data.get("command-order", []), data.get("qom-types", []))
 
     # ---- queries --------------------------------------------------------------------------
     def command(self, name: str) -> dict[str, Any] | None:
@@ -85,32 +86,40 @@ class Schema:
         return list(self.entities[name]["values"])
 
     # ---- validation -----------------------------------------------------------------------
-    def check_arguments(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Validate a call's arguments; raises CommandError with QEMU's text."""
+    def check_arguments(self, command: str, args: dict[str, Any],
+                        keyval: bool = False) -> dict[str, Any]:
+        """Validate a call's arguments; raises CommandError with QEMU's text.
+
+        With ``keyval`` the scalars are strings from the command line and are converted
+        (QEMU's keyval input visitor); the converted arguments are returned."""
         ent = self.command(command)
         if ent is None:
             raise CommandError(f"The command {command} has not been found", "CommandNotFound")
-        self.check(ent["arg-type"], args, ())
-        return args
+        return self.check(ent["arg-type"], args, (), keyval)  # type: ignore[no-any-return]
 
-    def check(self, type_name: str, value: Any, path: tuple[str | int, ...]) -> None:
+    def check(self, type_name: str, value: Any, path: tuple[str | int, ...] = (),
+              keyval: bool = False) -> Any:
+        """``value`` checked against a type (converted from strings with ``keyval``)."""
         ent = self.entities[type_name]
         meta = ent["meta-type"]
         if meta == "builtin":
+            if keyval and isinstance(value, str):
+                return _from_keyval(type_name, value, path)
             self._check_builtin(type_name, value, path)
         elif meta == "enum":
             self._check_enum(ent, value, path)
         elif meta == "array":
             if not isinstance(value, list):
                 raise self._wrong_type(path, "array")
-            for i, item in enumerate(value):
-                self.check(ent["element-type"], item, path + (i,))
+            return [self.check(ent["element-type"], item, path + (i,), keyval)
+                    for i, item in enumerate(value)]
         elif meta == "alternate":
-            self.check(self._alternate_branch(ent, value, path), value, path)
+            return self.check(self._alternate_branch(ent, value, path), value, path, keyval)
         elif meta == "object":
-            self._check_object(ent, value, path)
+            return self._check_object(ent, value, path, keyval)
         else:
             raise ValueError(f"cannot validate a {meta}")
+        return value
 
     def _wrong_type(self, path: tuple[str | int, ...], expected: str) -> CommandError:
         where = _path_name(path)
@@ -165,9 +174,12 @@ class Schema:
                     out += self.members(variant["type"], value)
         return out
 
-    def _check_object(self, ent: dict[str, Any], value: Any, path: tuple[str | int, ...]) -> None:
+    def _check_object(self, ent: dict[str, Any], value: Any, path: tuple[str | int, ...],
+                      keyval: bool) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self._wrong_type(path, "object")
+        if keyval:
+            value = dict(value)
         seen: set[str] = set()
         pending = list(ent["members"])
         tag = ent.get("tag")
@@ -179,7 +191,7 @@ class Schema:
                 if "default" not in member:
                     raise CommandError(f"Parameter '{_path_name(path + (name,))}' is missing")
                 continue
-            self.check(member["type"], value[name], path + (name,))
+            value[name] = self.check(member["type"], value[name], path + (name,), keyval)
             if name == tag:
                 for variant in ent.get("variants", []):
                     if variant["case"] == value[name]:
@@ -187,6 +199,7 @@ class Schema:
         for key in qjson.qdict_order(list(value)):
             if key not in seen:
                 raise CommandError(f"Parameter '{_path_name(path + (key,))}' is unexpected")
+        return value
 
     # ---- sample values (tests and the dump script) ----------------------------------------
     def minimal(self, type_name: str) -> Any:
@@ -213,6 +226,39 @@ class Schema:
                 if variant["case"] == out[tag]:
                     out.update(self.minimal(variant["type"]))
         return out
+
+
+_KEYVAL_BOOLS = {"on": True, "yes": True, "true": True, "y": True,
+                 "off": False, "no": False, "false": False, "n": False}
+
+
+def _from_keyval(type_name: str, text: str, path: tuple[str | int, ...]) -> Any:
+    """A command-line string as the builtin type (QEMU's keyval visitor and texts)."""
+    where = _path_name(path)
+    if type_name in ("str", "any"):
+        return text
+    if type_name == "bool":
+        if text in _KEYVAL_BOOLS:
+            return _KEYVAL_BOOLS[text]
+        raise CommandError(f"Parameter '{where}' expects 'on' or 'off'")
+    if type_name == "int":
+        try:
+            value = int(text, 0)
+        except ValueError:
+            from blocklayer.core.options import parse_size   # sizes are ints here too
+            try:
+                value = parse_size(text)
+            except Exception:
+                raise CommandError(f"Parameter '{where}' expects integer") from None
+        if not INT_MIN <= value <= INT_MAX:
+            raise CommandError(f"Parameter '{where}' expects integer")
+        return value
+    if type_name == "number":
+        try:
+            return float(text)
+        except ValueError:
+            raise CommandError(f"Parameter '{where}' expects number") from None
+    raise CommandError(f"Parameter '{where}' expects {SCALAR_NAMES.get(type_name, type_name)}")
 
 
 def _ordered(value: Any) -> Any:
