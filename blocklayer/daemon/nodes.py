@@ -35,6 +35,7 @@ async def add_node(daemon: Any, options: dict[str, Any]) -> BlockNode:
     name = options["node-name"]
     if name in daemon.graph.nodes:
         raise CommandError(f"Duplicate nodes with node-name='{name}'")
+    _check_references(daemon, options)
     node = await open_node(daemon.graph, None, flat_options(options))
     try:
         node.refresh_perms()
@@ -46,6 +47,15 @@ async def add_node(daemon: Any, options: dict[str, Any]) -> BlockNode:
     for child in node.descendants():
         daemon.watch_threshold(child)
     return node
+
+
+def _check_references(daemon: Any, options: dict[str, Any]) -> None:
+    """Children named by reference must exist (QEMU's bdrv_lookup_bs text)."""
+    for key, value in options.items():
+        if isinstance(value, dict):
+            _check_references(daemon, value)
+        elif key in CHILD_KEYS and isinstance(value, str) and value not in daemon.graph.nodes:
+            raise CommandError(f"Cannot find device='{value}' nor node-name='{value}'")
 
 
 async def blockdev_add(ctx: Context, args: dict[str, Any]) -> None:
@@ -80,8 +90,18 @@ async def blockdev_reopen(ctx: Context, args: dict[str, Any]) -> None:
         changes = {k: v for k, v in flat_options(opts).items()
                    if k not in ("driver", "node-name", "read-only", "auto-read-only")
                    and k.split(".", 1)[0] not in CHILD_KEYS}
-        queue.add(node, changes, read_only=bool(opts.get("read-only", False)))
+        queue_reopen(daemon, queue, node, changes, bool(opts.get("read-only", False)))
     await queue.run()
+
+
+def queue_reopen(daemon: Any, queue: Any, node: BlockNode, changes: dict[str, Any] | None,
+                 read_only: bool) -> None:
+    """Queue ``node`` and the file children that inherit its read-only state: those
+    opened with it; a child added on its own (monitor-owned) keeps its options."""
+    queue.add(node, changes, read_only=read_only, with_children=False)
+    for edge in node.children.values():
+        if edge.role.value in ("file", "data-file") and not daemon.owned(edge.node):
+            queue_reopen(daemon, queue, edge.node, None, read_only)
 
 
 async def block_resize(ctx: Context, args: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from typing import Any
 
 from blocklayer.core.driver import Perm
 from blocklayer.core.node import BlockNode
+from blocklayer.qmp import qjson
 from blocklayer.qmp.dispatch import Context
 
 #: drivers whose ImageInfo has no dirty-flag (QEMU: no bdrv_get_info)
@@ -14,8 +15,14 @@ PERM_NAMES = ((Perm.RESIZE, "resize"), (Perm.WRITE_UNCHANGED, "write-unchanged")
 
 
 def node_filename(node: BlockNode) -> str:
+    """QEMU's bs->filename: a null node is ``null-co://`` unless options were given,
+    then the ``json:`` form of them."""
     if node.format_name in NO_GET_INFO:
-        return f"{node.format_name}://"
+        opts = {k: v for k, v in node.options.items()
+                if k in node.driver.open_options and k != "filename"}
+        if not opts:
+            return f"{node.format_name}://"
+        return "json:" + qjson.dumps({"driver": node.format_name, **opts})
     return node.filename
 
 
@@ -47,7 +54,8 @@ async def block_device_info(node: BlockNode, nested: bool) -> dict[str, Any]:
                            "ro": node.read_only, "drv": node.format_name}
     if node.backing is not None:
         out["backing_file"] = node.backing.filename
-    out.update({"backing_file_depth": backing_depth(node), "encrypted": False,
+    out.update({"backing_file_depth": backing_depth(node) if nested else 0,  # as QEMU counts
+                "encrypted": False,
                 "detect_zeroes": node.flags.detect_zeroes,
                 "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
                 "image": await image_info(node, nested),

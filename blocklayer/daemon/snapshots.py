@@ -37,20 +37,33 @@ async def blockdev_snapshot_sync(ctx: Context, args: dict[str, Any]) -> None:
     if new_name is not None:
         opts["node-name"] = new_name
     overlay = await open_node(daemon.graph, None, opts)
-    await _append(daemon, top, overlay, append_overlay)
-
-
-async def _append(daemon: Any, top: BlockNode, overlay: BlockNode, append: Any) -> None:
     try:
         async with top.drained():
-            append(top, overlay)
+            append_overlay(top, overlay)
     except BlockError:
         await overlay.close()
         raise
     overlay.backing_file, overlay.backing_format = overlay.driver.backing_file_name()
     daemon.watch_threshold(overlay)
-    if daemon.owned(top):      # the overlay takes the monitor's place
-        daemon.monitor_owned.append(overlay)
+    await _old_top_read_only(daemon, top)
+    if not overlay.parents and not overlay.users:
+        # QEMU: only the transaction held the new overlay; nothing moved onto it, so it
+        # goes away again (the image file stays, the old top stays read-only)
+        await overlay.unref()
+
+
+async def _old_top_read_only(daemon: Any, top: BlockNode) -> None:
+    """QEMU's external_snapshot_commit: the old top becomes read-only (best effort)."""
+    from blocklayer.core.reopen import ReopenQueue
+
+    from .nodes import queue_reopen
+    if not top.read_only and not top.flags.copy_on_read:
+        queue = ReopenQueue()
+        queue_reopen(daemon, queue, top, None, True)
+        try:
+            await queue.run()
+        except BlockError:
+            pass
 
 
 async def blockdev_snapshot(ctx: Context, args: dict[str, Any]) -> None:
@@ -66,8 +79,7 @@ async def blockdev_snapshot(ctx: Context, args: dict[str, Any]) -> None:
         raise CommandError(f"The overlay already has a backing image")
     async with top.drained():
         append_overlay(top, overlay)
-    # the overlay stays monitor-owned and now has a parent-less top role
-    daemon.monitor_owned = [n for n in daemon.monitor_owned if n is not overlay] + [overlay]
+    await _old_top_read_only(daemon, top)
 
 
 def _snapshot_json(s: SnapshotInfo) -> dict[str, Any]:
@@ -91,8 +103,10 @@ async def snapshot_internal_sync(ctx: Context, args: dict[str, Any]) -> None:
     if any(s.name == name for s in snaps):
         raise CommandError(f"Snapshot with name '{name}' already exists on device '{device}'")
     now = time.time_ns()
+    # QSD has no guest: its virtual clock reads the host's wall clock, no icount
     info = SnapshotInfo(id="", name=name, date_sec=now // 10**9,
-                        date_nsec=now % 10**9 // 1000 * 1000, icount=0)
+                        date_nsec=now % 10**9 // 1000 * 1000, vm_clock_nsec=time.time_ns(),
+                        icount=None)
     async with node.drained():
         try:
             await drv.snapshot_create(info)
@@ -116,11 +130,16 @@ async def snapshot_delete_internal_sync(ctx: Context, args: dict[str, Any]) -> A
     match = [s for s in snaps if (snap_id is None or s.id == snap_id)
              and (name is None or s.name == name)]
     if not match:
-        raise CommandError(f"Snapshot with id '{snap_id or ''}' and name '{name or ''}' "
+        raise CommandError(f"Snapshot with id '{_c(snap_id)}' and name '{_c(name)}' "
                            f"does not exist on device '{device}'")
     async with node.drained():
         await drv.snapshot_delete(match[0].id, match[0].name)
     return _snapshot_json(match[0])
+
+
+def _c(text: str | None) -> str:
+    """A C string in QEMU's messages: NULL prints as ``null``."""
+    return "null" if text is None else text
 
 
 #: BlockdevCreateOptions member -> qemu-img -o name
