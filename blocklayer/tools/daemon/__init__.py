@@ -13,13 +13,14 @@ from . import args as cli
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
-    prog = os.path.basename(argv[0]) if argv else "blocklayer-storage-daemon"
+    invoked = argv[0] if argv else ""
+    prog = os.path.basename(invoked)
     if prog in ("__main__.py", "-m", ""):
-        prog = "blocklayer-storage-daemon"
+        invoked = prog = "blocklayer-storage-daemon"
     try:
         options = cli.parse(argv[1:])
     except cli.UsageError as exc:
-        _fail(prog, str(exc))
+        _fail(invoked, str(exc))        # getopt names the program as invoked
     for opt in options:
         if opt.name == "help":
             sys.stdout.write(cli.HELP.format(prog=prog))

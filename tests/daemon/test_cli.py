@@ -1,0 +1,109 @@
+"""The command line against qemu-storage-daemon's: messages (after the program name),
+exit codes, --pidfile, --daemonize, and a clean shutdown on SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, need, qemu_img, tool
+
+BAD = [
+    ["--bogus"],
+    ["foo"],
+    ["--blockdev"],
+    ["--blockdev", "driver=nope,node-name=x"],
+    ["--blockdev", '{"driver":"null-co"}'],
+    ["--blockdev", "driver=null-co,node-name=x,size=abc"],
+    ["--blockdev", "driver=null-co,node-name=x,read-only=maybe"],
+    ["--blockdev", "driver=null-co,node-name=x", "--blockdev", "driver=null-co,node-name=x"],
+    ["--blockdev", "driver=qcow2,node-name=q,file=nope"],
+    ["--monitor", "chardev=zz"],
+    ["--object", "bogus,id=b"],
+    ["--object", "secret,id=s,data=x", "--object", "secret,id=s,data=y"],
+    ["--chardev", "socket,id=c,path=SOCK,server=on,wait=off", "--monitor", "c,mode=readline"],
+    ["--chardev", "socket,id=c,path=MISSING"],
+]
+
+
+@pytest.mark.parametrize("args", BAD, ids=[" ".join(a) for a in BAD])
+def test_errors_as_qsd(tmp_path: Path, args: list[str]) -> None:
+    args = [a.replace("SOCK", str(tmp_path / "s.sock"))
+            .replace("MISSING", str(tmp_path / "missing.sock")) for a in args]
+    want = subprocess.run(["qemu-storage-daemon", *args], capture_output=True, text=True,
+                          timeout=30, executable=need("qemu-storage-daemon"))
+    got = tool("daemon", *args, timeout=30)
+    assert got.returncode == want.returncode == 1
+    assert got.stderr.replace("blocklayer-storage-daemon", "qemu-storage-daemon") == want.stderr
+
+
+def test_help_and_version() -> None:
+    assert tool("daemon", "-h").stdout.startswith("Usage: blocklayer-storage-daemon [options]")
+    out = tool("daemon", "-V")
+    assert out.returncode == 0 and out.stdout.startswith("blocklayer-storage-daemon version 7.2")
+
+
+def _start(tmp: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "blocklayer.tools.daemon", *args],
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def _wait_file(path: Path) -> None:
+    for _ in range(400):
+        if path.exists() and path.stat().st_size:
+            return
+        time.sleep(0.025)
+    raise AssertionError(f"{path} not written")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_shuts_down_clean_and_unlocked(tmp_path: Path, sig: int) -> None:
+    img = tmp_path / "d.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(img), "16M")
+    pid = tmp_path / "pid"
+    proc = _start(tmp_path, "--blockdev", f"driver=qcow2,node-name=d,file.driver=file,"
+                  f"file.filename={img}", "--pidfile", str(pid))
+    try:
+        _wait_file(pid)
+        assert int(pid.read_text()) == proc.pid
+        locked = qemu_img("info", str(img), check=False)
+        assert locked.returncode == 1 and "lock" in locked.stderr
+        os.kill(proc.pid, sig)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert not pid.exists()
+    qemu_img("check", str(img))
+    assert qemu_img("info", str(img)).returncode == 0
+
+
+def test_daemonize(tmp_path: Path) -> None:
+    pid = tmp_path / "pid"
+    out = tool("daemon", "--daemonize", "--pidfile", str(pid), "--blockdev",
+               "driver=null-co,node-name=n", timeout=60)
+    assert out.returncode == 0
+    _wait_file(pid)
+    child = int(pid.read_text())
+    try:
+        os.kill(child, 0)
+    finally:
+        os.kill(child, signal.SIGTERM)
+    for _ in range(400):
+        if not pid.exists():
+            break
+        time.sleep(0.025)
+    assert not pid.exists()
+
+
+def test_daemonize_reports_failure() -> None:
+    out = tool("daemon", "--daemonize", "--blockdev", "driver=nope", timeout=60)
+    assert out.returncode == 1
+    assert "Parameter 'driver' does not accept value 'nope'" in out.stderr
