@@ -39,7 +39,7 @@ async def query_jobs(ctx: Context, args: dict[str, Any]) -> Any:
 async def job_dismiss(ctx: Context, args: dict[str, Any]) -> None:
     job = ctx.app.jobs.get(args["id"])
     if job is None:
-        raise CommandError(f"Job not found")
+        raise CommandError("Job not found")
     del ctx.app.jobs[job.id]
     ctx.app.emit("JOB_STATUS_CHANGE", {"id": job.id, "status": "null"})
 

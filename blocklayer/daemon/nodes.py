@@ -86,7 +86,7 @@ async def blockdev_reopen(ctx: Context, args: dict[str, Any]) -> None:
             raise CommandError("node-name not specified")
         node = node_by_name(daemon, opts["node-name"], "Cannot find node named '{}'")
         if opts["driver"] != node.format_name:
-            raise CommandError(f"Cannot change the option 'driver'")
+            raise CommandError("Cannot change the option 'driver'")
         changes = {k: v for k, v in flat_options(opts).items()
                    if k not in ("driver", "node-name", "read-only", "auto-read-only")
                    and k.split(".", 1)[0] not in CHILD_KEYS}
@@ -129,7 +129,8 @@ async def block_set_write_threshold(ctx: Context, args: dict[str, Any]) -> None:
 
 
 async def change_backing_file(ctx: Context, args: dict[str, Any]) -> None:
-    from blocklayer.core.chain import chain_contains, change_backing_file as change
+    from blocklayer.core.chain import chain_contains
+    from blocklayer.core.chain import change_backing_file as change
     from blocklayer.core.reopen import reopen_set_read_only
     daemon = ctx.app
     top = root_bs(daemon, args["device"])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from blocklayer.core.driver import SnapshotInfo
@@ -72,11 +74,11 @@ async def blockdev_snapshot(ctx: Context, args: dict[str, Any]) -> None:
     top = node_by_name(daemon, args["node"], "Cannot find device='' nor node-name='{}'")
     overlay = node_by_name(daemon, args["overlay"], "Cannot find device='' nor node-name='{}'")
     if overlay.parents or overlay.users:
-        raise CommandError(f"The overlay is already in use")
+        raise CommandError("The overlay is already in use")
     if not overlay.driver.supports_backing:
-        raise CommandError(f"The overlay does not support backing images")
+        raise CommandError("The overlay does not support backing images")
     if overlay.backing is not None:
-        raise CommandError(f"The overlay already has a backing image")
+        raise CommandError("The overlay already has a backing image")
     async with top.drained():
         append_overlay(top, overlay)
     await _old_top_read_only(daemon, top)
@@ -87,6 +89,16 @@ def _snapshot_json(s: SnapshotInfo) -> dict[str, Any]:
     return snapshot_json(s)
 
 
+@contextmanager
+def _internal_snapshots(node: BlockNode, device: str) -> Iterator[None]:
+    """QEMU's text for a format without internal snapshots."""
+    try:
+        yield
+    except NotSupported:
+        raise CommandError(f"Block format '{node.format_name}' used by device '{device}' "
+                           "does not support internal snapshots") from None
+
+
 async def snapshot_internal_sync(ctx: Context, args: dict[str, Any]) -> None:
     device, name = args["device"], args["name"]
     node = root_bs(ctx.app, device)
@@ -95,11 +107,8 @@ async def snapshot_internal_sync(ctx: Context, args: dict[str, Any]) -> None:
     if node.read_only:
         raise CommandError(f"Device '{device}' is read only")
     drv = node.driver
-    try:
+    with _internal_snapshots(node, device):
         snaps = await drv.snapshot_list()
-    except NotSupported:
-        raise CommandError(f"Block format '{node.format_name}' used by device '{device}' "
-                           "does not support internal snapshots") from None
     if any(s.name == name for s in snaps):
         raise CommandError(f"Snapshot with name '{name}' already exists on device '{device}'")
     now = time.time_ns()
@@ -108,11 +117,8 @@ async def snapshot_internal_sync(ctx: Context, args: dict[str, Any]) -> None:
                         date_nsec=now % 10**9 // 1000 * 1000, vm_clock_nsec=time.time_ns(),
                         icount=None)
     async with node.drained():
-        try:
+        with _internal_snapshots(node, device):
             await drv.snapshot_create(info)
-        except NotSupported:
-            raise CommandError(f"Block format '{node.format_name}' used by device '{device}' "
-                               "does not support internal snapshots") from None
 
 
 async def snapshot_delete_internal_sync(ctx: Context, args: dict[str, Any]) -> Any:
@@ -122,11 +128,8 @@ async def snapshot_delete_internal_sync(ctx: Context, args: dict[str, Any]) -> A
     if snap_id is None and name is None:
         raise CommandError("Name or id must be provided")
     drv = node.driver
-    try:
+    with _internal_snapshots(node, device):
         snaps = await drv.snapshot_list()
-    except NotSupported:
-        raise CommandError(f"Block format '{node.format_name}' used by device '{device}' "
-                           "does not support internal snapshots") from None
     match = [s for s in snaps if (snap_id is None or s.id == snap_id)
              and (name is None or s.name == name)]
     if not match:
@@ -166,8 +169,9 @@ async def blockdev_create(ctx: Context, args: dict[str, Any]) -> None:
         daemon.emit("JOB_STATUS_CHANGE", {"id": job_id, "status": status})
     try:
         await _create(daemon, dict(args["options"]))
-    except Exception as exc:
-        job.error = exc.message if isinstance(exc, BlockError) else str(exc)
+    except (BlockError, CommandError, OSError) as exc:
+        job.error = exc.message if isinstance(exc, BlockError) else \
+            exc.desc if isinstance(exc, CommandError) else str(exc)
     for status in ("waiting", "pending", "concluded"):
         daemon.emit("JOB_STATUS_CHANGE", {"id": job_id, "status": status})
 

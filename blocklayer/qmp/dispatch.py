@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from .protocol import Command, CommandError, Rejected, ServerConnection, State
 from .schema import Schema

@@ -210,5 +210,6 @@ def event_message(name: str, data: dict[str, Any] | None = None,
     msg: dict[str, Any] = {"event": name}
     if data is not None:
         msg["data"] = data
-    msg["timestamp"] = {"seconds": seconds, "microseconds": int(round((now - seconds) * 1e6)) % 1000000}
+    msg["timestamp"] = {"seconds": seconds,
+                        "microseconds": round((now - seconds) * 1e6) % 1000000}
     return msg

@@ -14,8 +14,9 @@ bucket newest first, so the key order on the wire is a function of the key set.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 MAX_TOKEN_SIZE = 64 << 20
 MAX_TOKEN_COUNT = 2 << 20
@@ -65,9 +66,9 @@ def _quote(text: str) -> str:
             out.append(ch)
         elif cp > 0xFFFF:
             cp -= 0x10000
-            out.append("\\u%04X\\u%04X" % (0xD800 | (cp >> 10), 0xDC00 | (cp & 0x3FF)))
+            out.append(f"\\u{0xD800 | (cp >> 10):04X}\\u{0xDC00 | (cp & 0x3FF):04X}")
         else:
-            out.append("\\u%04X" % cp)
+            out.append(f"\\u{cp:04X}")
     out.append('"')
     return "".join(out)
 
@@ -83,7 +84,7 @@ def dumps(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return "%.17g" % value
+        return format(value, ".17g")
     if isinstance(value, str):
         return _quote(value)
     if isinstance(value, dict):

@@ -46,7 +46,7 @@ class Schema:
     qom_types: list[dict[str, Any]]
 
     @classmethod
-    def load(cls, data: dict[str, Any]) -> "Schema":
+    def load(cls, data: dict[str, Any]) -> Schema:
         entities = {e["name"]: e for e in data["schema"]}
         return cls(entities, data.get("alternate-names", {}), data["schema"],
                    data["version"], data.get("command-order", []), data.get("qom-types", []))
@@ -245,10 +245,11 @@ def _from_keyval(type_name: str, text: str, path: tuple[str | int, ...]) -> Any:
         try:
             value = int(text, 0)
         except ValueError:
-            from blocklayer.core.options import parse_size   # sizes are ints here too
+            from blocklayer.core.errors import InvalidArgument
+            from blocklayer.core.options import parse_size  # sizes are ints here too
             try:
                 value = parse_size(text)
-            except Exception:
+            except InvalidArgument:
                 raise CommandError(f"Parameter '{where}' expects integer") from None
         if not INT_MIN <= value <= INT_MAX:
             raise CommandError(f"Parameter '{where}' expects integer")

@@ -101,8 +101,8 @@ class MonitorServer:
                 await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        kwargs = {} if self.max_message is None else {"max_message": self.max_message}
-        conn = ServerConnection(self.version, **kwargs)
+        conn = ServerConnection(self.version) if self.max_message is None else \
+            ServerConnection(self.version, max_message=self.max_message)
         session = Session(conn, writer, self.max_event_backlog)
         writer.write(conn.greeting())
         self.sessions.add(session)

@@ -7,8 +7,17 @@ import pytest
 
 from blocklayer.qmp import qjson
 from blocklayer.qmp.dispatch import Dispatcher
-from blocklayer.qmp.protocol import (Command, CommandError, Input, LocalProtocolError, Rejected,
-                                     ServerConnection, State, TRANSITIONS, transition)
+from blocklayer.qmp.protocol import (
+    TRANSITIONS,
+    Command,
+    CommandError,
+    Input,
+    LocalProtocolError,
+    Rejected,
+    ServerConnection,
+    State,
+    transition,
+)
 from blocklayer.qmp.schema import qsd_schema
 from tests.conftest import run
 

@@ -92,7 +92,9 @@ def _nbd_server_type(daemon: Daemon) -> dict[str, Any]:
     """NbdServerOptions (not reachable from any command, so absent from introspection),
     built from the schema's SocketAddress (the type of blockdev-add nbd's ``server``)."""
     schema = daemon.schema
-    union = schema.entities[schema.command("blockdev-add")["arg-type"]]
+    command = schema.command("blockdev-add")
+    assert command is not None
+    union = schema.entities[command["arg-type"]]
     variant = next(v["type"] for v in union["variants"] if v["case"] == "nbd")
     sockaddr = next(m["type"] for m in schema.entities[variant]["members"]
                     if m["name"] == "server")
