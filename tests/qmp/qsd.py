@@ -17,9 +17,15 @@ from tests.conftest import ROOT, need
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Until the socket accepts (it exists a moment before it listens)."""
     for _ in range(400):
         if path.exists():
-            return
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(path))
+                    return
+                except ConnectionRefusedError:
+                    pass
         if proc.poll() is not None:
             raise RuntimeError(f"daemon exited: {proc.stderr.read() if proc.stderr else ''}")
         time.sleep(0.025)
