@@ -105,6 +105,15 @@ def test_errors(tmp_path: Path) -> None:
         cmd("blockdev-snapshot-internal-sync", {"device": "nope", "name": "s"}),
         cmd("object-del", {"id": "nope"}),
         cmd("query-version", {"x": 1}),
+        cmd("query-block-jobs"),
+        cmd("block-job-cancel", {"device": "x"}),
+        cmd("block-job-dismiss", {"id": "x"}),
+        cmd("job-cancel", {"id": "x"}),
+        cmd("job-dismiss", {"id": "x"}),
+        cmd("query-block-exports"),
+        cmd("block-export-del", {"id": "x"}),
+        cmd("nbd-server-stop"),
+        cmd("x-blockdev-set-iothread", {"node-name": "n", "iothread": None}),
     ]
     same(tmp_path, steps)
 

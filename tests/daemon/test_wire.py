@@ -27,7 +27,7 @@ INPUTS = [
     b'{"execute":"blockdev-snapshot-internal-sync","arguments":{"device":"d","name":"s\xc3\xa9"}}',
     b'{"execute":"blockdev-del","arguments":{"node-name":"n","bogus":1,"other":2}}',
     b"{'execute':'blockdev-del','arguments':{'node-name':'n'}}",
-    b'{"execute":"query-jobs"}',
+    b'{"execute":"query-jobs"}', b'{"execute":"query-chardev"}',
     b'[]', b'{"foo":1,"bar":2}', b'{"execute":"quit","id":9}',
 ]
 
@@ -43,7 +43,8 @@ def transcript(which: str, tmp: Path) -> list[bytes]:
     names: dict[bytes, bytes] = {}
     text = []
     for line in out:
-        line = line.replace(str(work).encode(), b"$TMP")
+        line = line.replace(str(work).encode(), b"$TMP").replace(f"{which}.sock".encode(),
+                                                                 b"monitor.sock")
         line = re.sub(rb'"package": "[^"]*"', b'"package": ""', line)
         line = re.sub(rb"#block\d+", lambda m: names.setdefault(
             m.group(0), b"#auto%d" % len(names)), line)
