@@ -94,6 +94,8 @@ class MonitorServer:
                 await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, LocalProtocolError):
             pass
+        except asyncio.CancelledError:
+            pass               # the server is closing: this session simply ends
         finally:
             self._tasks.discard(task)
             writer.close()

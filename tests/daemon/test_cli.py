@@ -107,3 +107,40 @@ def test_daemonize_reports_failure() -> None:
     out = tool("daemon", "--daemonize", "--blockdev", "driver=nope", timeout=60)
     assert out.returncode == 1
     assert "Parameter 'driver' does not accept value 'nope'" in out.stderr
+
+
+def test_tcp_monitor_and_quit(tmp_path: Path) -> None:
+    import asyncio
+    import socket as pysocket
+
+    from qemu.qmp import QMPClient
+    with pysocket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _start(tmp_path, "--chardev", f"socket,id=t,host=127.0.0.1,port={port},server=on,"
+                  "wait=off", "--monitor", "chardev=t")
+
+    async def session() -> None:
+        for _ in range(400):
+            try:
+                with pysocket.create_connection(("127.0.0.1", port)):
+                    break
+            except ConnectionRefusedError:
+                await asyncio.sleep(0.025)
+        client = QMPClient("tcp")
+        await client.connect(("127.0.0.1", port))
+        chardevs = await client.execute("query-chardev")
+        assert chardevs == [{"frontend-open": True, "label": "t",
+                             "filename": f"tcp:127.0.0.1:{port},server=on"}]
+        assert await client.execute("quit") == {}
+        try:
+            await client.disconnect()
+        except EOFError:
+            pass                       # the daemon hung up after quit, as QSD does
+    try:
+        asyncio.run(session())
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
