@@ -16,10 +16,10 @@ INPUTS = [
     b'{"execute":"query-commands"}',
     b'{"execute":"query-qmp-schema"}',
     b'{"execute":"qom-list-types"}',
-    b'{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"d",'
-    b'"file":{"driver":"file","filename":"d.qcow2"}},"id":[1,{"a":null}]}',
-    b'{"execute":"blockdev-add","arguments":{"driver":"null-co","node-name":"n",'
-    b'"size":65536,"read-zeroes":true}}',
+    (b'{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"d",'
+    b'"file":{"driver":"file","filename":"d.qcow2"}},"id":[1,{"a":null}]}'),
+    (b'{"execute":"blockdev-add","arguments":{"driver":"null-co","node-name":"n",'
+    b'"size":65536,"read-zeroes":true}}'),
     b'{"execute":"query-named-block-nodes"}',
     b'{"execute":"query-blockstats","arguments":{"query-nodes":true}}',
     b'{"execute":"x-debug-query-block-graph"}',
