@@ -96,7 +96,7 @@ def dumps(value: Any) -> str:
 
 
 # ---- lexer -------------------------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)
 class Token:
     kind: str          # "{", "}", "[", "]", ",", ":", "str", "num", "kw", "error"
     text: str
@@ -134,51 +134,93 @@ def _decode_string(body: str) -> str:
     return "".join(out)
 
 
+_STRING_RUN = {q: re.compile(r"(?:[^" + q + r"\\\x00-\x1f\ufffd]|\\[^\x00-\x1f\ufffd])*")
+               for q in "\"'"}
+_WORD_RUN = re.compile(r"[A-Za-z0-9+\-.]*")
+_SPACE_RUN = re.compile(r"[ \t\r\n]*")
+
+
 class Lexer:
-    """Characters in, tokens out; keeps the partial token between feeds."""
+    """Characters in, tokens out; keeps the partial token between feeds.
+
+    Runs of ordinary characters are consumed with regular expressions and a partial
+    token is kept as a list of pieces, so a huge string costs linear time."""
 
     def __init__(self) -> None:
-        self.partial = ""
+        self.parts: list[str] = []
+        self.partial_size = 0
         self.quote = ""          # the open string's quote character, if any
-        self.escape = False
+        self.escape = False      # a string's backslash ended the last feed
+        self.in_word = False
+
+    def _take(self, piece: str) -> None:
+        self.parts.append(piece)
+        self.partial_size += len(piece)
+
+    def _flush(self) -> str:
+        text = "".join(self.parts)
+        self.parts, self.partial_size = [], 0
+        return text
 
     def feed(self, text: str) -> Iterator[Token]:
-        for ch in text:
-            yield from self._char(ch)
+        i, n = 0, len(text)
+        while i < n:
+            if self.quote:
+                i, tok = self._string(text, i)
+            elif self.in_word:
+                j = _WORD_RUN.match(text, i).end()  # type: ignore[union-attr]
+                self._take(text[i:j])
+                i, tok = j, (self._word() if j < n else None)
+            else:
+                i, tok = self._start(text, _SPACE_RUN.match(text, i).end())  # type: ignore[union-attr]
+            if tok is not None:
+                yield tok
 
-    def _char(self, ch: str) -> Iterator[Token]:
-        if self.quote:
-            if ord(ch) < 0x20 or ch == "\uFFFD":
-                bad, self.partial, self.quote = self.partial + ch, "", ""
-                yield Token("error", bad)
-                return
-            self.partial += ch
-            if self.escape:
-                self.escape = False
-            elif ch == "\\":
-                self.escape = True
-            elif ch == self.quote:
-                text, self.partial, self.quote = self.partial, "", ""
-                yield Token("str", text)
-            return
-        if self.partial and (ch.isalnum() or ch in "+-."):
-            self.partial += ch
-            return
-        if self.partial:
-            yield self._word()
-        if ch in " \t\r\n":
-            return
+    def _string(self, text: str, i: int) -> tuple[int, Token | None]:
+        if self.escape:
+            self.escape = False
+            ch = text[i]
+            if ord(ch) < 0x20 or ch == "\ufffd":
+                self.quote = ""
+                return i + 1, Token("error", self._flush() + ch)
+            self._take(ch)
+            return i + 1, None
+        j = _STRING_RUN[self.quote].match(text, i).end()  # type: ignore[union-attr]
+        if j > i:
+            self._take(text[i:j])
+        if j >= len(text):
+            return j, None
+        ch = text[j]
+        if ch == self.quote:
+            self._take(ch)
+            self.quote = ""
+            return j + 1, Token("str", self._flush())
+        if ch == "\\":              # at the end of this feed: the escaped character follows
+            self._take(ch)
+            self.escape = True
+            return j + 1, None
+        self.quote = ""
+        return j + 1, Token("error", self._flush() + ch)
+
+    def _start(self, text: str, i: int) -> tuple[int, Token | None]:
+        if i >= len(text):
+            return i, None
+        ch = text[i]
         if ch in "{}[],:":
-            yield Token(ch, ch)
-        elif ch in "\"'":
-            self.partial, self.quote = ch, ch
-        elif ch.isalnum() or ch == "-":
-            self.partial = ch
-        else:
-            yield Token("error", ch)
+            return i + 1, Token(ch, ch)
+        if ch in "\"'":
+            self.quote = ch
+            self._take(ch)
+            return i + 1, None
+        if ch.isalnum() or ch == "-":
+            self.in_word = True
+            self._take(ch)
+            return i + 1, None
+        return i + 1, Token("error", ch)
 
     def _word(self) -> Token:
-        word, self.partial = self.partial, ""
+        self.in_word = False
+        word = self._flush()
         if word[0].isalpha():
             return Token("kw", word)
         if _NUMBER.match(word):
@@ -289,8 +331,7 @@ class Streamer:
             item = self._token(tok)
             if item is not _NOTHING:
                 out.append(item)
-        if (self.depth > 0 or self.lexer.quote) and \
-                self.size + len(self.lexer.partial) > self.max_size:
+        if self.size + self.lexer.partial_size > self.max_size:
             self._reset()
             out.append(JSONParseError("JSON token size limit exceeded"))
         return out

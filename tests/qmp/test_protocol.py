@@ -121,7 +121,7 @@ def test_huge_message_is_bounded() -> None:
     events = conn.receive_data(b'{"execute":"x","arguments":{"a":"' + b"y" * 10000)
     assert [e.error.desc for e in events if isinstance(e, Rejected)] == \
         ["JSON token size limit exceeded"]
-    assert conn._streamer.size == 0 and not conn._streamer.lexer.partial
+    assert conn._streamer.size == 0 and not conn._streamer.lexer.parts
     events = conn.receive_data(b'{"execute":"qmp_capabilities"}')
     assert [e.name for e in events if isinstance(e, Command)] == ["qmp_capabilities"]
 
