@@ -144,7 +144,9 @@ class Schema:
         if not isinstance(value, str):
             raise self._wrong_type(path, "string")
         if value not in ent["values"]:
-            raise CommandError(f"Parameter '{_path_name(path)}' does not accept value '{value}'")
+            # QEMU's input_type_enum names the bare member (a list element has no name)
+            name = path[-1] if path and isinstance(path[-1], str) else "null"
+            raise CommandError(f"Parameter '{name}' does not accept value '{value}'")
 
     def _json_kind(self, type_name: str) -> str:
         ent = self.entities[type_name]

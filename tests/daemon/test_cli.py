@@ -28,6 +28,13 @@ BAD = [
     ["--object", "secret,id=s,data=x", "--object", "secret,id=s,data=y"],
     ["--chardev", "socket,id=c,path=SOCK,server=on,wait=off", "--monitor", "c,mode=readline"],
     ["--chardev", "socket,id=c,path=MISSING"],
+    ["--nbd-server", "addr.type=unix"],
+    ["--nbd-server", "addr.type=bogus"],
+    ["--nbd-server", "addr.type=unix,addr.path=SOCK,max-connections=x"],
+    ["--nbd-server", "addr.type=unix,addr.path=SOCK,bogus=1"],
+    ["--export", "type=nbd,id=e"],
+    ["--export", "type=bogus,id=e,node-name=zz"],
+    ["--blockdev", "driver=qcow2,node-name=q,file.driver=file,file.filename=x,file.aio=bogus"],
 ]
 
 

@@ -55,6 +55,10 @@ def test_types_and_values() -> None:
         "Parameter 'options[0].x' is unexpected"
     assert ours("nbd-server-start", {"addr": {"type": "unix", "path": "x"}}) == \
         "Parameter 'addr.data' is missing"
+    assert ours("nbd-server-start", {"addr": {"type": "bogus"}}) == \
+        "Parameter 'type' does not accept value 'bogus'"
+    assert ours("qmp_capabilities", {"enable": ["x"]}) == \
+        "Parameter 'null' does not accept value 'x'"
 
 
 def cases() -> list[tuple[str, dict[str, Any]]]:
@@ -69,6 +73,9 @@ def cases() -> list[tuple[str, dict[str, Any]]]:
         members = SCHEMA.entities[arg]["members"]
         if members:
             out.append((cmd, {**minimal, members[0]["name"]: [[]]}))
+        for member in members:            # a bad enum value, nested where the type nests
+            if SCHEMA.entities[member["type"]]["meta-type"] == "enum":
+                out.append((cmd, {**minimal, member["name"]: "bogus-value"}))
     return out
 
 
