@@ -151,3 +151,36 @@ def test_tcp_monitor_and_quit(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_qmp_shell(tmp_path: Path) -> None:
+    """qemu.qmp's qmp-shell, unchanged, drives the daemon."""
+    sock = tmp_path / "m.sock"
+    proc = _start(tmp_path, "--chardev", f"socket,id=m,path={sock},server=on,wait=off",
+                  "--monitor", "chardev=m", "--blockdev", "driver=null-co,node-name=n")
+    try:
+        _wait_socket(sock)
+        out = subprocess.run([sys.executable, "-m", "qemu.qmp.qmp_shell", str(sock)],
+                             input="query-version\nblockdev-del node-name=n\n"
+                                   "blockdev-del node-name=n\n",
+                             capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    assert "Connected to QEMU 7.2.22" in out.stdout
+    assert '{"return": {}}' in out.stdout
+    assert "Failed to find node with node-name='n'" in out.stdout
+
+
+def _wait_socket(path: Path) -> None:
+    import socket as pysocket
+    for _ in range(400):
+        if path.exists():
+            with pysocket.socket(pysocket.AF_UNIX) as s:
+                try:
+                    s.connect(str(path))
+                    return
+                except ConnectionRefusedError:
+                    pass
+        time.sleep(0.025)
+    raise AssertionError(f"{path} never listened")
