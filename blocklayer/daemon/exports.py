@@ -63,3 +63,9 @@ class NoExports:
 
     async def shutdown(self, daemon: Any) -> None:
         return None
+
+
+def make_exports() -> ExportHooks:
+    """The daemon's export implementation.  WIRING POINT: return the NBD server's
+    ExportHooks here once ``blocklayer/nbd/server.py`` provides one."""
+    return NoExports()

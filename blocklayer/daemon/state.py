@@ -15,7 +15,7 @@ from blocklayer.qmp.dispatch import Dispatcher
 from blocklayer.qmp.schema import Schema, qsd_schema
 from blocklayer.qmp.server import MonitorServer
 
-from .exports import ExportHooks, NoExports
+from .exports import ExportHooks, make_exports
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Daemon:
         self.objects: dict[str, QomObject] = {}
         self.chardevs: dict[str, Chardev] = {}
         self.jobs: dict[str, Job] = {}
-        self.exports: ExportHooks = exports or NoExports()
+        self.exports: ExportHooks = exports or make_exports()
         self.dispatcher: Dispatcher = build_dispatcher(self.schema)
         self.quit_requested = asyncio.Event()
 
