@@ -68,7 +68,7 @@ async def blockdev_del(ctx: Context, args: dict[str, Any]) -> None:
     node = node_by_name(daemon, name)
     if node.users:
         raise CommandError(f"Node {name} is in use")
-    node.check_op("drive-del") if node.op_blockers.get("drive-del") else None
+    node.check_op("drive-del")
     if not daemon.owned(node):
         raise CommandError(f"Node {name} is not owned by the monitor")
     if node.parents:
@@ -109,7 +109,7 @@ async def block_resize(ctx: Context, args: dict[str, Any]) -> None:
     size = args["size"]
     if size < 0 or size >= 1 << 63:
         raise CommandError("Parameter 'size' expects a >0 size")
-    node.check_op("resize") if node.op_blockers.get("resize") else None
+    node.check_op("resize")
     owner = object()
     try:
         node.add_user(owner, Perm.RESIZE, Perm.ALL)
