@@ -16,13 +16,18 @@ PERM_NAMES = ((Perm.RESIZE, "resize"), (Perm.WRITE_UNCHANGED, "write-unchanged")
 
 def node_filename(node: BlockNode) -> str:
     """QEMU's bs->filename: a null node is ``null-co://`` unless options were given,
-    then the ``json:`` form of them."""
+    then the ``json:`` form of them; a format node whose image names a backing file
+    that ``backing: null`` overrode is the ``json:`` form of its options."""
     if node.format_name in NO_GET_INFO:
         opts = {k: v for k, v in node.options.items()
                 if k in node.driver.open_options and k != "filename"}
         if not opts:
             return f"{node.format_name}://"
         return "json:" + qjson.dumps({"driver": node.format_name, **opts})
+    if node.options.get("backing", 0) is None and node.backing_file and node.file is not None:
+        # the image names a backing file the options overrode: QEMU's filename says so
+        return "json:" + qjson.dumps({"driver": node.format_name, "backing": None, "file": {
+            "driver": node.file.format_name, "filename": node.file.filename}})
     return node.filename
 
 

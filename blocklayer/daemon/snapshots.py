@@ -193,23 +193,17 @@ async def _create(daemon: Any, options: dict[str, Any]) -> None:
     opts = {_CREATE_NAMES.get(k, k): v for k, v in options.items()}
     if opts.get("compat") is not None:
         opts["compat"] = {"v2": "0.10", "v3": "1.1"}[opts["compat"]]
-    opts["size"] = size
-    cls = registry.get_driver(driver)
-
-    owner = object()
-
-    async def open_file(name: str, file_options: dict[str, Any] | None = None) -> BlockNode:
-        from blocklayer.core.driver import Perm
-        file_node.allow_write_beyond_eof = True
-        file_node.add_user(owner, Perm.CONSISTENT_READ | Perm.WRITE | Perm.RESIZE,
-                           Perm.CONSISTENT_READ)
-        await file_node.truncate(0)
-        return file_node.ref()     # the driver closes its format node: that drops this
-    try:
-        await cls.create(file_node.filename, opts, open_file=open_file)
-    finally:
-        file_node.allow_write_beyond_eof = False
-        file_node.remove_user(owner)
+    if file_node.users or file_node.parents:
+        raise CommandError(f"Node '{file_node.name}' is in use")
+    # The image is written through a file node of its own over the same file (drivers
+    # close the node they create on); the named node holds no locks while unused and
+    # sees the new length afterwards.  Only file-backed nodes can be created on.
+    from blocklayer.core.create import create_image
+    from blocklayer.core.node import BlockGraph
+    if file_node.format_name != "file":
+        raise CommandError(f"Driver '{driver}' can be created only on a file node")
+    await create_image(file_node.filename, driver, size, opts, graph=BlockGraph())
+    await file_node.refresh_total_bytes()
 
 
 HANDLERS = {
