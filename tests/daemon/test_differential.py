@@ -200,7 +200,8 @@ def test_blockdev_create_formats(tmp_path: Path) -> None:
                                           "file": f"f-{name}", "backing": None}))
     # the new QED image is left out of the node query: QEMU writes its zeroed L1 table,
     # ours leaves it sparse, so only actual-size differs (the images compare equal)
-    steps += [cmd("blockdev-del", {"node-name": "c"}), cmd("blockdev-del", {"node-name": "f-c.qed"}),
+    steps += [cmd("blockdev-del", {"node-name": "c"}),
+              cmd("blockdev-del", {"node-name": "f-c.qed"}),
               cmd("query-named-block-nodes", {"flat": True})]
     for name in ("a", "b", "f-a.qcow2", "f-b.qcow2"):
         steps.append(cmd("blockdev-del", {"node-name": name}))
