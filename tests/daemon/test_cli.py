@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, need, qemu_img, tool
+from tests.qmp.qsd import wait_listening
 
 BAD = [
     ["--bogus"],
@@ -159,7 +160,7 @@ def test_qmp_shell(tmp_path: Path) -> None:
     proc = _start(tmp_path, "--chardev", f"socket,id=m,path={sock},server=on,wait=off",
                   "--monitor", "chardev=m", "--blockdev", "driver=null-co,node-name=n")
     try:
-        _wait_socket(sock)
+        wait_listening(sock)
         out = subprocess.run([sys.executable, "-m", "qemu.qmp.qmp_shell", str(sock)],
                              input="query-version\nblockdev-del node-name=n\n"
                                    "blockdev-del node-name=n\n",
@@ -171,16 +172,3 @@ def test_qmp_shell(tmp_path: Path) -> None:
     assert '{"return": {}}' in out.stdout
     assert "Failed to find node with node-name='n'" in out.stdout
 
-
-def _wait_socket(path: Path) -> None:
-    import socket as pysocket
-    for _ in range(400):
-        if path.exists():
-            with pysocket.socket(pysocket.AF_UNIX) as s:
-                try:
-                    s.connect(str(path))
-                    return
-                except ConnectionRefusedError:
-                    pass
-        time.sleep(0.025)
-    raise AssertionError(f"{path} never listened")

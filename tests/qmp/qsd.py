@@ -16,8 +16,8 @@ from typing import Any
 from tests.conftest import ROOT, need
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[bytes]) -> None:
-    """Until the socket accepts (it exists a moment before it listens)."""
+def wait_listening(path: Path, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Until the unix socket accepts (it exists a moment before it listens)."""
     for _ in range(400):
         if path.exists():
             with socket.socket(socket.AF_UNIX) as probe:
@@ -26,10 +26,10 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes]) -> None:
                     return
                 except ConnectionRefusedError:
                     pass
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"daemon exited: {proc.stderr.read() if proc.stderr else ''}")
         time.sleep(0.025)
-    raise RuntimeError(f"{path} never appeared")
+    raise RuntimeError(f"{path} never listened")
 
 
 @contextmanager
@@ -46,7 +46,7 @@ def daemon(which: str, tmp: Path, *extra: str) -> Iterator[Path]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                             cwd=tmp)
     try:
-        _wait_for(sock, proc)
+        wait_listening(sock, proc)
         yield sock
     finally:
         if proc.poll() is None:
