@@ -42,18 +42,48 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Union
 
 from ..core.errors import BlockError
 from . import wire
 from .events import (
-    CLIENT, NEED_DATA, SERVER, AbortOption, BadOption, BlockStatusReply, ClientFlags,
-    ConnectionClosed, Disconnect, ErrorReply, Event, ExportInfo, ExportNameOption,
-    GoOption, Greeting, InfoOption, InfoReply, InvalidRequest, ListMetaContextOption,
-    ListOption, MetaContextReply, Option, OptionAck, OptionError, ReadData, ReadHole,
-    Reply, ReplyDone, Request, Role, ServerReply, SetMetaContextOption, SimpleReply,
-    StartTLSOption, StructuredReplyOption, UnknownOption, _NeedData,
+    NEED_DATA,
+    SERVER,
+    AbortOption,
+    BadOption,
+    BlockStatusReply,
+    ClientFlags,
+    ConnectionClosed,
+    Disconnect,
+    ErrorReply,
+    Event,
+    ExportInfo,
+    ExportNameOption,
+    GoOption,
+    Greeting,
+    InfoOption,
+    InfoReply,
+    InvalidRequest,
+    ListMetaContextOption,
+    ListOption,
+    MetaContextReply,
+    Option,
+    OptionAck,
+    OptionError,
+    ReadData,
+    ReadHole,
+    Reply,
+    ReplyDone,
+    Request,
+    Role,
+    ServerReply,
+    SetMetaContextOption,
+    SimpleReply,
+    StartTLSOption,
+    StructuredReplyOption,
+    UnknownOption,
+    _NeedData,
 )
 from .wire import ChunkType, ClientFlag, Cmd, CmdFlag, HandshakeFlag, Opt, Rep
 from .wire import TransmissionFlag as TF
@@ -192,6 +222,13 @@ _WRITE_COMMANDS = (Cmd.WRITE, Cmd.WRITE_ZEROES, Cmd.TRIM)
 _PAYLOAD_LIMITED = (Cmd.READ, Cmd.WRITE, Cmd.CACHE)
 
 
+def option_code(event: Option) -> int:
+    """The NBD_OPT_* number of an option event."""
+    if isinstance(event, UnknownOption):
+        return event.option
+    return _OPTION_CODES[type(event)]
+
+
 def option_name(option: int) -> str:
     return OPTION_NAMES.get(option, "<unknown>")   # type: ignore[call-overload]
 
@@ -210,7 +247,7 @@ class InFlight:
     flags: int
 
 
-Parts = list[Union[bytes, bytearray, memoryview]]
+Parts = list[bytes | bytearray | memoryview]
 
 
 class Connection:
@@ -307,6 +344,7 @@ class Connection:
 
     def send_parts(self, event: Event) -> Parts:
         """As :meth:`send`, as a list of buffers (a write's payload is not copied)."""
+        transition(self.state, type(event), self.role, sending=True)
         if isinstance(event, Request):
             self._check_outgoing_request(event)
         elif isinstance(event, Reply):
@@ -465,7 +503,7 @@ class Connection:
             valid |= CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO
         elif command == Cmd.BLOCK_STATUS:
             valid |= CmdFlag.REQ_ONE
-        if flags & ~valid:
+        if flags & ~int(valid):        # (~ of an IntFlag keeps only known bits)
             return (f"unsupported flags for command {command_name(command)} "
                     f"(got 0x{flags:x})")
         if command not in COMMAND_NAMES or command == Cmd.DISC:
@@ -561,9 +599,7 @@ class Connection:
         option = self.option
         if option is None:
             raise LocalProtocolError("no option to reply to")
-        if isinstance(option, UnknownOption):
-            return option.option
-        return _OPTION_CODES[type(option)]
+        return option_code(option)
 
     # -- parsing ----------------------------------------------------------------------
 
@@ -602,7 +638,7 @@ class Connection:
         if raw is None:
             return None
         flags = wire.ClientFlags.parse(raw).flags
-        if flags & ~(ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES):
+        if flags & ~int(ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES):
             raise RemoteProtocolError(f"Unsupported client flags 0x{flags:x}")
         return ClientFlags(flags)
 
@@ -632,6 +668,8 @@ class Connection:
 
     def _skip_option(self, length: int, event: Event) -> Event | None:
         self._consume(wire.OptionHeader.SIZE)
+        if not length:
+            return event
         self._skip, self._after_skip = length, event
         return self._parse()
 

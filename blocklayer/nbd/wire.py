@@ -253,7 +253,7 @@ class Greeting:
     SIZE: ClassVar[int] = FMT.size
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "Greeting":
+    def parse(cls, buf: bytes | memoryview) -> Greeting:
         _exact(buf, cls.SIZE, "greeting")
         magic, opt_magic, flags = cls.FMT.unpack(buf)
         if magic != NBDMAGIC:
@@ -275,7 +275,7 @@ class ClientFlags:
     SIZE: ClassVar[int] = 4
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "ClientFlags":
+    def parse(cls, buf: bytes | memoryview) -> ClientFlags:
         _exact(buf, cls.SIZE, "client flags")
         return cls(cls.FMT.unpack(buf)[0])
 
@@ -293,7 +293,7 @@ class OptionHeader:
     SIZE: ClassVar[int] = FMT.size
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "OptionHeader":
+    def parse(cls, buf: bytes | memoryview) -> OptionHeader:
         _exact(buf, cls.SIZE, "option header")
         magic, option, length = cls.FMT.unpack(buf)
         if magic != IHAVEOPT:
@@ -315,7 +315,7 @@ class OptionReplyHeader:
     SIZE: ClassVar[int] = FMT.size
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "OptionReplyHeader":
+    def parse(cls, buf: bytes | memoryview) -> OptionReplyHeader:
         _exact(buf, cls.SIZE, "option reply header")
         magic, option, reply, length = cls.FMT.unpack(buf)
         if magic != OPTION_REPLY_MAGIC:
@@ -337,7 +337,7 @@ class ExportNameReply:
     SIZE: ClassVar[int] = FMT.size
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "ExportNameReply":
+    def parse(cls, buf: bytes | memoryview) -> ExportNameReply:
         _need(buf, cls.SIZE, "export name reply")
         return cls(*cls.FMT.unpack(buf[:cls.SIZE]))
 
@@ -356,7 +356,7 @@ class InfoRequest:
     types: tuple[int, ...] = ()
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "InfoRequest":
+    def parse(cls, buf: bytes | memoryview) -> InfoRequest:
         r = _Reader(buf, "info request")
         name = r.string(_U32, "export name")
         (count,) = r.unpack(_U16)
@@ -379,7 +379,7 @@ class MetaContextRequest:
     queries: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "MetaContextRequest":
+    def parse(cls, buf: bytes | memoryview) -> MetaContextRequest:
         r = _Reader(buf, "meta context request")
         name = r.string(_U32, "export name")
         (count,) = r.unpack(_U32)
@@ -413,7 +413,7 @@ class ServerEntry:
     description: str = ""
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "ServerEntry":
+    def parse(cls, buf: bytes | memoryview) -> ServerEntry:
         r = _Reader(buf, "server reply")
         name = r.string(_U32, "export name")
         return cls(name, _text(r.rest(), "export description"))
@@ -431,7 +431,7 @@ class MetaContextEntry:
     name: str
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "MetaContextEntry":
+    def parse(cls, buf: bytes | memoryview) -> MetaContextEntry:
         r = _Reader(buf, "meta context reply")
         (context_id,) = r.unpack(_U32)
         return cls(context_id, _text(r.rest(), "meta context name"))
@@ -450,7 +450,7 @@ class InfoExport:
     FMT: ClassVar = struct.Struct(">HQH")
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "InfoExport":
+    def parse(cls, buf: bytes | memoryview) -> InfoExport:
         _exact(buf, cls.FMT.size, "NBD_INFO_EXPORT")
         return cls(*cls.FMT.unpack(buf)[1:])
 
@@ -466,7 +466,7 @@ class InfoName:
     TYPE: ClassVar[int] = InfoType.NAME
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "InfoName":
+    def parse(cls, buf: bytes | memoryview) -> InfoName:
         return cls(_text(buf[2:], "export name"))
 
     def build(self) -> bytes:
@@ -481,7 +481,7 @@ class InfoDescription:
     TYPE: ClassVar[int] = InfoType.DESCRIPTION
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "InfoDescription":
+    def parse(cls, buf: bytes | memoryview) -> InfoDescription:
         return cls(_text(buf[2:], "export description"))
 
     def build(self) -> bytes:
@@ -499,7 +499,7 @@ class InfoBlockSize:
     FMT: ClassVar = struct.Struct(">HIII")
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "InfoBlockSize":
+    def parse(cls, buf: bytes | memoryview) -> InfoBlockSize:
         _exact(buf, cls.FMT.size, "NBD_INFO_BLOCK_SIZE")
         info = cls(*cls.FMT.unpack(buf)[1:])
         info.check()
@@ -575,7 +575,7 @@ class RequestHeader:
     SIZE: ClassVar[int] = FMT.size
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "RequestHeader":
+    def parse(cls, buf: bytes | memoryview) -> RequestHeader:
         _exact(buf, cls.SIZE, "request")
         magic, *fields = cls.FMT.unpack(buf)
         if magic != REQUEST_MAGIC:
@@ -597,7 +597,7 @@ class SimpleReplyHeader:
     SIZE: ClassVar[int] = FMT.size
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "SimpleReplyHeader":
+    def parse(cls, buf: bytes | memoryview) -> SimpleReplyHeader:
         _exact(buf, cls.SIZE, "simple reply")
         magic, error, cookie = cls.FMT.unpack(buf)
         if magic != SIMPLE_REPLY_MAGIC:
@@ -620,7 +620,7 @@ class ChunkHeader:
     SIZE: ClassVar[int] = FMT.size
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "ChunkHeader":
+    def parse(cls, buf: bytes | memoryview) -> ChunkHeader:
         _exact(buf, cls.SIZE, "structured reply chunk")
         magic, *fields = cls.FMT.unpack(buf)
         if magic != STRUCTURED_REPLY_MAGIC:
@@ -647,7 +647,7 @@ class OffsetHole:
     SIZE: ClassVar[int] = FMT.size
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "OffsetHole":
+    def parse(cls, buf: bytes | memoryview) -> OffsetHole:
         _exact(buf, cls.SIZE, "NBD_REPLY_TYPE_OFFSET_HOLE")
         return cls(*cls.FMT.unpack(buf))
 
@@ -677,7 +677,7 @@ class BlockStatusPayload:
     extents: tuple[Extent, ...]
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview) -> "BlockStatusPayload":
+    def parse(cls, buf: bytes | memoryview) -> BlockStatusPayload:
         if len(buf) < 12 or (len(buf) - 4) % 8:
             raise WireError(f"NBD_REPLY_TYPE_BLOCK_STATUS has length {len(buf)}")
         (context_id,) = _U32.unpack(buf[:4])
@@ -702,7 +702,7 @@ class ErrorPayload:
     offset: int | None = None
 
     @classmethod
-    def parse(cls, buf: bytes | memoryview, with_offset: bool) -> "ErrorPayload":
+    def parse(cls, buf: bytes | memoryview, with_offset: bool) -> ErrorPayload:
         r = _Reader(buf, "error chunk")
         error, msglen = r.unpack(_ERROR)
         message = bytes(r.take(msglen)).decode("utf-8", "replace")
