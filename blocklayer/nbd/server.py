@@ -18,7 +18,14 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping
 
-from .events import ClientFlags, ConnectionClosed, Disconnect, Event, InvalidRequest, Request
+from .events import (
+    ClientFlags,
+    ConnectionClosed,
+    Disconnect,
+    Event,
+    InvalidRequest,
+    Request,
+)
 from .export import Export
 from .protocol import Connection, ProtocolError, State
 from .session import ServerSession
