@@ -23,12 +23,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], sock: Path | None, port: int | None) -> None:
+def _wait_ready(proc: subprocess.Popen[bytes], sock: Path | None, port: int | None,
+                log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"server exited with {proc.returncode}: {err}")
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()}")
         try:
             if sock is not None:
                 with socket.socket(socket.AF_UNIX) as s:
@@ -53,10 +53,12 @@ def server(kind: str, image: Path, *args: str, sock: Path | None = None,
     else:
         cmd = [sys.executable, "-m", "blocklayer.tools.nbd"]
     where = ["-k", str(sock)] if sock is not None else ["-b", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen([*cmd, "-t", *where, *args, str(image)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = image.parent / f"{kind}-{sock.name if sock else port}.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([*cmd, "-t", *where, *args, str(image)],
+                                stdout=subprocess.DEVNULL, stderr=err)
     try:
-        _wait_ready(proc, sock, port)
+        _wait_ready(proc, sock, port, log)
         yield (f"nbd+unix:///{{}}?socket={sock}" if sock is not None
                else f"nbd://127.0.0.1:{port}/{{}}")
     finally:
@@ -67,8 +69,8 @@ def server(kind: str, image: Path, *args: str, sock: Path | None = None,
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text, text
 
 
 def libnbd_python(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
