@@ -2,6 +2,7 @@
 the checks between them, each failure with qemu-nbd's words."""
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -43,7 +44,8 @@ class Exit(Exception):
 
 @dataclass
 class Invocation:
-    prog: str
+    prog: str                       # basename(argv[0]): the prefix of messages
+    argv0: str = ""                 # argv[0] as given: usage and "Try ..." lines
     bind: str | None = None
     port: str | None = None
     socket: str | None = None
@@ -85,15 +87,16 @@ class Invocation:
         raise Exit(1)
 
 
-def parse(prog: str, argv: list[str]) -> Invocation:
+def parse(argv0: str, argv: list[str]) -> Invocation:
     """The invocation, or :class:`Exit` once qemu-nbd's message is printed."""
-    inv = Invocation(prog)
-    opts = Getopt(prog, argv, SHORT, LONG)
+    prog = os.path.basename(argv0)
+    inv = Invocation(prog, argv0)
+    opts = Getopt(argv0, argv, SHORT, LONG)
     try:
         for opt, arg in opts:
             _option(inv, opt, arg)
     except GetoptError as exc:
-        sys.stderr.write(f"{exc}\n{prog}: Try `{prog} --help' for more information.\n")
+        sys.stderr.write(f"{exc}\n{prog}: Try `{argv0} --help' for more information.\n")
         raise Exit(1) from None
     _check(inv, opts.operands)
     return inv
@@ -102,7 +105,7 @@ def parse(prog: str, argv: list[str]) -> Invocation:
 def _option(inv: Invocation, opt: str, arg: str | None) -> None:
     value = arg or ""
     if opt == "h":
-        sys.stdout.write(usage(inv.prog))
+        sys.stdout.write(usage(inv.argv0))
         raise Exit(0)
     if opt == "V":
         sys.stdout.write(version(inv.prog))
@@ -216,7 +219,7 @@ def _check(inv: Invocation, operands: list[str]) -> None:
     if inv.list_mode:
         if operands:
             inv.fail("List mode is incompatible with a file name")
-        if (inv.export_name is not None or inv.offset or inv.bitmaps or inv.read_only
+        if (inv.export_name is not None or inv.offset or inv.bitmaps
                 or inv.disconnect or inv.device or inv.allocation_depth or inv.seen_cache
                 or inv.seen_discard or inv.seen_aio or inv.fmt or inv.image_opts
                 or inv.seen_detect_zeroes):
@@ -225,7 +228,7 @@ def _check(inv: Invocation, operands: list[str]) -> None:
             inv.fail("List mode is incompatible with forking")
     elif len(operands) != 1:
         sys.stderr.write(f"{inv.prog}: Invalid number of arguments\n"
-                         f"Try `{inv.prog} --help' for more information.\n")
+                         f"Try `{inv.argv0} --help' for more information.\n")
         raise Exit(1)
     else:
         inv.filename = operands[0]

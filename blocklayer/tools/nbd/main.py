@@ -19,15 +19,14 @@ NBD_CLEAR_SOCK = 0xAB04
 
 
 def program_name(argv0: str) -> str:
-    name = os.path.basename(argv0)
-    return "blocklayer-nbd" if name in ("__main__.py", "") else name
+    """argv[0], except under ``python -m`` (where it is the module's file)."""
+    return "blocklayer-nbd" if os.path.basename(argv0) in ("__main__.py", "") else argv0
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv if argv is None else argv
-    prog = program_name(argv[0])
     try:
-        inv = parse(prog, argv[1:])
+        inv = parse(program_name(argv[0]), argv[1:])
         code = run(inv)
     except Exit as exc:
         code = exc.code

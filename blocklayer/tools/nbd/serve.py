@@ -68,6 +68,11 @@ def listen_sockets(inv: Invocation, activated: int) -> list[socket.socket]:
     backlog = socket.SOMAXCONN if inv.persistent or inv.shared == 0 else \
         min(inv.shared, socket.SOMAXCONN)
     if inv.socket is not None:
+        if inv.selinux_label is not None:
+            # No libselinux here: setting a context fails as it does on a host
+            # without SELinux policy.
+            raise Failed("Cannot set SELinux socket create context to "
+                         f"{inv.selinux_label}: {os.strerror(errno.EINVAL)}")
         return [_unix_socket(inv.socket, backlog)]
     return _tcp_sockets(inv.bind or "0.0.0.0", inv.port or "10809", backlog)
 
