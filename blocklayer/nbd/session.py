@@ -14,39 +14,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from ..core.driver import ReqFlag
 from ..core.errors import BlockError
 from ..core.io import is_zero
+from . import events as ev
 from . import wire
-from .events import (
-    SERVER,
-    AbortOption,
-    BadOption,
-    BlockStatusReply,
-    ErrorReply,
-    Event,
-    ExportInfo,
-    ExportNameOption,
-    GoOption,
-    Greeting,
-    InfoOption,
-    InfoReply,
-    InvalidRequest,
-    ListMetaContextOption,
-    ListOption,
-    MetaContextReply,
-    Option,
-    OptionAck,
-    OptionError,
-    ReadData,
-    ReadHole,
-    Reply,
-    ReplyDone,
-    Request,
-    ServerReply,
-    SetMetaContextOption,
-    SimpleReply,
-    StartTLSOption,
-    StructuredReplyOption,
-    UnknownOption,
-)
+from .events import SERVER
 from .export import Export
 from .protocol import Connection, option_code, option_name
 from .wire import Cmd, CmdFlag, Errno, HandshakeFlag, InfoType, Rep
@@ -78,114 +48,114 @@ class ServerSession:
         self.conn = Connection(SERVER)
         self.export: Export | None = None    # set once in transmission
 
-    def greeting(self) -> Greeting:
-        return Greeting(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES)
+    def greeting(self) -> ev.Greeting:
+        return ev.Greeting(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES)
 
     # -- handshake ---------------------------------------------------------------------
 
-    def answer_option(self, event: Event) -> list[Event]:
+    def answer_option(self, event: ev.Event) -> list[ev.Event]:
         """The replies to one option event (BadOption included), in order.  An empty
         list means drop the connection (qemu-nbd's answer to a bad EXPORT_NAME); so
         does the connection's state being CLOSED once they are sent (after ABORT, or
         a fatal BadOption)."""
         if self.tls and not self.tls_done:
             return self._before_tls(event)
-        if isinstance(event, BadOption):
-            return [OptionError(event.reply, event.message)]
-        if isinstance(event, ExportNameOption):
+        if isinstance(event, ev.BadOption):
+            return [ev.OptionError(event.reply, event.message)]
+        if isinstance(event, ev.ExportNameOption):
             return self._export_name(event.name)
-        if isinstance(event, (InfoOption, GoOption)):
+        if isinstance(event, (ev.InfoOption, ev.GoOption)):
             return self._info(event)
-        if isinstance(event, StartTLSOption):
+        if isinstance(event, ev.StartTLSOption):
             if self.tls:
-                return [OptionError(Rep.ERR_INVALID, "TLS already enabled")]
-            return [OptionError(Rep.ERR_POLICY, "TLS not configured")]
-        if isinstance(event, StructuredReplyOption):
+                return [ev.OptionError(Rep.ERR_INVALID, "TLS already enabled")]
+            return [ev.OptionError(Rep.ERR_POLICY, "TLS not configured")]
+        if isinstance(event, ev.StructuredReplyOption):
             if self.conn.structured_replies:
-                return [OptionError(Rep.ERR_INVALID, "structured reply already negotiated")]
-            return [OptionAck()]
-        if isinstance(event, (ListMetaContextOption, SetMetaContextOption)):
+                return [ev.OptionError(Rep.ERR_INVALID, "structured reply already negotiated")]
+            return [ev.OptionAck()]
+        if isinstance(event, (ev.ListMetaContextOption, ev.SetMetaContextOption)):
             return self._meta_contexts(event)
-        if isinstance(event, ListOption):
-            return [*(ServerReply(e.name, e.description) for e in self.exports.values()),
-                    OptionAck()]
-        if isinstance(event, AbortOption):
-            return [OptionAck()]
-        assert isinstance(event, UnknownOption)
-        return [OptionError(Rep.ERR_UNSUP, f"Unsupported option {event.option} "
+        if isinstance(event, ev.ListOption):
+            return [*(ev.ServerReply(e.name, e.description) for e in self.exports.values()),
+                    ev.OptionAck()]
+        if isinstance(event, ev.AbortOption):
+            return [ev.OptionAck()]
+        assert isinstance(event, ev.UnknownOption)
+        return [ev.OptionError(Rep.ERR_UNSUP, f"Unsupported option {event.option} "
                                            f"({option_name(event.option)})")]
 
-    def _before_tls(self, event: Event) -> list[Event]:
-        if isinstance(event, StartTLSOption):
-            return [OptionAck()]
-        if isinstance(event, ExportNameOption):
+    def _before_tls(self, event: ev.Event) -> list[ev.Event]:
+        if isinstance(event, ev.StartTLSOption):
+            return [ev.OptionAck()]
+        if isinstance(event, ev.ExportNameOption):
             return []
-        if isinstance(event, BadOption):
+        if isinstance(event, ev.BadOption):
             if event.fatal:
-                return [OptionError(event.reply, event.message)]
+                return [ev.OptionError(event.reply, event.message)]
             code = event.option
         else:
-            assert isinstance(event, Option)
+            assert isinstance(event, ev.Option)
             code = option_code(event)
-        return [OptionError(Rep.ERR_TLS_REQD, f"Option 0x{code:x} not permitted before TLS")]
+        return [ev.OptionError(Rep.ERR_TLS_REQD, f"Option 0x{code:x} not permitted before TLS")]
 
-    def _export_name(self, name: str) -> list[Event]:
+    def _export_name(self, name: str) -> list[ev.Event]:
         export = self.exports.get(name)
         if export is None:
             return []                       # "export not found": no way to say it
         self.export = export
-        return [ExportInfo(export.size, export.flags(self.conn.structured_replies))]
+        return [ev.ExportInfo(export.size, export.flags(self.conn.structured_replies))]
 
-    def _info(self, event: InfoOption | GoOption) -> list[Event]:
+    def _info(self, event: ev.InfoOption | ev.GoOption) -> list[ev.Event]:
         export = self.exports.get(event.name)
         if export is None:
-            return [OptionError(Rep.ERR_UNKNOWN, f"export '{_sane(event.name)}' not present")]
+            return [ev.OptionError(Rep.ERR_UNKNOWN, f"export '{_sane(event.name)}' not present")]
         asked_sizes = InfoType.BLOCK_SIZE in event.types
-        replies: list[Event] = []
+        replies: list[ev.Event] = []
         if InfoType.NAME in event.types:
-            replies.append(InfoReply(wire.InfoName(export.name)))
+            replies.append(ev.InfoReply(wire.InfoName(export.name)))
         if export.description:
-            replies.append(InfoReply(wire.InfoDescription(export.description)))
-        info_asked = isinstance(event, InfoOption)
-        replies.append(InfoReply(export.block_size(asked_sizes or info_asked)))
-        replies.append(InfoReply(wire.InfoExport(
+            replies.append(ev.InfoReply(wire.InfoDescription(export.description)))
+        info_asked = isinstance(event, ev.InfoOption)
+        replies.append(ev.InfoReply(export.block_size(asked_sizes or info_asked)))
+        replies.append(ev.InfoReply(wire.InfoExport(
             export.size, export.flags(self.conn.structured_replies))))
         if info_asked and not asked_sizes and export.request_alignment > 1:
-            replies.append(OptionError(Rep.ERR_BLOCK_SIZE_REQD,
+            replies.append(ev.OptionError(Rep.ERR_BLOCK_SIZE_REQD,
                                        "request NBD_INFO_BLOCK_SIZE to use this export"))
             return replies
-        replies.append(OptionAck())
-        if isinstance(event, GoOption):
+        replies.append(ev.OptionAck())
+        if isinstance(event, ev.GoOption):
             self.export = export
         return replies
 
-    def _meta_contexts(self, event: ListMetaContextOption | SetMetaContextOption) -> list[Event]:
-        listing = isinstance(event, ListMetaContextOption)
+    def _meta_contexts(self, event: ev.ListMetaContextOption | ev.SetMetaContextOption) -> list[ev.Event]:
+        listing = isinstance(event, ev.ListMetaContextOption)
         if not self.conn.structured_replies:
-            return [OptionError(Rep.ERR_INVALID, f"request option '{option_name(option_code(event))}' "
+            return [ev.OptionError(Rep.ERR_INVALID, f"request option '{option_name(option_code(event))}' "
                                                  "when structured reply is not negotiated")]
         export = self.exports.get(event.name)
         if export is None:
-            return [OptionError(Rep.ERR_UNKNOWN, f"export '{_sane(event.name)}' not present")]
+            return [ev.OptionError(Rep.ERR_UNKNOWN, f"export '{_sane(event.name)}' not present")]
         chosen = export.match_contexts(tuple(event.queries), listing)
-        return [*(MetaContextReply(0 if listing else i, name) for i, name in chosen.items()),
-                OptionAck()]
+        return [*(ev.MetaContextReply(0 if listing else i, name) for i, name in chosen.items()),
+                ev.OptionAck()]
 
     # -- transmission ------------------------------------------------------------------
 
-    def refuse(self, event: InvalidRequest) -> Reply:
+    def refuse(self, event: ev.InvalidRequest) -> ev.Reply:
         """The reply to a request the machine refused (qemu-nbd answers EINVAL)."""
         return self._error(event.cookie, _errno.EINVAL, event.message)
 
-    def _error(self, cookie: int, code: int, message: str) -> Reply:
+    def _error(self, cookie: int, code: int, message: str) -> ev.Reply:
         if self.conn.structured_replies:
-            return ErrorReply(cookie, nbd_errno(code), message)
-        return SimpleReply(cookie, nbd_errno(code))
+            return ev.ErrorReply(cookie, nbd_errno(code), message)
+        return ev.SimpleReply(cookie, nbd_errno(code))
 
-    def _done(self, cookie: int) -> Reply:
-        return ReplyDone(cookie) if self.conn.structured_replies else SimpleReply(cookie)
+    def _done(self, cookie: int) -> ev.Reply:
+        return ev.ReplyDone(cookie) if self.conn.structured_replies else ev.SimpleReply(cookie)
 
-    async def serve(self, req: Request) -> AsyncIterator[Reply]:
+    async def serve(self, req: ev.Request) -> AsyncIterator[ev.Reply]:
         """The replies to one valid request, through the export node's request path."""
         export = self.export
         assert export is not None
@@ -198,7 +168,7 @@ class ServerSession:
         except OSError as exc:
             yield self._error(req.cookie, exc.errno or _errno.EIO, _FAILED[req.command])
 
-    async def _read(self, export: Export, req: Request) -> AsyncIterator[Reply]:
+    async def _read(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
         node = export.node
         if req.flags & CmdFlag.FUA:
             try:
@@ -212,13 +182,13 @@ class ServerSession:
             return
         data = await node.read(req.offset, req.length) if req.length else b""
         if not self.conn.structured_replies:
-            yield SimpleReply(req.cookie, 0, data)
+            yield ev.SimpleReply(req.cookie, 0, data)
         elif req.length:
-            yield ReadData(req.cookie, req.offset, data, done=True)
+            yield ev.ReadData(req.cookie, req.offset, data, done=True)
         else:
-            yield ReplyDone(req.cookie)
+            yield ev.ReplyDone(req.cookie)
 
-    async def _sparse_read(self, export: Export, req: Request) -> AsyncIterator[Reply]:
+    async def _sparse_read(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
         """Holes where the range reads as zeroes, data elsewhere.  A read up to
         SMALL_READ is read first and answered as one hole if it is all zeroes, else as
         one data chunk (a block status query would cost more than the read); a larger
@@ -226,32 +196,32 @@ class ServerSession:
         if req.length <= SMALL_READ:
             data = await export.node.read(req.offset, req.length)
             if is_zero(data):
-                yield ReadHole(req.cookie, req.offset, req.length, True)
+                yield ev.ReadHole(req.cookie, req.offset, req.length, True)
             else:
-                yield ReadData(req.cookie, req.offset, data, True)
+                yield ev.ReadData(req.cookie, req.offset, data, True)
             return
         node, pos, end = export.node, req.offset, req.offset + req.length
         while pos < end:
             try:
                 st = await node.block_status_above(None, pos, end - pos)
             except BlockError as exc:
-                yield ErrorReply(req.cookie, nbd_errno(exc.errno),
+                yield ev.ErrorReply(req.cookie, nbd_errno(exc.errno),
                                  f"unable to check for holes: {exc.strerror}")
                 return
             n = max(1, min(st.length, end - pos))
             final = pos + n == end
             if st.zero:
-                yield ReadHole(req.cookie, pos, n, final)
+                yield ev.ReadHole(req.cookie, pos, n, final)
             else:
-                yield ReadData(req.cookie, pos, await node.read(pos, n), final)
+                yield ev.ReadData(req.cookie, pos, await node.read(pos, n), final)
             pos += n
 
-    async def _write(self, export: Export, req: Request) -> AsyncIterator[Reply]:
+    async def _write(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
         flags = ReqFlag.FUA if req.flags & CmdFlag.FUA else ReqFlag.NONE
         await export.node.write(req.offset, req.data, flags)
         yield self._done(req.cookie)
 
-    async def _write_zeroes(self, export: Export, req: Request) -> AsyncIterator[Reply]:
+    async def _write_zeroes(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
         flags = ReqFlag.NONE
         if not req.flags & CmdFlag.NO_HOLE:
             flags |= ReqFlag.MAY_UNMAP
@@ -262,35 +232,35 @@ class ServerSession:
         await export.node.write_zeroes(req.offset, req.length, flags)
         yield self._done(req.cookie)
 
-    async def _flush(self, export: Export, req: Request) -> AsyncIterator[Reply]:
+    async def _flush(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
         await export.node.flush()
         yield self._done(req.cookie)
 
-    async def _trim(self, export: Export, req: Request) -> AsyncIterator[Reply]:
+    async def _trim(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
         await export.node.discard(req.offset, req.length)
         if req.flags & CmdFlag.FUA:
             await export.node.flush()
         yield self._done(req.cookie)
 
-    async def _cache(self, export: Export, req: Request) -> AsyncIterator[Reply]:
+    async def _cache(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
         if req.length:
             await export.node.read(req.offset, req.length, ReqFlag.PREFETCH)
         yield self._done(req.cookie)
 
-    async def _block_status(self, export: Export, req: Request) -> AsyncIterator[Reply]:
+    async def _block_status(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
         max_extents = 1 if req.flags & CmdFlag.REQ_ONE else wire.MAX_BLOCK_STATUS_EXTENTS
         contexts = sorted(self.conn.meta_contexts.items())
         for n, (context_id, name) in enumerate(contexts):
             try:
                 extents = await export.extents(name, req.offset, req.length, max_extents)
             except BlockError as exc:
-                yield ErrorReply(req.cookie, nbd_errno(exc.errno), "can't get block status")
+                yield ev.ErrorReply(req.cookie, nbd_errno(exc.errno), "can't get block status")
                 return
-            yield BlockStatusReply(req.cookie, context_id, tuple(extents),
+            yield ev.BlockStatusReply(req.cookie, context_id, tuple(extents),
                                    n == len(contexts) - 1)
 
 
-_HANDLERS: dict[int, Callable[[ServerSession, Export, Request], AsyncIterator[Reply]]] = {
+_HANDLERS: dict[int, Callable[[ServerSession, Export, ev.Request], AsyncIterator[ev.Reply]]] = {
     Cmd.READ: ServerSession._read, Cmd.WRITE: ServerSession._write,
     Cmd.WRITE_ZEROES: ServerSession._write_zeroes, Cmd.FLUSH: ServerSession._flush,
     Cmd.TRIM: ServerSession._trim, Cmd.CACHE: ServerSession._cache,

@@ -8,10 +8,12 @@ This module knows what the bytes look like, not when they may be sent: that is
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import ClassVar
+from typing import ClassVar, Self
 
 # -- magics ---------------------------------------------------------------------------
 
@@ -244,6 +246,42 @@ _U64 = struct.Struct(">Q")
 
 # -- handshake ------------------------------------------------------------------------
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+class _Fixed:
+    """A fixed-size structure: ``FMT`` lays out an optional leading ``MAGIC`` (checked
+    on parse, with ``MAGIC_ERROR`` as the message) and then the dataclass's fields."""
+
+    FMT: ClassVar[struct.Struct]
+    WHAT: ClassVar[str]
+    MAGIC: ClassVar[int | None] = None
+    MAGIC_ERROR: ClassVar[str] = "bad {what} magic 0x{magic:x}"
+    SIZE: ClassVar[int]
+
+    def __init_subclass__(cls) -> None:
+        cls.SIZE = cls.FMT.size
+
+    @classmethod
+    def parse(cls, buf: bytes | memoryview) -> Self:
+        _exact(buf, cls.FMT.size, cls.WHAT)
+        values = list(cls.FMT.unpack(buf))
+        if cls.MAGIC is not None:
+            magic = values.pop(0)
+            if magic != cls.MAGIC:
+                raise WireError(cls.MAGIC_ERROR.format(what=cls.WHAT, magic=magic))
+        return cls(*values)
+
+    def build(self) -> bytes:
+        values = [getattr(self, name) for name in _field_names(type(self))]  # type: ignore[arg-type]
+        if self.MAGIC is not None:
+            values.insert(0, self.MAGIC)
+        return self.FMT.pack(*values)
+
+
+
 @dataclass(frozen=True)
 class Greeting:
     """S: NBDMAGIC, IHAVEOPT, handshake flags (fixed newstyle)."""
@@ -267,63 +305,35 @@ class Greeting:
 
 
 @dataclass(frozen=True)
-class ClientFlags:
+class ClientFlags(_Fixed):
     """C: u32 client flags."""
 
     flags: int
     FMT: ClassVar = _U32
-    SIZE: ClassVar[int] = 4
-
-    @classmethod
-    def parse(cls, buf: bytes | memoryview) -> ClientFlags:
-        _exact(buf, cls.SIZE, "client flags")
-        return cls(cls.FMT.unpack(buf)[0])
-
-    def build(self) -> bytes:
-        return self.FMT.pack(self.flags)
+    WHAT: ClassVar[str] = "client flags"
 
 
 @dataclass(frozen=True)
-class OptionHeader:
+class OptionHeader(_Fixed):
     """C: IHAVEOPT, u32 option, u32 length (the data follows)."""
 
     option: int
     length: int
     FMT: ClassVar = struct.Struct(">QII")
-    SIZE: ClassVar[int] = FMT.size
-
-    @classmethod
-    def parse(cls, buf: bytes | memoryview) -> OptionHeader:
-        _exact(buf, cls.SIZE, "option header")
-        magic, option, length = cls.FMT.unpack(buf)
-        if magic != IHAVEOPT:
-            raise WireError(f"bad option magic 0x{magic:x}")
-        return cls(option, length)
-
-    def build(self) -> bytes:
-        return self.FMT.pack(IHAVEOPT, self.option, self.length)
+    WHAT: ClassVar[str] = "option"
+    MAGIC: ClassVar[int | None] = IHAVEOPT
 
 
 @dataclass(frozen=True)
-class OptionReplyHeader:
+class OptionReplyHeader(_Fixed):
     """S: reply magic, u32 option, u32 reply type, u32 length (the data follows)."""
 
     option: int
     reply: int
     length: int
     FMT: ClassVar = struct.Struct(">QIII")
-    SIZE: ClassVar[int] = FMT.size
-
-    @classmethod
-    def parse(cls, buf: bytes | memoryview) -> OptionReplyHeader:
-        _exact(buf, cls.SIZE, "option reply header")
-        magic, option, reply, length = cls.FMT.unpack(buf)
-        if magic != OPTION_REPLY_MAGIC:
-            raise WireError(f"bad option reply magic 0x{magic:x}")
-        return cls(option, reply, length)
-
-    def build(self) -> bytes:
-        return self.FMT.pack(OPTION_REPLY_MAGIC, self.option, self.reply, self.length)
+    WHAT: ClassVar[str] = "option reply"
+    MAGIC: ClassVar[int | None] = OPTION_REPLY_MAGIC
 
 
 @dataclass(frozen=True)
@@ -563,7 +573,7 @@ def parse_error_message(buf: bytes | memoryview) -> str:
 # -- transmission ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class RequestHeader:
+class RequestHeader(_Fixed):
     """C: magic, u16 command flags, u16 type, u64 cookie, u64 offset, u32 length."""
 
     flags: int
@@ -572,44 +582,24 @@ class RequestHeader:
     offset: int
     length: int
     FMT: ClassVar = struct.Struct(">IHHQQI")
-    SIZE: ClassVar[int] = FMT.size
-
-    @classmethod
-    def parse(cls, buf: bytes | memoryview) -> RequestHeader:
-        _exact(buf, cls.SIZE, "request")
-        magic, *fields = cls.FMT.unpack(buf)
-        if magic != REQUEST_MAGIC:
-            raise WireError(f"invalid magic (got 0x{magic:x})")
-        return cls(*fields)
-
-    def build(self) -> bytes:
-        return self.FMT.pack(REQUEST_MAGIC, self.flags, self.type, self.cookie,
-                             self.offset, self.length)
+    WHAT: ClassVar[str] = "request"
+    MAGIC: ClassVar[int | None] = REQUEST_MAGIC
+    MAGIC_ERROR: ClassVar[str] = "invalid magic (got 0x{magic:x})"
 
 
 @dataclass(frozen=True)
-class SimpleReplyHeader:
+class SimpleReplyHeader(_Fixed):
     """S: magic, u32 error, u64 cookie (then the data of a successful READ)."""
 
     error: int
     cookie: int
     FMT: ClassVar = struct.Struct(">IIQ")
-    SIZE: ClassVar[int] = FMT.size
-
-    @classmethod
-    def parse(cls, buf: bytes | memoryview) -> SimpleReplyHeader:
-        _exact(buf, cls.SIZE, "simple reply")
-        magic, error, cookie = cls.FMT.unpack(buf)
-        if magic != SIMPLE_REPLY_MAGIC:
-            raise WireError(f"bad simple reply magic 0x{magic:x}")
-        return cls(error, cookie)
-
-    def build(self) -> bytes:
-        return self.FMT.pack(SIMPLE_REPLY_MAGIC, self.error, self.cookie)
+    WHAT: ClassVar[str] = "simple reply"
+    MAGIC: ClassVar[int | None] = SIMPLE_REPLY_MAGIC
 
 
 @dataclass(frozen=True)
-class ChunkHeader:
+class ChunkHeader(_Fixed):
     """S: magic, u16 flags, u16 type, u64 cookie, u32 length (the payload follows)."""
 
     flags: int
@@ -617,19 +607,8 @@ class ChunkHeader:
     cookie: int
     length: int
     FMT: ClassVar = struct.Struct(">IHHQI")
-    SIZE: ClassVar[int] = FMT.size
-
-    @classmethod
-    def parse(cls, buf: bytes | memoryview) -> ChunkHeader:
-        _exact(buf, cls.SIZE, "structured reply chunk")
-        magic, *fields = cls.FMT.unpack(buf)
-        if magic != STRUCTURED_REPLY_MAGIC:
-            raise WireError(f"bad structured reply magic 0x{magic:x}")
-        return cls(*fields)
-
-    def build(self) -> bytes:
-        return self.FMT.pack(STRUCTURED_REPLY_MAGIC, self.flags, self.type, self.cookie,
-                             self.length)
+    WHAT: ClassVar[str] = "structured reply"
+    MAGIC: ClassVar[int | None] = STRUCTURED_REPLY_MAGIC
 
 
 # Reply magics of both kinds start the same way: the first 4 bytes say which one it is.
@@ -638,21 +617,13 @@ def reply_magic(buf: bytes | memoryview) -> int:
 
 
 @dataclass(frozen=True)
-class OffsetHole:
+class OffsetHole(_Fixed):
     """OFFSET_HOLE payload: u64 offset, u32 hole size."""
 
     offset: int
     size: int
     FMT: ClassVar = struct.Struct(">QI")
-    SIZE: ClassVar[int] = FMT.size
-
-    @classmethod
-    def parse(cls, buf: bytes | memoryview) -> OffsetHole:
-        _exact(buf, cls.SIZE, "NBD_REPLY_TYPE_OFFSET_HOLE")
-        return cls(*cls.FMT.unpack(buf))
-
-    def build(self) -> bytes:
-        return self.FMT.pack(self.offset, self.size)
+    WHAT: ClassVar[str] = "NBD_REPLY_TYPE_OFFSET_HOLE"
 
 
 OFFSET_DATA_HEADER = _U64               # OFFSET_DATA payload: u64 offset, then the data

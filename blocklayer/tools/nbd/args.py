@@ -34,14 +34,6 @@ DISCARD_MODES = {"ignore": False, "off": False, "unmap": True, "on": True}
 DETECT_ZEROES = ("off", "on", "unmap")
 
 
-class Exit(Exception):
-    """Leave with this status (the message, if any, was printed)."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
 @dataclass
 class Invocation:
     prog: str                       # basename(argv[0]): the prefix of messages
@@ -84,11 +76,11 @@ class Invocation:
 
     def fail(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: {message}\n")
-        raise Exit(1)
+        raise SystemExit(1)
 
 
 def parse(argv0: str, argv: list[str]) -> Invocation:
-    """The invocation, or :class:`Exit` once qemu-nbd's message is printed."""
+    """The invocation, or SystemExit once qemu-nbd's message is printed."""
     prog = os.path.basename(argv0)
     inv = Invocation(prog, argv0)
     opts = Getopt(argv0, argv, SHORT, LONG)
@@ -97,7 +89,7 @@ def parse(argv0: str, argv: list[str]) -> Invocation:
             _option(inv, opt, arg)
     except GetoptError as exc:
         sys.stderr.write(f"{exc}\n{prog}: Try `{argv0} --help' for more information.\n")
-        raise Exit(1) from None
+        raise SystemExit(1) from None
     _check(inv, opts.operands)
     return inv
 
@@ -106,10 +98,10 @@ def _option(inv: Invocation, opt: str, arg: str | None) -> None:
     value = arg or ""
     if opt == "h":
         sys.stdout.write(usage(inv.argv0))
-        raise Exit(0)
+        raise SystemExit(0)
     if opt == "V":
         sys.stdout.write(version(inv.prog))
-        raise Exit(0)
+        raise SystemExit(0)
     if opt in ("n", "cache"):
         _cache(inv, "none" if opt == "n" else value)
     elif opt == "aio":
@@ -229,7 +221,7 @@ def _check(inv: Invocation, operands: list[str]) -> None:
     elif len(operands) != 1:
         sys.stderr.write(f"{inv.prog}: Invalid number of arguments\n"
                          f"Try `{inv.argv0} --help' for more information.\n")
-        raise Exit(1)
+        raise SystemExit(1)
     else:
         inv.filename = operands[0]
         if inv.export_name is None:

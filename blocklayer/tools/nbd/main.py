@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 
 from ...core.errors import InvalidArgument
-from .args import Exit, Invocation, parse
+from .args import Invocation, parse
 from .listing import run_list
 from .serve import Failed, activation_fds, activation_problem, serve
 
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         inv = parse(program_name(argv[0]), argv[1:])
         code = run(inv)
-    except Exit as exc:
-        code = exc.code
+    except SystemExit as exc:
+        code = int(exc.code or 0)
     except KeyboardInterrupt:
         code = 1
     sys.stdout.flush()
