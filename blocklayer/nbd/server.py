@@ -17,6 +17,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from .events import (
     ClientFlags,
@@ -41,10 +42,11 @@ class NBDServer:
     clients wait for a free place, as they wait in qemu-nbd's listen backlog."""
 
     def __init__(self, exports: Mapping[str, Export], *, shared: int = 0,
-                 tls: ssl.SSLContext | None = None,
+                 tls: ssl.SSLContext | None = None, tls_authz: str | None = None,
                  on_client_change: Callable[[int], None] | None = None) -> None:
         self.exports = exports
         self.tls = tls
+        self.tls_authz = tls_authz             # the client certificate's DN, if set
         self.places = asyncio.Semaphore(shared) if shared > 0 else None
         self.on_client_change = on_client_change
         self.clients: set[asyncio.Task[None]] = set()
@@ -178,9 +180,21 @@ class _Client:
             if conn.state is State.TLS_HANDSHAKE:
                 assert self.server.tls is not None
                 await self.writer.start_tls(self.server.tls)
+                self._authorize()
                 conn.tls_established()
                 self.session.tls_done = True
         return True
+
+    def _authorize(self) -> None:
+        """--tls-authz: the client certificate's distinguished name must match."""
+        wanted = self.server.tls_authz
+        if wanted is None:
+            return
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        cert = ssl_object.getpeercert() if ssl_object is not None else None
+        name = distinguished_name(cert or {})
+        if name != wanted:
+            raise ssl.SSLError(f"TLS x509 authz check for {name} is denied")
 
     async def _transmission(self) -> None:
         while not self.broken:
@@ -225,3 +239,15 @@ class _Client:
             log.info(why)
         self.broken = True
         self.writer.transport.abort()
+
+
+_DN_KEYS = {"countryName": "C", "stateOrProvinceName": "ST", "localityName": "L",
+            "organizationName": "O", "organizationalUnitName": "OU", "commonName": "CN",
+            "emailAddress": "EMAIL", "domainComponent": "DC"}
+
+
+def distinguished_name(cert: dict[str, Any]) -> str:
+    """A certificate subject as RFC 4514 (and QEMU's authz) writes it: CN first."""
+    parts = [f"{_DN_KEYS.get(key, key)}={value}"
+             for rdn in cert.get("subject", ()) for key, value in rdn]
+    return ",".join(reversed(parts))

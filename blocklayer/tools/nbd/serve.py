@@ -217,8 +217,9 @@ async def serve(inv: Invocation, tls: ssl.SSLContext | None, activated: int,
             if count == 0 and not inv.persistent and server.served:
                 done.set()
 
+        authz = inv.objects.authz_identity(inv.tls_authz) if inv.tls_authz else None
         server = NBDServer({export.name: export}, shared=inv.shared, tls=tls,
-                           on_client_change=clients_changed)
+                           tls_authz=authz, on_client_change=clients_changed)
         for sock in socks:
             await server.listen_socket(sock)
         if inv.pid_file:
