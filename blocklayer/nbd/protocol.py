@@ -218,6 +218,15 @@ _NEEDS_FLAG = {Cmd.FLUSH: TF.SEND_FLUSH, Cmd.TRIM: TF.SEND_TRIM, Cmd.CACHE: TF.S
                Cmd.WRITE_ZEROES: TF.SEND_WRITE_ZEROES}
 _FLAG_NEEDS = {CmdFlag.FUA: TF.SEND_FUA, CmdFlag.DF: TF.SEND_DF,
                CmdFlag.FAST_ZERO: TF.SEND_FAST_ZERO}
+# The flags as plain ints for the per-request checks (an IntFlag operation costs a
+# microsecond or so: it makes a new enum member).
+_READ_ONLY = int(TF.READ_ONLY)
+_VALID_FLAGS: dict[int, int] = {Cmd.READ: int(CmdFlag.FUA), Cmd.WRITE_ZEROES: int(
+    CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO), Cmd.BLOCK_STATUS: int(
+    CmdFlag.FUA | CmdFlag.REQ_ONE)}
+_FUA_ONLY = int(CmdFlag.FUA)
+_DF = int(CmdFlag.DF)
+_DONE = int(wire.ReplyFlag.DONE)
 _WRITE_COMMANDS = (Cmd.WRITE, Cmd.WRITE_ZEROES, Cmd.TRIM)
 _PAYLOAD_LIMITED = (Cmd.READ, Cmd.WRITE, Cmd.CACHE)
 
@@ -383,7 +392,11 @@ class Connection:
         self.state = State.CLOSED if self._closing else after
 
     def _record(self, before: State, event: Event) -> None:
-        if isinstance(event, Option):
+        if isinstance(event, Reply):                 # the hot ones first
+            self._reply_sent(event)
+        elif isinstance(event, (Request, InvalidRequest)):
+            self._track(event)
+        elif isinstance(event, Option):
             self.option = event
             self._infos = []
             self._pending_contexts = {}
@@ -402,10 +415,6 @@ class Connection:
         elif isinstance(event, ExportInfo):
             self._enter_transmission(event.size, event.flags,
                                      self._option_name(), None)
-        elif isinstance(event, (Request, InvalidRequest)):
-            self._track(event)
-        elif isinstance(event, Reply):
-            self._reply_sent(event)
         elif isinstance(event, TLSEstablished):
             self._reset_negotiation()
 
@@ -490,20 +499,16 @@ class Connection:
     def request_problem(self, command: int, flags: int, offset: int,
                         length: int) -> str | None:
         """Why qemu-nbd would refuse this request (its words), or None."""
-        if self.export_flags & TF.READ_ONLY and command in _WRITE_COMMANDS:
+        if self.export_flags & _READ_ONLY and command in _WRITE_COMMANDS:
             return "Export is read-only"
         size = self.export_size
         if offset > size or length > size - offset:
             return (f"operation past EOF; From: {offset}, Len: {length}, "
                     f"Size: {size}")
-        valid = CmdFlag.FUA
+        valid = _VALID_FLAGS.get(command, _FUA_ONLY)
         if command == Cmd.READ and self.structured_replies:
-            valid |= CmdFlag.DF
-        elif command == Cmd.WRITE_ZEROES:
-            valid |= CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO
-        elif command == Cmd.BLOCK_STATUS:
-            valid |= CmdFlag.REQ_ONE
-        if flags & ~int(valid):        # (~ of an IntFlag keeps only known bits)
+            valid |= _DF
+        if flags & ~valid:
             return (f"unsupported flags for command {command_name(command)} "
                     f"(got 0x{flags:x})")
         if command not in COMMAND_NAMES or command == Cmd.DISC:
@@ -527,9 +532,10 @@ class Connection:
         if needed is not None and not self.export_flags & needed:
             raise LocalProtocolError(f"the export does not support "
                                      f"{command_name(req.command)}")
-        for flag, advertised in _FLAG_NEEDS.items():
-            if req.flags & flag and not self.export_flags & advertised:
-                raise LocalProtocolError(f"the export does not support {flag.name}")
+        if req.flags:
+            for flag, advertised in _FLAG_NEEDS.items():
+                if req.flags & flag and not self.export_flags & advertised:
+                    raise LocalProtocolError(f"the export does not support {flag.name}")
         problem = self.request_problem(req.command, req.flags, req.offset, req.length)
         if problem is not None:
             raise LocalProtocolError(problem)
@@ -886,7 +892,7 @@ def _option_reply_event(reply: int, data: memoryview) -> Event:
 # -- reply events <-> bytes -----------------------------------------------------------
 
 def _chunk(event: Reply, chunk_type: int, payload_len: int) -> bytes:
-    flags = wire.ReplyFlag.DONE if event.done else 0
+    flags = _DONE if event.done else 0
     return wire.ChunkHeader(flags, chunk_type, event.cookie, payload_len).build()
 
 
@@ -927,7 +933,7 @@ def _chunk_limit(chunk_type: int, req: InFlight) -> int:
 
 
 def _chunk_event(hdr: wire.ChunkHeader, payload: memoryview) -> Reply:
-    done = bool(hdr.flags & wire.ReplyFlag.DONE)
+    done = bool(hdr.flags & _DONE)
     kind, cookie = hdr.type, hdr.cookie
     if kind == ChunkType.NONE:
         if not done:

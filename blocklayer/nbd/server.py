@@ -33,6 +33,7 @@ from .session import ServerSession
 
 MAX_REQUESTS = 16
 READ_SIZE = 256 * 1024
+FLUSH_BYTES = 256 * 1024          # corked replies are written at this size at once
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +140,12 @@ class _Client:
         self.slots = asyncio.Semaphore(MAX_REQUESTS)
         self.tasks: set[asyncio.Task[None]] = set()
         self.broken = False
+        self.pending: list[bytes | bytearray | memoryview] = []   # corked replies
+        self.pending_bytes = 0
 
     async def run(self) -> None:
         self._send(self.session.greeting())
+        self._flush()
         if not await self._handshake():
             return
         try:
@@ -149,6 +153,8 @@ class _Client:
         finally:
             if self.tasks:
                 await asyncio.gather(*self.tasks, return_exceptions=True)
+            if not self.broken:
+                self._flush()
 
     async def _next(self) -> Event:
         while True:
@@ -159,7 +165,20 @@ class _Client:
             self.conn.receive_data(data)
 
     def _send(self, event: Event) -> None:
-        self.writer.writelines(self.conn.send_parts(event))
+        """Queue an event's bytes; replies made in one loop iteration go out in one
+        write (one system call and one wake-up of the peer, not one per reply)."""
+        parts = self.conn.send_parts(event)
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.pending += parts
+        self.pending_bytes += sum(len(p) for p in parts)
+        if self.pending_bytes >= FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.writer.writelines(self.pending)
+            self.pending, self.pending_bytes = [], 0
 
     async def _handshake(self) -> bool:
         conn = self.conn
@@ -174,6 +193,7 @@ class _Client:
                 return False
             for reply in replies:
                 self._send(reply)
+            self._flush()
             await self.writer.drain()
             if conn.state is State.CLOSED:
                 return False
@@ -212,6 +232,7 @@ class _Client:
             self.slots.release()
             if isinstance(event, InvalidRequest):
                 self._send(self.session.refuse(event))
+                self._flush()
                 await self.writer.drain()
                 if self.conn.state is State.CLOSED:
                     return

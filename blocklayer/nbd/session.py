@@ -30,6 +30,8 @@ _NBD_ERRNO = {
 }
 
 
+_FUA, _DF, _NO_HOLE, _FAST_ZERO, _REQ_ONE = (int(f) for f in (
+    CmdFlag.FUA, CmdFlag.DF, CmdFlag.NO_HOLE, CmdFlag.FAST_ZERO, CmdFlag.REQ_ONE))
 SMALL_READ = 64 * 1024            # reads up to this skip the block status query
 
 
@@ -170,13 +172,13 @@ class ServerSession:
 
     async def _read(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
         node = export.node
-        if req.flags & CmdFlag.FUA:
+        if req.flags & _FUA:
             try:
                 await node.flush()
             except BlockError as exc:
                 yield self._error(req.cookie, exc.errno, "flush failed")
                 return
-        if self.conn.structured_replies and not req.flags & CmdFlag.DF and req.length:
+        if self.conn.structured_replies and not req.flags & _DF and req.length:
             async for reply in self._sparse_read(export, req):
                 yield reply
             return
@@ -217,17 +219,17 @@ class ServerSession:
             pos += n
 
     async def _write(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
-        flags = ReqFlag.FUA if req.flags & CmdFlag.FUA else ReqFlag.NONE
+        flags = ReqFlag.FUA if req.flags & _FUA else ReqFlag.NONE
         await export.node.write(req.offset, req.data, flags)
         yield self._done(req.cookie)
 
     async def _write_zeroes(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
         flags = ReqFlag.NONE
-        if not req.flags & CmdFlag.NO_HOLE:
+        if not req.flags & _NO_HOLE:
             flags |= ReqFlag.MAY_UNMAP
-        if req.flags & CmdFlag.FUA:
+        if req.flags & _FUA:
             flags |= ReqFlag.FUA
-        if req.flags & CmdFlag.FAST_ZERO:
+        if req.flags & _FAST_ZERO:
             flags |= ReqFlag.NO_FALLBACK
         await export.node.write_zeroes(req.offset, req.length, flags)
         yield self._done(req.cookie)
@@ -238,7 +240,7 @@ class ServerSession:
 
     async def _trim(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
         await export.node.discard(req.offset, req.length)
-        if req.flags & CmdFlag.FUA:
+        if req.flags & _FUA:
             await export.node.flush()
         yield self._done(req.cookie)
 
@@ -248,7 +250,7 @@ class ServerSession:
         yield self._done(req.cookie)
 
     async def _block_status(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
-        max_extents = 1 if req.flags & CmdFlag.REQ_ONE else wire.MAX_BLOCK_STATUS_EXTENTS
+        max_extents = 1 if req.flags & _REQ_ONE else wire.MAX_BLOCK_STATUS_EXTENTS
         contexts = sorted(self.conn.meta_contexts.items())
         for n, (context_id, name) in enumerate(contexts):
             try:
