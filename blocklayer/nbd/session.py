@@ -246,7 +246,7 @@ class ServerSession:
 
     async def _cache(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
         if req.length:
-            await export.node.read(req.offset, req.length, ReqFlag.PREFETCH)
+            await export.node.read(req.offset, req.length)   # a read warms the cache
         yield self._done(req.cookie)
 
     async def _block_status(self, export: Export, req: ev.Request) -> AsyncIterator[ev.Reply]:
