@@ -74,7 +74,7 @@ async def run(p) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-async def _read_or_zero(node: "BlockNode | None", off: int, n: int) -> bytes:
+async def _read_or_zero(node: "BlockNode | None", off: int, n: int) -> bytes | bytearray:
     """Read ``[off, off+n)`` of a chain, zeroes beyond its end (or with no chain)."""
     if node is None or off >= node.total_bytes:
         return bytes(n)
@@ -128,7 +128,7 @@ class RebaseCopy(CopyEngine):
         return _differences(chunk.offset, a, b) if a != b else []
 
 
-def _differences(off: int, a: bytes, b: bytes) -> list[Piece]:
+def _differences(off: int, a: bytes | bytearray, b: bytes | bytearray) -> list[Piece]:
     """The 512-byte sectors of ``a`` that differ from ``b``, coalesced, to write at
     ``off``."""
     out: list[Piece] = []
