@@ -101,6 +101,7 @@ class CopyEngine:
         self.done = 0
         self.next_write = 0
         self.turns: dict[int, asyncio.Future[None]] = {}   # waiting workers by seq
+        self.failed = False             # a worker failed: the others write nothing more
 
     @cached_property
     def cluster(self) -> int:
@@ -215,23 +216,32 @@ class CopyEngine:
             await queue.put(None)
 
     async def _worker(self, queue: "asyncio.Queue[Chunk | None]") -> None:
-        while True:
-            chunk = await queue.get()
-            if chunk is None:
+        try:
+            while True:
+                chunk = await queue.get()
+                if chunk is None:
+                    return
+                await self._copy_in_turn(chunk)
+        except BaseException:
+            self.failed = True          # as qemu-img: no write starts after a failure
+            raise
+
+    async def _copy_in_turn(self, chunk: Chunk) -> None:
+        payload = await self.payload(chunk)
+        await self._wait_turn(chunk.seq)
+        write = None
+        try:
+            if self.failed:
                 return
-            payload = await self.payload(chunk)
-            await self._wait_turn(chunk.seq)
-            write = None
-            try:
-                if not self.may_overlap(chunk, payload):
-                    await self.write(chunk, payload)
-                else:
-                    write = await self._start_write(chunk, payload)
-            finally:
-                self._next_turn()
-            if write is not None:
-                await write
-            self._count(chunk)
+            if not self.may_overlap(chunk, payload):
+                await self.write(chunk, payload)
+            else:
+                write = await self._start_write(chunk, payload)
+        finally:
+            self._next_turn()
+        if write is not None:
+            await write
+        self._count(chunk)
 
     async def _start_write(self, chunk: Chunk, payload: Any) -> "asyncio.Future[None]":
         """Start writing ``chunk`` and return once the write has taken its place in the
