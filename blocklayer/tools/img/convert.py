@@ -9,7 +9,8 @@ requests run as asyncio tasks, writes stay in order unless ``-W``; compressed cl
 and runs that write nothing are joined into larger requests, which changes nothing on
 the target.  With ``-C`` data is copied with copy offloading (no zero detection); the
 first copy that cannot be offloaded is read and written instead, and so is everything
-after it.
+after it.  :class:`Converter` is the copy engine (:mod:`blocklayer.jobs.copy`) with
+this plan and these steps.
 """
 from __future__ import annotations
 
