@@ -17,13 +17,33 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+
 from ..core.errors import BlockError, NoSpace, NotSupported
 from . import wire
 from .events import (
-    CLIENT, AbortOption, BlockStatusReply, ClientFlags, ConnectionClosed, Disconnect,
-    ErrorReply, Event, ExportInfo, ExportNameOption, GoOption, Greeting, InfoReply,
-    MetaContextReply, OptionAck, OptionError, ReadData, ReadHole, Reply, SetMetaContextOption,
-    SimpleReply, StructuredReplyOption, _NeedData,
+    CLIENT,
+    AbortOption,
+    BlockStatusReply,
+    ClientFlags,
+    ConnectionClosed,
+    Disconnect,
+    ErrorReply,
+    Event,
+    ExportInfo,
+    ExportNameOption,
+    GoOption,
+    Greeting,
+    InfoReply,
+    MetaContextReply,
+    OptionAck,
+    OptionError,
+    ReadData,
+    ReadHole,
+    Reply,
+    SetMetaContextOption,
+    SimpleReply,
+    StructuredReplyOption,
+    _NeedData,
 )
 from .protocol import Connection, ProtocolError, State, option_name
 from .wire import ClientFlag, Cmd, HandshakeFlag, InfoType, Rep
@@ -122,7 +142,7 @@ def _connect_error(where: str, exc: OSError) -> BlockError:
 
 
 async def connect(address: Address, export: str, *, context: str | None,
-                  open_timeout: float = 0) -> "NBDClient":
+                  open_timeout: float = 0) -> NBDClient:
     """Connect and negotiate; with ``open_timeout`` > 0 failed attempts are retried
     until that many seconds have passed (the last error is raised)."""
     deadline = time.monotonic() + open_timeout
@@ -157,9 +177,9 @@ async def connect(address: Address, export: str, *, context: str | None,
 class _Pending:
     """A request whose last reply is still due."""
 
-    __slots__ = ("future", "command", "offset", "length", "data", "error", "extents")
+    __slots__ = ("command", "data", "error", "extents", "future", "length", "offset")
 
-    def __init__(self, future: "asyncio.Future[None]", command: int, offset: int,
+    def __init__(self, future: asyncio.Future[None], command: int, offset: int,
                  length: int) -> None:
         self.future = future
         self.command, self.offset, self.length = command, offset, length

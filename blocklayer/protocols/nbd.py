@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import time
 import urllib.parse
 from typing import Any
@@ -31,6 +32,7 @@ DEFAULT_PORT = "10809"
 EXPORTNAME_OPT = ":exportname="
 INT_MAX = 0x7FFFFFFF
 SECTOR = 512
+_LOST_MESSAGE = "Could not open image: {}"
 LEGACY_KEYS = ("host", "port", "path")
 SERVER_KEYS = {"unix": ("type", "path", "abstract", "tight"),
                "inet": ("type", "host", "port", "numeric", "to", "ipv4", "ipv6",
@@ -94,8 +96,7 @@ def _parse_uri(filename: str, options: dict[str, Any]) -> bool:
     if uri.scheme not in ("nbd", "nbd+tcp", "nbd+unix"):
         return False
     path = urllib.parse.unquote(uri.path)
-    if path.startswith("/"):
-        path = path[1:]
+    path = path.removeprefix("/")
     if path:
         options["export"] = path
     query = [p for p in uri.query.replace(";", "&").split("&") if p] if uri.query else []
@@ -236,15 +237,17 @@ class NBDDriver(BlockDriver):
         """Check what the server offered and declare it (nbd_handle_updated_info)."""
         details = client.details
         assert details is not None
-        try:
-            if self.x_dirty_bitmap and details.context_id is None:
-                raise InvalidArgument(f"requested x-dirty-bitmap {self.x_dirty_bitmap} "
-                                      "not found")
-            if details.flags & TF.READ_ONLY and not flags.read_only:
-                raise ReadOnlyError("NBD export is read-only", errno.EACCES)
-        except BlockError:
+        # QEMU 7.2 drops its own message here ("requested x-dirty-bitmap ... not
+        # found", "NBD export is read-only") and reports only the errno
+        problem: BlockError | None = None
+        if self.x_dirty_bitmap and details.context_id is None:
+            problem = InvalidArgument(_LOST_MESSAGE.format(os.strerror(errno.EINVAL)))
+        elif details.flags & TF.READ_ONLY and not flags.read_only:
+            problem = ReadOnlyError(_LOST_MESSAGE.format(os.strerror(errno.EACCES)),
+                                    errno.EACCES)
+        if problem is not None:
             client.abort()
-            raise
+            raise problem
         has = details.flags
         self.can_fua = bool(has & TF.SEND_FUA)                      # type: ignore[misc]
         self.can_write_zeroes = bool(has & TF.SEND_WRITE_ZEROES)    # type: ignore[misc]
