@@ -36,7 +36,10 @@ def _wait_ready(proc: subprocess.Popen[bytes], sock: Path | None, port: int | No
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
         if sock is not None and sock.exists():
-            return
+            with contextlib.suppress(OSError), \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(str(sock))        # bound is not yet listening
+                return
         if port is not None:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
                 return
