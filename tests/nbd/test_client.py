@@ -11,8 +11,8 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -97,7 +97,7 @@ def unix_url(sock: Path, export: str = "") -> str:
 
 # -- comparing with QEMU's tools ------------------------------------------------------
 
-_TIMING = re.compile(r"^.* ops; .*sec .*\n", re.M)
+_TIMING = re.compile(r"^.* ops; .*sec .*\n", re.MULTILINE)
 
 
 def same_img(*args: str) -> subprocess.CompletedProcess[str]:

@@ -3,8 +3,9 @@ nbd node against nbdkit's memory plugin."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
