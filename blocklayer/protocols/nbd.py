@@ -20,7 +20,8 @@ import time
 import urllib.parse
 from typing import Any
 
-from ..core.driver import BlockDriver, BlockStatus, Limits, Prealloc, ReqFlag, Status
+from ..core.driver import (BlockDriver, BlockStatus, CreateOption, Limits, Prealloc, ReqFlag,
+                           Status)
 from ..core.errors import BlockError, InvalidArgument, NotSupported, ReadOnlyError
 from ..core.options import OpenFlags
 from ..nbd import wire
@@ -196,6 +197,11 @@ class NBDDriver(BlockDriver):
     open_options = ("filename", "server", "export", "tls-creds", "tls-hostname",
                     "x-dirty-bitmap", "reconnect-delay", "open-timeout", *LEGACY_KEYS)
 
+    create_options = (
+        CreateOption("size", "size", "Virtual disk size"),
+        CreateOption("preallocation", "string", "Preallocation mode (allowed values: off)"),
+    )
+
     address: Address
     export: str | None = None
     x_dirty_bitmap: str | None = None
@@ -203,6 +209,32 @@ class NBDDriver(BlockDriver):
     open_timeout = 0
     details: ExportDetails
     client: NBDClient | None = None
+
+    @classmethod
+    async def create(cls, filename: str, options: dict[str, Any], *,
+                     open_file: Any = None) -> None:
+        """An export exists already (QEMU's bdrv_co_create_opts_simple): it must be
+        big enough, and its first sector is cleared."""
+        from ..core.open import open_image
+        prealloc = str(options.get("preallocation", "off"))
+        if prealloc != "off":
+            raise NotSupported(f"Unsupported preallocation mode '{prealloc}'")
+        try:
+            node = await open_image(filename, {"driver": "nbd"})
+        except BlockError as exc:
+            raise BlockError("Protocol driver 'nbd' does not support image creation, and "
+                             f"opening the image failed: {exc.message}", exc.errno) from None
+        try:
+            await node.truncate(int(options.get("size", 0)))
+            head = min(node.total_bytes, SECTOR)
+            if head:
+                try:
+                    await node.write_zeroes(0, head, ReqFlag.MAY_UNMAP)
+                except BlockError as exc:
+                    raise BlockError("Failed to clear the new image's first sector: "
+                                     f"{exc.strerror}", exc.errno) from None
+        finally:
+            await node.close()
 
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
         opts = dict(options)

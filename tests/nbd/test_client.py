@@ -7,6 +7,7 @@ port) and killed by PID in a ``finally``.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import subprocess
@@ -400,3 +401,29 @@ def test_server_errors_reach_the_request(tmp_path: Path) -> None:
                 assert ours == result
     assert "write failed: No space left on device" in ours[1]
 
+
+
+# -- creating images on an export -----------------------------------------------------
+
+def test_create_on_an_export(tmp_path: Path) -> None:
+    """The export exists; create lays a format on it as qemu-img does (the same bytes),
+    and refuses what NBD cannot do with qemu-img's messages."""
+    seed = os.urandom(8 * MiB)
+    served = {}
+    for runner in ("qemu-img", "ours"):
+        image = tmp_path / f"{runner}.raw"
+        image.write_bytes(seed)
+        with qemu_nbd(tmp_path, image, name=f"{runner}.sock") as sock:
+            url = unix_url(sock)
+            run = (lambda *a: tool("img", *a, timeout=60)) if runner == "ours" else \
+                (lambda *a: qemu_img(*a, check=False))
+            results = [run("create", "-f", "qcow2", url, "4M"), run("check", url),
+                       run("create", "-f", "raw", url, "100M"),
+                       run("create", "-f", "raw", "-o", "preallocation=full", url, "1M")]
+            served[runner] = [(r.returncode, r.stdout.replace(url, "URL"),
+                               r.stderr.replace("blocklayer-img:", "qemu-img:")
+                               .replace(url, "URL")) for r in results]
+        served[runner + " bytes"] = image.read_bytes()      # type: ignore[assignment]
+    assert served["ours"] == served["qemu-img"]
+    assert served["ours bytes"] == served["qemu-img bytes"]
+    same_img("create", "-f", "qcow2", unix_url(tmp_path / "none.sock"), "1M")
