@@ -20,8 +20,15 @@ import time
 import urllib.parse
 from typing import Any
 
-from ..core.driver import (BlockDriver, BlockStatus, CreateOption, Limits, Prealloc, ReqFlag,
-                           Status)
+from ..core.driver import (
+    BlockDriver,
+    BlockStatus,
+    CreateOption,
+    Limits,
+    Prealloc,
+    ReqFlag,
+    Status,
+)
 from ..core.errors import BlockError, InvalidArgument, NotSupported, ReadOnlyError
 from ..core.options import OpenFlags
 from ..nbd import wire
