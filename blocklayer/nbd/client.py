@@ -49,6 +49,7 @@ from .protocol import Connection, ProtocolError, State, option_name
 from .wire import ClientFlag, Cmd, HandshakeFlag, InfoType, Rep
 
 MAX_REQUESTS = 16                   # QEMU's MAX_NBD_REQUESTS
+RECV_BUFFER = 1 << 20              # bytes taken from the socket at once
 RETRY_INTERVAL = 1.0                # seconds between connection attempts (open-timeout)
 
 # NBD error values -> host errno (QEMU's nbd_errno_to_system_errno; unknown: EINVAL)
@@ -188,7 +189,7 @@ class _Pending:
         self.extents: dict[int, tuple[wire.Extent, ...]] = {}
 
 
-class NBDClient(asyncio.Protocol):
+class NBDClient(asyncio.BufferedProtocol):
     """One client connection; made by :func:`connect`."""
 
     def __init__(self) -> None:
@@ -200,6 +201,7 @@ class NBDClient(asyncio.Protocol):
         self._slots = asyncio.Semaphore(MAX_REQUESTS)
         self._drained: asyncio.Future[None] | None = None
         self.lost: BlockError | None = None       # why the connection is unusable
+        self._recv_view = memoryview(bytearray(RECV_BUFFER))
         self.protocol_failed = False              # the server broke the protocol
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -208,7 +210,13 @@ class NBDClient(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._recv_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._recv_view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         conn = self.conn
         conn.receive_data(data)
         while True:
