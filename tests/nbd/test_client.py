@@ -121,6 +121,24 @@ def same_io(*args: str) -> subprocess.CompletedProcess[str]:
     return ours
 
 
+def run_io(runner: str, *args: str) -> tuple[int, str, str]:
+    """blocklayer-io (``io``) or qemu-io, its output as compared (no timing lines)."""
+    out = tool("io", *args, timeout=60) if runner == "io" else qemu_io(*args, check=False)
+    return (out.returncode, _TIMING.sub("", out.stdout),
+            out.stderr.replace("blocklayer-io:", "qemu-io:"))
+
+
+def same_io_on_nbdkit(tmp_path: Path, server: tuple[str, ...] | list[str],
+                      *args: str) -> tuple[int, str, str]:
+    """Both tools, each against a fresh nbdkit of its own, give the same output."""
+    results = []
+    for runner in ("io", "qemu-io"):
+        with nbdkit(tmp_path, *server, name=f"{runner}.sock") as sock:
+            results.append(run_io(runner, *args, unix_url(sock)))
+    assert results[0] == results[1]
+    return results[0]
+
+
 def make_raw(path: Path, size: int = 4 * MiB) -> Path:
     """A raw image with data, a zeroed run and holes."""
     qemu_img("create", "-q", "-f", "raw", str(path), str(size))
@@ -277,11 +295,7 @@ def test_io_commands_over_unix_and_tcp(tmp_path: Path) -> None:
             with ctx as where:
                 url = unix_url(where) if isinstance(where, Path) else \
                     f"nbd://127.0.0.1:{where}"
-                args = ("-f", "raw", *IO_SCRIPT, url)
-                out = tool("io", *args, timeout=60) if runner == "io" else \
-                    qemu_io(*args, check=False)
-                outputs.append((out.returncode, _TIMING.sub("", out.stdout),
-                                out.stderr.replace("blocklayer-io:", "qemu-io:")))
+                outputs.append(run_io(runner, "-f", "raw", *IO_SCRIPT, url))
         assert outputs[0] == outputs[1]
         assert ours_image.read_bytes() == theirs_image.read_bytes()
 
@@ -326,19 +340,10 @@ def test_fallbacks_for_what_nbdkit_does_not_offer(tmp_path: Path,
                                                  filters: tuple[str, ...]) -> None:
     flags = [f for f in filters if f.startswith("--")]
     params = [f for f in filters if not f.startswith("--")]
-    for runner in ("io", "qemu-io"):
-        with nbdkit(tmp_path, *flags, "memory", "size=1M", *params,
-                    name=f"{runner}.sock") as sock:
-            args = ("-f", "raw", "-c", "write -P 3 1000 100k", "-c", "write -z 5000 70000",
-                    "-c", "write -f -P 4 200k 4k", "-c", "read -v 4990 20",
-                    "-c", "read -P 4 200k 4k", "-c", "map", unix_url(sock))
-            out = tool("io", *args, timeout=60) if runner == "io" else \
-                qemu_io(*args, check=False)
-            result = (out.returncode, _TIMING.sub("", out.stdout), out.stderr)
-            if runner == "io":
-                ours = result
-            else:
-                assert ours == result
+    same_io_on_nbdkit(tmp_path, [*flags, "memory", "size=1M", *params],
+                      "-f", "raw", "-c", "write -P 3 1000 100k", "-c", "write -z 5000 70000",
+                      "-c", "write -f -P 4 200k 4k", "-c", "read -v 4990 20",
+                      "-c", "read -P 4 200k 4k", "-c", "map")
     with nbdkit(tmp_path, *flags, "memory", "size=1M", *params) as sock:
         same_img("map", "--output=json", "-f", "raw", unix_url(sock))
 
@@ -387,18 +392,10 @@ def test_read_only_export_refuses_a_writable_open(tmp_path: Path) -> None:
 
 def test_server_errors_reach_the_request(tmp_path: Path) -> None:
     """nbdkit's error filter fails some reads and writes: the errno gets through."""
-    for runner in ("io", "qemu-io"):
-        with nbdkit(tmp_path, "--filter=error", "memory", "size=1M", "error=ENOSPC",
-                    "error-pwrite-rate=1", "error-pread-rate=0",
-                    name=f"{runner}.sock") as sock:
-            args = ("-f", "raw", "-c", "read 0 4k", "-c", "write 0 4k", unix_url(sock))
-            out = tool("io", *args, timeout=60) if runner == "io" else \
-                qemu_io(*args, check=False)
-            result = (out.returncode, _TIMING.sub("", out.stdout), out.stderr)
-            if runner == "io":
-                ours = result
-            else:
-                assert ours == result
+    ours = same_io_on_nbdkit(tmp_path, ["--filter=error", "memory", "size=1M",
+                                        "error=ENOSPC", "error-pwrite-rate=1",
+                                        "error-pread-rate=0"],
+                             "-f", "raw", "-c", "read 0 4k", "-c", "write 0 4k")
     assert "write failed: No space left on device" in ours[1]
 
 
