@@ -12,6 +12,7 @@ A connection that breaks fails every request in flight and every later one with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno as _errno
 import os
 import socket
@@ -50,6 +51,7 @@ from .wire import ClientFlag, Cmd, HandshakeFlag, InfoType, Rep
 
 MAX_REQUESTS = 16                   # QEMU's MAX_NBD_REQUESTS
 RECV_BUFFER = 1 << 20              # bytes taken from the socket at once
+CLOSE_TIMEOUT = 5.0                 # seconds a close waits for the socket to shut
 RETRY_INTERVAL = 1.0                # seconds between connection attempts (open-timeout)
 
 # NBD error values -> host errno (QEMU's nbd_errno_to_system_errno; unknown: EINVAL)
@@ -202,6 +204,7 @@ class NBDClient(asyncio.BufferedProtocol):
         self._drained: asyncio.Future[None] | None = None
         self.lost: BlockError | None = None       # why the connection is unusable
         self._recv_view = memoryview(bytearray(RECV_BUFFER))
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.protocol_failed = False              # the server broke the protocol
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -244,6 +247,8 @@ class NBDClient(asyncio.BufferedProtocol):
         reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else \
             "Connection closed by the NBD server"
         self._broken(ConnectionLost(reason))
+        if not self._closed.done():
+            self._closed.set_result(None)
 
     def pause_writing(self) -> None:
         if self._drained is None:
@@ -410,6 +415,10 @@ class NBDClient(asyncio.BufferedProtocol):
                 pass
         transport, self.transport = self.transport, None
         transport.close()
+        # the DISC is written before the socket closes; a peer that never reads it
+        # cannot hold the close up for long
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._closed), CLOSE_TIMEOUT)
 
     def send_abort(self) -> None:
         """NBD_OPT_ABORT after a failed negotiation, without waiting for its reply."""
