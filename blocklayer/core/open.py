@@ -134,12 +134,12 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
             if driver_name == "raw":
                 options["x-probed"] = True
                 if not flags.read_only:
-                    warn(graph, RAW_PROBE_WARNING.format(filename or file_node.filename))
+                    warn(graph, RAW_PROBE_WARNING.format(_format_filename(filename, file_node)))
         cls = registry.get_driver(driver_name)
         if cls.is_protocol:
             raise InvalidArgument(f"'{driver_name}' is not a format driver")
         node = BlockNode(graph, cls, name=node_name, flags=flags, options=options,
-                         filename=filename or file_node.filename)
+                         filename=_format_filename(filename, file_node))
         node.probed = probed  # type: ignore[attr-defined]
     except BaseException:
         await file_node.close()
@@ -161,6 +161,14 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
 
 
 _UNSET = object()
+
+
+def _format_filename(filename: str | None, file_node: BlockNode) -> str:
+    """A format node is named after its file; a protocol that names itself on open
+    (nbd's pseudo-filename, as QEMU refreshes it) names the format node too."""
+    if filename is None or filename == file_node.options.get("filename"):
+        return file_node.filename
+    return filename
 
 
 CHILD_PREFIXES = ("file", "backing", "data-file", "image")

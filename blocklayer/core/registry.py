@@ -14,6 +14,7 @@ DRIVERS: dict[str, str] = {
     "host_device": "blocklayer.protocols.file:HostDeviceDriver",
     "null-co": "blocklayer.protocols.null:NullDriver",
     "null-aio": "blocklayer.protocols.null:NullAioDriver",
+    "nbd": "blocklayer.protocols.nbd:NBDDriver",
     "raw": "blocklayer.formats.raw:RawDriver",
     "blkdebug": "blocklayer.filters.blkdebug:BlkdebugDriver",
     "qcow2": "blocklayer.formats.qcow2.driver:Qcow2Driver",
@@ -41,6 +42,7 @@ PROTOCOL_PREFIXES: dict[str, str] = {
     "host_device": "host_device",
     "null-co": "null-co",
     "null-aio": "null-aio",
+    "nbd": "nbd", "nbd+tcp": "nbd", "nbd+unix": "nbd",
 }
 
 PROBE_BUF_SIZE = 2048

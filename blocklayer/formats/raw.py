@@ -39,8 +39,8 @@ class RawDriver(FilterDriver):
     @classmethod
     async def create(cls, filename: str, options: dict[str, Any], *,
                      open_file: Any = None) -> None:
-        from ..protocols.file import FileDriver
-        await FileDriver.create(filename, options)
+        from ..core.registry import get_driver, protocol_for
+        await get_driver(protocol_for(filename)).create(filename, options)
 
     @classmethod
     async def measure(cls, options: dict[str, Any], source: Any = None) -> dict[str, int]:

@@ -58,10 +58,12 @@ async def info(filename: str, fmt: str | None, out: str, *, chain: bool,
 async def image_info(node: "BlockNode") -> dict[str, Any]:
     """An ImageInfo (QAPI field order, which decides ties in QEMU's key order)."""
     from blocklayer.core.open import full_backing_filename
+    from blocklayer.tools.io.cmd_image import _has_info
     drv = node.driver
     dinfo = drv.get_info()
-    out: dict[str, Any] = {"filename": node.filename, "format": node.format_name,
-                           "dirty-flag": bool(dinfo.is_dirty)}
+    out: dict[str, Any] = {"filename": node.filename, "format": node.format_name}
+    if _has_info(node):             # QEMU: only when bdrv_get_info answers (not nbd)
+        out["dirty-flag"] = bool(dinfo.is_dirty)
     actual = await node.allocated_file_size()
     if actual is not None and actual >= 0:
         out["actual-size"] = actual
