@@ -23,6 +23,7 @@ from typing import Any
 from ..core.driver import (
     BlockDriver,
     BlockStatus,
+    Cap,
     CreateOption,
     Limits,
     Prealloc,
@@ -196,11 +197,24 @@ def exact_filename(address: Address, export: str | None) -> str:
 
 # -- the driver -----------------------------------------------------------------------
 
+def server_caps(details: ExportDetails) -> Cap:
+    """The capabilities an export's transmission flags (and a selected meta context)
+    give the node."""
+    caps = Cap.NONE
+    if details.flags & TF.SEND_FUA:
+        caps |= Cap.FUA
+    if details.flags & TF.SEND_WRITE_ZEROES:
+        caps |= Cap.WRITE_ZEROES
+    if details.flags & TF.SEND_TRIM:
+        caps |= Cap.DISCARD
+    if details.context_id is not None:
+        caps |= Cap.BLOCK_STATUS
+    return caps
+
+
 class NBDDriver(BlockDriver):
     format_name = "nbd"
     is_protocol = True
-    protocol_prefixes = ("nbd", "nbd+tcp", "nbd+unix")
-    can_truncate = True
     open_options = ("filename", "server", "export", "tls-creds", "tls-hostname",
                     "x-dirty-bitmap", "reconnect-delay", "open-timeout", *LEGACY_KEYS)
 
@@ -211,6 +225,8 @@ class NBDDriver(BlockDriver):
 
     address: Address
     export: str | None = None
+    #: what the export offers (its transmission flags, a selected meta context)
+    server_caps: Cap = Cap.NONE
     x_dirty_bitmap: str | None = None
     reconnect_delay = 0
     open_timeout = 0
@@ -287,12 +303,11 @@ class NBDDriver(BlockDriver):
         if problem is not None:
             client.abort()
             raise problem
-        has = details.flags
-        self.can_fua = bool(has & TF.SEND_FUA)                      # type: ignore[misc]
-        self.can_write_zeroes = bool(has & TF.SEND_WRITE_ZEROES)    # type: ignore[misc]
-        self.can_discard = bool(has & TF.SEND_TRIM)                 # type: ignore[misc]
-        self.can_block_status = details.context_id is not None      # type: ignore[misc]
+        self.server_caps = server_caps(details)
         return details
+
+    def capabilities(self) -> Cap:
+        return self.server_caps
 
     async def close(self) -> None:
         client, self.client = self.client, None
@@ -383,10 +398,10 @@ class NBDDriver(BlockDriver):
         await self._request(Cmd.WRITE, offset, len(data), self._fua(flags), data)
 
     def _fua(self, flags: ReqFlag) -> int:
-        return CmdFlag.FUA if flags & ReqFlag.FUA and self.can_fua else 0
+        return CmdFlag.FUA if flags & ReqFlag.FUA and self.server_caps & Cap.FUA else 0
 
     async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
-        if not self.can_write_zeroes:
+        if not self.server_caps & Cap.WRITE_ZEROES:
             raise NotSupported("write zeroes not supported")
         cmd_flags = self._fua(flags)
         if not flags & ReqFlag.MAY_UNMAP:
@@ -399,7 +414,7 @@ class NBDDriver(BlockDriver):
             await self._request(Cmd.WRITE_ZEROES, offset, length, cmd_flags)
 
     async def discard(self, offset: int, length: int) -> None:
-        if self.can_discard and length:
+        if self.server_caps & Cap.DISCARD and length:
             await self._request(Cmd.TRIM, offset, length)
 
     async def flush_to_os(self) -> None:
