@@ -260,6 +260,11 @@ class BlockDriver:
     async def close(self) -> None:
         """Release everything; flush what must reach the disk."""
 
+    async def release(self) -> None:
+        """Release everything after a failed open, writing nothing (formats override
+        :meth:`close` writes; drivers without them release by closing)."""
+        await self.close()
+
     def limits(self) -> Limits:
         return Limits()
 

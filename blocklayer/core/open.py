@@ -155,7 +155,7 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
         await node.refresh_total_bytes()
         await _open_backing(node, backing_opts, backing_ref, flags, chain)
     except BaseException:
-        await node.close()
+        await node.close(failed_open=True)      # a failed open writes nothing more
         raise
     return node
 

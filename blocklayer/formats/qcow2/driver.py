@@ -263,6 +263,9 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
                 await self.update_header()
                 await self.file.flush()
 
+    async def release(self) -> None:
+        """After a failed open: nothing is written (what the open repaired is on disk)."""
+
     async def flush_caches(self) -> None:
         async with self.lock:
             await self.l2_cache.write_back()
