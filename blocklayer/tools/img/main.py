@@ -48,8 +48,12 @@ def run(argv: list[str]) -> int:
     if module_name is None:
         return _fail(f"Command not found: {cmd}", hint=True)
     module = importlib.import_module(f"{__package__}.{module_name}")
+    from blocklayer.core.deep import TOO_DEEP, allow_deep_chains
+    allow_deep_chains()
     try:
         return int(module.main(argv[1:]) or 0)
+    except RecursionError:
+        return _fail(TOO_DEEP)
     except UsageError as exc:
         return _fail(str(exc), hint=True)
     except BlockError as exc:

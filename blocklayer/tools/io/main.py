@@ -197,8 +197,10 @@ def _c_stdout() -> io.TextIOBase:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``blocklayer-io`` console script."""
+    from ...core.deep import TOO_DEEP, allow_deep_chains
     argv = sys.argv[1:] if argv is None else argv
     session = Session(PROG, stdout=_c_stdout())  # type: ignore[arg-type]
+    allow_deep_chains()
     try:
         inv = parse_args(session, argv)
         code = asyncio.run(session_main(session, inv))
@@ -206,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.code
     except KeyboardInterrupt:
         code = 130
+    except RecursionError:
+        session.error(TOO_DEEP)
+        code = 1
     except Exception as exc:          # never a traceback: one line and a failure
         session.error(f"internal error: {type(exc).__name__}: {exc}")
         code = 1
