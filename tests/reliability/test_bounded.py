@@ -93,3 +93,44 @@ def test_read_named_file_caps(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         read_named_file(str(tmp_path / "missing"))
     assert os.path.exists("/proc/self/environ")
+
+
+def test_qed_header_size_zero_opens_and_checks_as_qemu(tmp_path: Path) -> None:
+    img = tmp_path / "a.qed"
+    qemu_img("create", "-q", "-f", "qed", str(img), "1M")
+    qemu_io("-f", "qed", "-c", "write -P 7 0 4k", str(img))
+    with open(img, "r+b") as f:
+        f.seek(12)
+        f.write(struct.pack("<I", 0))
+    for args in (["check", "-f", "qed", str(img)], ["info", "-f", "qed", str(img)]):
+        q = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+        o = subprocess.run([sys.executable, "-m", "blocklayer.tools.img", *args],
+                           capture_output=True, text=True, env=_env())
+        assert o.returncode == q.returncode, o.stderr
+        if args[0] == "check":
+            assert o.stdout == q.stdout
+
+
+def test_info_says_encrypted(tmp_path: Path) -> None:
+    img = tmp_path / "e.qcow2"
+    qemu_img("create", "-q", "--object", "secret,id=s0,data=pass", "-f", "qcow2", "-o",
+             "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", str(img), "1M")
+    o = subprocess.run([sys.executable, "-m", "blocklayer.tools.img", "info", str(img)],
+                       capture_output=True, text=True, env=_env())
+    assert "encrypted: yes" in o.stdout.splitlines()
+    o = subprocess.run([sys.executable, "-m", "blocklayer.tools.img", "info",
+                        "--output=json", str(img)], capture_output=True, text=True, env=_env())
+    assert json.loads(o.stdout)["encrypted"] is True
+
+
+def test_check_of_image_with_broken_backing_fails_as_qemu(tmp_path: Path) -> None:
+    base, top = tmp_path / "b.qcow2", tmp_path / "t.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(base), "1M")
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(top))
+    base.unlink()
+    q = subprocess.run(["qemu-img", "check", str(top)], capture_output=True, text=True)
+    o = subprocess.run([sys.executable, "-m", "blocklayer.tools.img", "check", str(top)],
+                       capture_output=True, text=True, env=_env())
+    assert q.returncode == 1
+    assert o.returncode == q.returncode
+    assert o.stderr.replace("blocklayer-img", "qemu-img") == q.stderr

@@ -99,6 +99,11 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
     header: L.Header
     corrupt_reported = False
 
+    @property
+    def encrypted(self) -> bool:
+        """``info`` says ``encrypted: yes`` (the image opens for metadata only)."""
+        return bool(self.header.crypt_method)
+
     # ---- probe and create -----------------------------------------------------------
     @classmethod
     def probe(cls, header: bytes, filename: str | None) -> int:
