@@ -18,7 +18,7 @@ import errno
 import os
 from typing import Any
 
-from . import registry
+from . import registry, safety
 from .driver import BlockDriver, ChildRole, Perm
 from .errors import BlockError, InvalidArgument, NodeNotFound
 from ..host.memory import tune_malloc
@@ -55,17 +55,20 @@ async def open_image(filename: str | None = None, options: dict[str, Any] | None
     tune_malloc()
     graph = graph or BlockGraph()
     flags = (flags or OpenFlags()).with_(read_only=read_only or (flags.read_only if flags else False))
+    flags = safety.apply(flags)          # untrusted mode: nothing an image names opens
     if not backing:
         flags = flags.with_(no_backing=True)
     if flags.force_share and not flags.read_only:
         raise InvalidArgument("force-share=on can only be used with read-only images")
     if snapshot:
-        base = await open_node(graph, filename, dict(options or {}), fmt=fmt,
-                               flags=flags.with_(read_only=True), node_name=node_name)
+        base = await safety.bounded_open(open_node(
+            graph, filename, dict(options or {}), fmt=fmt,
+            flags=flags.with_(read_only=True), node_name=node_name), filename)
         node = await _temporary_overlay(graph, base, flags)
     else:
-        node = await open_node(graph, filename, dict(options or {}), fmt=fmt, flags=flags,
-                               node_name=node_name)
+        node = await safety.bounded_open(open_node(
+            graph, filename, dict(options or {}), fmt=fmt, flags=flags,
+            node_name=node_name), filename)
     perm = Perm.CONSISTENT_READ
     if not flags.read_only:
         perm |= Perm.WRITE

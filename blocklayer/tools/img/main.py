@@ -28,7 +28,9 @@ def _fail(message: str, code: int = 1, hint: bool = False) -> int:
 
 
 def run(argv: list[str]) -> int:
+    from blocklayer.core import safety
     from blocklayer.core.errors import BlockError
+    argv = safety.pop_option(argv)
     while argv and argv[0] in ("-T", "--trace") or (argv and argv[0].startswith("--trace=")):
         argv = argv[2:] if argv[0] in ("-T", "--trace") else argv[1:]
     if not argv:

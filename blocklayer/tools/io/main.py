@@ -197,8 +197,9 @@ def _c_stdout() -> io.TextIOBase:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``blocklayer-io`` console script."""
+    from ...core import safety
     from ...core.deep import TOO_DEEP, allow_deep_chains
-    argv = sys.argv[1:] if argv is None else argv
+    argv = safety.pop_option(sys.argv[1:] if argv is None else argv)
     session = Session(PROG, stdout=_c_stdout())  # type: ignore[arg-type]
     allow_deep_chains()
     try:
