@@ -254,6 +254,8 @@ async def _read_split(node: "BlockNode", offset: int, length: int,
     if offset >= total:
         return _zeros(length) if length <= ZERO_BUFFER_MAX else bytes(length)
     readable = min(length, total - offset)
+    if node.driver.is_protocol:       # whole blocks for O_DIRECT; the tail reads short
+        readable = min(length, align_up(readable, node.limits.request_alignment))
     limits = node.limits
     max_xfer = limits.max_transfer or readable
     if readable <= max_xfer:
