@@ -121,6 +121,13 @@ def test_info_says_encrypted(tmp_path: Path) -> None:
     o = subprocess.run([sys.executable, "-m", "blocklayer.tools.img", "info",
                         "--output=json", str(img)], capture_output=True, text=True, env=_env())
     assert json.loads(o.stdout)["encrypted"] is True
+    for argv in (["io", "-c", "read 0 4k"], ["img", "check"]):   # opening it: QEMU's words
+        q = subprocess.run([f"qemu-{argv[0]}", *argv[1:], str(img)], capture_output=True,
+                           text=True)
+        o = subprocess.run([sys.executable, "-m", f"blocklayer.tools.{argv[0]}", *argv[1:],
+                            str(img)], capture_output=True, text=True, env=_env())
+        assert (o.returncode, o.stderr.replace("blocklayer-", "qemu-")) == \
+            (q.returncode, q.stderr)
 
 
 def test_check_of_image_with_broken_backing_fails_as_qemu(tmp_path: Path) -> None:

@@ -78,3 +78,27 @@ def test_failed_read_write_open_writes_nothing(tmp_path: Path, build: Builder) -
             problems.append(f"{name}: qemu failed ({_first_error(q.stderr)}), ours did not")
     src.write_bytes(original)
     assert not problems, "\n".join(problems)
+
+
+ISSUE_12 = [b for b in CORPUS if not b.__name__.startswith(("dirty_truncated", "truncated"))
+            and b.__name__ in (
+                "dirty_data_file_missing", "dirty_backing_missing", "encrypted_luks",
+                "dirty_snapshot_table_past_eof", "bitmap_directory_past_eof",
+                "bitmap_directory_garbage", "qed_need_check_backing_missing",
+                "qed_l1_past_eof")]
+
+
+@pytest.mark.parametrize("build", ISSUE_12, ids=lambda b: b.__name__)
+def test_failed_open_error_is_qemus(tmp_path: Path, build: Builder) -> None:
+    src = build(tmp_path)
+    fmt = "qed" if src.suffix == ".qed" else "qcow2"
+    original = src.read_bytes()
+    for name in ("io", "check-r", "resize"):
+        args = commands(fmt, str(src))[name]
+        src.write_bytes(original)
+        q = run_tool("qemu", args)
+        src.write_bytes(original)
+        o = run_tool("ours", args)
+        if q.returncode != 0 and src.read_bytes() == original:
+            assert o.returncode == q.returncode, (name, o.stdout, o.stderr)
+            assert _first_error(o.stderr) == _first_error(q.stderr), name

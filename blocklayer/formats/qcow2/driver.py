@@ -147,6 +147,8 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
         self.geo = geo = Geometry(h)
         self.cluster_size = cs = h.cluster_size
         if h.crypt_method and not flags.no_io:
+            if "encrypt.key-secret" not in options:         # QEMU's words first
+                raise InvalidArgument("Parameter 'encrypt.key-secret' is required for cipher")
             raise NotSupported("qcow2: encrypted images are not supported")
         self.lock = asyncio.Lock()
         self.ranges = RangeLock()
