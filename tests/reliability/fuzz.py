@@ -86,7 +86,10 @@ async def _open_rw(path: Path, fmt: str) -> bool:
         node = await open_image(str(path), fmt=fmt, flags=flags)
     except BlockError:
         return True
-    await node.close()
+    try:
+        await node.close()        # may fail (a BlockError) on what the image hides
+    except BlockError:
+        pass
     return False
 
 
