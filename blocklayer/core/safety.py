@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
-from typing import TYPE_CHECKING, Any, Awaitable, TypeVar
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import BlockError
 
@@ -82,7 +83,7 @@ def limit_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (want, hard))
 
 
-def apply(flags: "OpenFlags") -> "OpenFlags":
+def apply(flags: OpenFlags) -> OpenFlags:
     """The flags an open uses: in untrusted mode no file an image names is opened."""
     if enabled() and flags.allow_external_files:
         return flags.with_(allow_external_files=False)
@@ -96,7 +97,7 @@ async def bounded_open(opening: Awaitable[T], name: str | None) -> T:
         return await opening
     try:
         return await asyncio.wait_for(opening, OPEN_SECONDS)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise Untrusted(f"opening '{name}' took longer than {OPEN_SECONDS:g} s "
                         "(untrusted mode)") from None
     except MemoryError:
@@ -109,7 +110,7 @@ def refuse(kind: str, name: str) -> Untrusted:
     return Untrusted(f"opening {kind} '{name}' named by the image is not allowed")
 
 
-def report(node: "BlockNode") -> dict[str, Any]:
+def report(node: BlockNode) -> dict[str, Any]:
     """What the image at ``node`` (opened for metadata only) would open and how it
     stands; nothing it names is opened."""
     drv = node.driver

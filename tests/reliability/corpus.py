@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from blocklayer.formats.qcow2 import layout as L
 from tests.conftest import qemu_img, qemu_io

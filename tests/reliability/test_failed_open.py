@@ -6,7 +6,6 @@ ours must too; the error is QEMU's (the same text after the program name), never
 traceback or an "internal error"."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
