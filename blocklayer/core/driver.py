@@ -141,6 +141,7 @@ class DriverInfo:
     is_dirty: bool = False
     needs_compressed_writes: bool = False
     encrypted: bool = False
+    is_corrupt: bool = False       # marked corrupt (qcow2's corrupt bit)
 
 
 @dataclass(slots=True)
@@ -296,6 +297,11 @@ class BlockDriver:
 
     async def close(self) -> None:
         """Release everything; flush what must reach the disk."""
+
+    async def release(self) -> None:
+        """Release everything after a failed open, writing nothing (formats override
+        :meth:`close` writes; drivers without them release by closing)."""
+        await self.close()
 
     def limits(self) -> Limits:
         return Limits()

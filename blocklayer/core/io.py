@@ -252,15 +252,20 @@ async def _aligned_read(node: "BlockNode", offset: int, length: int,
 
 async def _read_split(node: "BlockNode", offset: int, length: int,
                       flags: ReqFlag) -> bytes | bytearray:
-    """Split at max transfer and zero-fill beyond the end of the node."""
+    """Split at max transfer and zero-fill beyond the end of the node.
+
+    Protocols too: a read never goes past the size the file reported (at open, or
+    grown since by our own writes), so a file that says it is empty (``/proc/...``)
+    reads as zeroes, as QEMU's bdrv_aligned_preadv makes it."""
     total = node.total_bytes
-    if offset >= total and not node.driver.is_protocol:
+    if offset >= total:
         return _zeros(length) if length <= ZERO_BUFFER_MAX else bytes(length)
     limits = node.limits
-    if node.driver.is_protocol or offset + length <= total:
+    if offset + length <= total:
         readable = length
     else:   # as QEMU: up to the end rounded up to the alignment (the last block of a
-        # filter over a file whose length is not aligned is read whole)
+        # filter over a file whose length is not aligned is read whole; O_DIRECT reads
+        # whole blocks and the tail reads short)
         readable = min(length, align_up(total - offset, limits.request_alignment))
     max_xfer = limits.max_transfer or readable
     if readable <= max_xfer:

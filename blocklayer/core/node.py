@@ -338,20 +338,23 @@ class BlockNode:
         if self.refcount <= 0 and not self.closed:
             await self.close()
 
-    async def close(self) -> None:
-        """Flush, close this node and release its children (they close when unreferenced)."""
+    async def close(self, *, failed_open: bool = False) -> None:
+        """Flush, close this node and release its children (they close when unreferenced).
+
+        ``failed_open``: the node's open did not complete; nothing is flushed and the
+        driver releases what it took without writing (:meth:`BlockDriver.release`)."""
         if self.closed or self.closing:
             return
         self.closing = True
         try:
             await self.wait_idle()
-            if not self.read_only and not self.driver.is_protocol:
+            if not self.read_only and not self.driver.is_protocol and not failed_open:
                 try:
                     await self.flush()       # as QEMU's bdrv_close: data durable first
                 except Exception:
                     pass                      # the driver's close reports what matters
             self.closed = True
-            await self.driver.close()
+            await (self.driver.release() if failed_open else self.driver.close())
         finally:
             self.closed = True
             self.graph.remove(self)

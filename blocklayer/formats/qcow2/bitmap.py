@@ -210,13 +210,7 @@ async def load(drv: "Qcow2State") -> None:
                                         "inconsistent"})
     if not ext_valid(drv):
         return
-    if drv.flags.check:
-        try:
-            drv.bitmaps = await load_directory(drv)
-        except BlockError:
-            return
-    else:
-        drv.bitmaps = await load_directory(drv)
+    drv.bitmaps = await load_directory(drv)      # qemu-img check refuses one too
     drv.bitmap_info = [bm.info() for bm in drv.bitmaps]
     if drv.flags.no_io:
         return

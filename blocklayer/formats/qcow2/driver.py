@@ -148,6 +148,8 @@ class Qcow2Driver(Qcow2State, BlockDriver):
         self.geo = geo = Geometry(h)
         self.cluster_size = cs = h.cluster_size
         if h.crypt_method and not flags.no_io:
+            if "encrypt.key-secret" not in options:         # QEMU's words first
+                raise InvalidArgument("Parameter 'encrypt.key-secret' is required for cipher")
             raise NotSupported("qcow2: encrypted images are not supported")
         self.lock = asyncio.Lock()
         self.ranges = RangeLock()
@@ -269,6 +271,9 @@ class Qcow2Driver(Qcow2State, BlockDriver):
                 await self.update_header()
                 await self.file.flush()
 
+    async def release(self) -> None:
+        """After a failed open: nothing is written (what the open repaired is on disk)."""
+
     async def flush_to_os(self) -> None:
         if not self.node.read_only:
             await self.flush_caches()
@@ -298,7 +303,9 @@ class Qcow2Driver(Qcow2State, BlockDriver):
         l1_vm = L.size_to_l1(h.size, h.cluster_bits, h.l2_entries)
         return DriverInfo(cluster_size=self.cluster_size,
                           vm_state_offset=l1_vm << (h.cluster_bits + self.geo.l2_bits),
-                          is_dirty=bool(h.incompatible_features & L.INCOMPAT_DIRTY))
+                          is_dirty=bool(h.incompatible_features & L.INCOMPAT_DIRTY),
+                          encrypted=bool(h.crypt_method),
+                          is_corrupt=bool(h.incompatible_features & L.INCOMPAT_CORRUPT))
 
     def get_specific_info(self) -> dict[str, Any] | None:
         h = self.header

@@ -28,7 +28,9 @@ def _fail(message: str, code: int = 1, hint: bool = False) -> int:
 
 
 def run(argv: list[str]) -> int:
+    from blocklayer.core import safety
     from blocklayer.core.errors import BlockError
+    argv = safety.pop_option(argv)
     while argv and argv[0] in ("-T", "--trace") or (argv and argv[0].startswith("--trace=")):
         argv = argv[2:] if argv[0] in ("-T", "--trace") else argv[1:]
     if not argv:
@@ -48,8 +50,12 @@ def run(argv: list[str]) -> int:
     if module_name is None:
         return _fail(f"Command not found: {cmd}", hint=True)
     module = importlib.import_module(f"{__package__}.{module_name}")
+    from blocklayer.core.deep import TOO_DEEP, allow_deep_chains
+    allow_deep_chains()
     try:
         return int(module.main(argv[1:]) or 0)
+    except RecursionError:
+        return _fail(TOO_DEEP)
     except UsageError as exc:
         return _fail(str(exc), hint=True)
     except BlockError as exc:

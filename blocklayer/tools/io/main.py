@@ -197,8 +197,11 @@ def _c_stdout() -> io.TextIOBase:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``blocklayer-io`` console script."""
-    argv = sys.argv[1:] if argv is None else argv
+    from ...core import safety
+    from ...core.deep import TOO_DEEP, allow_deep_chains
+    argv = safety.pop_option(sys.argv[1:] if argv is None else argv)
     session = Session(PROG, stdout=_c_stdout())  # type: ignore[arg-type]
+    allow_deep_chains()
     try:
         inv = parse_args(session, argv)
         code = asyncio.run(session_main(session, inv))
@@ -206,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.code
     except KeyboardInterrupt:
         code = 130
+    except RecursionError:
+        session.error(TOO_DEEP)
+        code = 1
     except Exception as exc:          # never a traceback: one line and a failure
         session.error(f"internal error: {type(exc).__name__}: {exc}")
         code = 1
