@@ -227,6 +227,14 @@ async def drop(node: "BlockNode", bm: Handle) -> None:
         _stores[node].remove(bm)  # type: ignore[arg-type]
 
 
+async def unstore(node: "BlockNode", bm: Handle) -> None:
+    """Take a persistent bitmap out of the image, keeping it in memory (QEMU's
+    bdrv_remove_persistent_dirty_bitmap in a transaction's remove)."""
+    ops = getattr(node.driver, "bitmap_ops", None)
+    if bm.persistent and ops is not None:
+        await ops.bitmap_remove_stored(bm.name)
+
+
 def clear(bm: Handle) -> None:
     check(bm, DEFAULT)
     bm.set_range(0, 1 << 63, False)

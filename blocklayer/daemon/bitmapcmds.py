@@ -93,6 +93,7 @@ class Remove(Action):
             dirty.check(self.bm, dirty.BUSY | dirty.RO)
         except BlockError as exc:
             raise CommandError(str(exc)) from exc
+        await dirty.unstore(self.node, self.bm)
         self.bm.busy = True            # hidden until commit, as QEMU does
 
     async def commit(self) -> None:
