@@ -136,7 +136,7 @@ _stores: "weakref.WeakKeyDictionary[BlockNode, list[DirtyBitmap]]" = \
 
 
 def _in_driver(node: "BlockNode") -> bool:
-    return node.can(Cap.PERSISTENT_BITMAPS)
+    return node.can(Cap.PERSISTENT_BITMAPS) and not node.driver.is_filter
 
 
 def _observe(node: "BlockNode", offset: int, length: int) -> None:

@@ -16,6 +16,7 @@ DRIVERS: dict[str, str] = {
     "null-aio": "blocklayer.protocols.null:NullAioDriver",
     "raw": "blocklayer.formats.raw:RawDriver",
     "blkdebug": "blocklayer.filters.blkdebug:BlkdebugDriver",
+    "throttle": "blocklayer.filters.throttle:ThrottleDriver",
     "qcow2": "blocklayer.formats.qcow2.driver:Qcow2Driver",
     "qed": "blocklayer.formats.qed.driver:QedDriver",
     "vdi": "blocklayer.formats.vdi.driver:VdiDriver",
