@@ -45,7 +45,9 @@ class Bucket:
         else:
             size, burst_size = self.max * self.burst_length, self.max / 10
         if burst_size and self.burst_level > burst_size:
-            return int((self.burst_level - burst_size) / self.max * NS)
+            wait = int((self.burst_level - burst_size) / self.max * NS)
+            if wait:        # (under a nanosecond of rounding left: the level decides)
+                return wait
         if self.level > size:
             return int((self.level - size) / self.avg * NS)
         return 0
