@@ -136,7 +136,7 @@ class ThrottleDriver(FilterDriver):
 
     async def _intercept(self, size: int, is_write: bool) -> None:
         if self.group is not None:
-            await self._intercept(size, is_write)
+            await self.group.intercept(self, size, is_write)
 
     async def read(self, offset: int, length: int, flags: "ReqFlag") -> bytes | bytearray:
         await self._intercept(length, False)
