@@ -42,6 +42,7 @@ def test_round_robin() -> None:
     # turns while both wait
     served = "".join(order)
     after = served[served.index("b"):]
+    assert served.index("b") < served.rindex("a"), served       # not first come first served
     assert "aa" not in after and after.rstrip("b").count("b") == after.count("a"), served
 
 
