@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .driver import Cap
 from .errors import BlockError, InvalidArgument, NodeNotFound
@@ -131,21 +132,21 @@ class DirtyBitmap:
         return bytes(self.bits.b)
 
 
-_stores: "weakref.WeakKeyDictionary[BlockNode, list[DirtyBitmap]]" = \
+_stores: weakref.WeakKeyDictionary[BlockNode, list[DirtyBitmap]] = \
     weakref.WeakKeyDictionary()
 
 
-def _in_driver(node: "BlockNode") -> bool:
+def _in_driver(node: BlockNode) -> bool:
     return node.can(Cap.PERSISTENT_BITMAPS) and not node.driver.is_filter
 
 
-def _observe(node: "BlockNode", offset: int, length: int) -> None:
+def _observe(node: BlockNode, offset: int, length: int) -> None:
     for bm in _stores.get(node, ()):
         if bm.enabled:
             bm.set_range(offset, length)
 
 
-def _store(node: "BlockNode") -> list[DirtyBitmap]:
+def _store(node: BlockNode) -> list[DirtyBitmap]:
     store = _stores.get(node)
     if store is None:
         store = _stores[node] = []
@@ -153,21 +154,22 @@ def _store(node: "BlockNode") -> list[DirtyBitmap]:
     return store
 
 
-def bitmaps(node: "BlockNode") -> list[Handle]:
+def bitmaps(node: BlockNode) -> list[Handle]:
     """The node's bitmaps, newest first (as QEMU lists them)."""
     if _in_driver(node):
         return [node.driver.bitmap_find(d["name"]) for d in node.driver.bitmap_list()][::-1]
-    return list(_stores.get(node, ()))[::-1]
+    own: list[Handle] = list(_stores.get(node, ()))
+    return own[::-1]
 
 
-def find(node: "BlockNode", name: str) -> Handle:
+def find(node: BlockNode, name: str) -> Handle:
     for bm in bitmaps(node):
         if bm.name == name:
             return bm
     raise NodeNotFound(f"Dirty bitmap '{name}' not found")
 
 
-def default_granularity(node: "BlockNode") -> int:
+def default_granularity(node: BlockNode) -> int:
     """QEMU's bdrv_get_default_bitmap_granularity: the cluster size within 4k..64k."""
     cluster = getattr(node.driver, "cluster_size", 0) or 0
     return min(65536, max(4096, cluster)) if cluster else 65536
@@ -189,7 +191,7 @@ def check(bm: Handle, flags: int) -> None:
         raise BitmapError(f"Bitmap '{bm.name}' is inconsistent and cannot be used")
 
 
-async def add(node: "BlockNode", name: str, granularity: int | None = None,
+async def add(node: BlockNode, name: str, granularity: int | None = None,
               persistent: bool = False, disabled: bool = False) -> Handle:
     """qmp_block_dirty_bitmap_add's checks, then a new bitmap."""
     if not name:
@@ -213,13 +215,13 @@ async def add(node: "BlockNode", name: str, granularity: int | None = None,
     return bm
 
 
-async def remove(node: "BlockNode", name: str) -> None:
+async def remove(node: BlockNode, name: str) -> None:
     bm = find(node, name)
     check(bm, BUSY | RO)
     await drop(node, bm)
 
 
-async def drop(node: "BlockNode", bm: Handle) -> None:
+async def drop(node: BlockNode, bm: Handle) -> None:
     """Remove ``bm`` without checks (and from the image if persistent)."""
     if _in_driver(node):
         await node.driver.bitmap_remove(bm.name)
@@ -227,7 +229,7 @@ async def drop(node: "BlockNode", bm: Handle) -> None:
         _stores[node].remove(bm)  # type: ignore[arg-type]
 
 
-async def unstore(node: "BlockNode", bm: Handle) -> None:
+async def unstore(node: BlockNode, bm: Handle) -> None:
     """Take a persistent bitmap out of the image, keeping it in memory (QEMU's
     bdrv_remove_persistent_dirty_bitmap in a transaction's remove)."""
     ops = getattr(node.driver, "bitmap_ops", None)
@@ -266,6 +268,15 @@ def extents(bm: Handle, offset: int = 0, length: int | None = None,
     if pos < end:
         out.append((pos, end - pos, False))
     return out
+
+
+def node_extents(node: BlockNode, name: str, offset: int, length: int
+                 ) -> list[tuple[int, int, bool]]:
+    """The extents of bitmap ``name`` of ``node`` over ``[offset, offset+length)``,
+    clipped to the node's size: what the NBD export's ``qemu:dirty-bitmap:NAME``
+    context answers.  Raises :class:`NodeNotFound` for an unknown bitmap."""
+    size = node.total_bytes
+    return extents(find(node, name), offset, min(length, max(size - offset, 0)), size)
 
 
 def dirty_runs(bm: Handle, first: int, end: int) -> Iterator[tuple[int, int]]:
@@ -318,7 +329,7 @@ def info(bm: Handle) -> dict[str, Any]:
     return out
 
 
-def set_busy(node: "BlockNode", name: str, busy: bool) -> Handle:
+def set_busy(node: BlockNode, name: str, busy: bool) -> Handle:
     """A job or export takes (``True``) or gives back a bitmap."""
     bm = find(node, name)
     if busy:
@@ -327,6 +338,23 @@ def set_busy(node: "BlockNode", name: str, busy: bool) -> Handle:
     return bm
 
 
-__all__ = ["BitmapError", "BlockError", "Bitset", "DirtyBitmap", "Handle", "add", "bitmaps",
-           "check", "clear", "extents", "find", "info", "merge_into", "remove", "set_busy",
-           "set_enabled", "sha256"]
+__all__ = [
+    "BitmapError",
+    "Bitset",
+    "BlockError",
+    "DirtyBitmap",
+    "Handle",
+    "add",
+    "bitmaps",
+    "check",
+    "clear",
+    "extents",
+    "find",
+    "info",
+    "merge_into",
+    "node_extents",
+    "remove",
+    "set_busy",
+    "set_enabled",
+    "sha256",
+]

@@ -6,7 +6,16 @@ from blocklayer.qmp.schema import Schema
 
 
 def build_dispatcher(schema: Schema) -> Dispatcher:
-    from . import bitmapcmds, control, exportcmds, nodes, objects, query, snapshots, transaction
+    from . import (
+        bitmapcmds,
+        control,
+        exportcmds,
+        nodes,
+        objects,
+        query,
+        snapshots,
+        transaction,
+    )
     dispatcher = Dispatcher(schema)
     for module in (bitmapcmds, control, nodes, snapshots, query, objects, exportcmds,
                    transaction):

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..core.options import OpenFlags
 
 #: the throttle-group objects by id (QEMU's groups are global too)
-GROUPS: dict[str, "ThrottleGroup"] = {}
+GROUPS: dict[str, ThrottleGroup] = {}
 
 
 def now_ns() -> int:
@@ -100,7 +100,7 @@ class ThrottleGroup:
         raise AssertionError("no waiting request")
 
 
-def _child_options(child: "BlockNode") -> Any:
+def _child_options(child: BlockNode) -> Any:
     """The child as QEMU's json: filename of the filter spells it."""
     if child.filename.startswith("json:"):
         return json.loads(child.filename[5:])
@@ -113,7 +113,7 @@ class ThrottleDriver(FilterDriver):
     format_name = "throttle"
     open_options = ("throttle-group",)
 
-    async def open(self, options: dict[str, Any], flags: "OpenFlags") -> None:
+    async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
         await super().open(options, flags)
         name = options.get("throttle-group")
         if name is None:
@@ -138,16 +138,16 @@ class ThrottleDriver(FilterDriver):
         if self.group is not None:
             await self.group.intercept(self, size, is_write)
 
-    async def read(self, offset: int, length: int, flags: "ReqFlag") -> bytes | bytearray:
+    async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes | bytearray:
         await self._intercept(length, False)
         return await super().read(offset, length, flags)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview,
-                    flags: "ReqFlag") -> None:
+                    flags: ReqFlag) -> None:
         await self._intercept(len(data), True)
         await super().write(offset, data, flags)
 
-    async def write_zeroes(self, offset: int, length: int, flags: "ReqFlag") -> None:
+    async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
         await self._intercept(length, True)
         await super().write_zeroes(offset, length, flags)
 
