@@ -233,6 +233,9 @@ async def load(drv: "Qcow2State") -> None:
         bm.readonly = drv.node.read_only
         if not bm.inconsistent:
             bm.bits = await _read_bits(drv, bm)
+        else:                   # QEMU: not recording, all bits clear
+            bm.enabled = False
+            bm.resize(drv.header.size)
 
 
 async def open_writable(drv: "Qcow2State") -> bool:
