@@ -171,7 +171,7 @@ def find(node: BlockNode, name: str) -> Handle:
 
 def default_granularity(node: BlockNode) -> int:
     """QEMU's bdrv_get_default_bitmap_granularity: the cluster size within 4k..64k."""
-    cluster = getattr(node.driver, "cluster_size", 0) or 0
+    cluster = node.driver.get_info().cluster_size
     return min(65536, max(4096, cluster)) if cluster else 65536
 
 
@@ -227,14 +227,6 @@ async def drop(node: BlockNode, bm: Handle) -> None:
         await node.driver.bitmap_remove(bm.name)
     else:
         _stores[node].remove(bm)  # type: ignore[arg-type]
-
-
-async def unstore(node: BlockNode, bm: Handle) -> None:
-    """Take a persistent bitmap out of the image, keeping it in memory (QEMU's
-    bdrv_remove_persistent_dirty_bitmap in a transaction's remove)."""
-    ops = getattr(node.driver, "bitmap_ops", None)
-    if bm.persistent and ops is not None:
-        await ops.bitmap_remove_stored(bm.name)
 
 
 def clear(bm: Handle) -> None:

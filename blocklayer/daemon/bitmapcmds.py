@@ -87,14 +87,17 @@ class Add(Action):
 
 
 class Remove(Action):
+    """Prepare hides the bitmap (busy), commit removes it (from the image too).  QEMU
+    also takes a persistent bitmap out of the image directory at prepare; here the
+    directory keeps it until commit (the driver interface has no such step)."""
+
     async def prepare(self) -> None:
         self.node, self.bm = lookup(self.daemon, self.args["node"], self.args["name"])
         try:
             dirty.check(self.bm, dirty.BUSY | dirty.RO)
         except BlockError as exc:
             raise CommandError(str(exc)) from exc
-        await dirty.unstore(self.node, self.bm)
-        self.bm.busy = True            # hidden until commit, as QEMU does
+        self.bm.busy = True
 
     async def commit(self) -> None:
         self.bm.busy = False

@@ -449,13 +449,8 @@ class BitmapOps:
     async def bitmap_remove(self, name: str) -> None:
         bm = self.bitmap_find(name)
         self.s.bitmaps.remove(bm)
-        if bm.persistent:
-            await self.bitmap_remove_stored(name)
-
-    async def bitmap_remove_stored(self, name: str) -> None:
-        """Remove bitmap ``name`` from the image only (a transaction's remove does it
-        at prepare; the bitmap in memory stays until commit, and is stored again at
-        close if the transaction is aborted)."""
+        if not bm.persistent:
+            return
         with metadata_io():
             on_disk = await load_directory(self.s)
             disk = next((d for d in on_disk if d.name == name), None)
