@@ -17,6 +17,7 @@ DRIVERS: dict[str, str] = {
     "nbd": "blocklayer.protocols.nbd:NBDDriver",
     "raw": "blocklayer.formats.raw:RawDriver",
     "blkdebug": "blocklayer.filters.blkdebug:BlkdebugDriver",
+    "throttle": "blocklayer.filters.throttle:ThrottleDriver",
     "qcow2": "blocklayer.formats.qcow2.driver:Qcow2Driver",
     "qed": "blocklayer.formats.qed.driver:QedDriver",
     "vdi": "blocklayer.formats.vdi.driver:VdiDriver",
