@@ -342,7 +342,7 @@ class Job:
     def set_speed(self, speed: int) -> None:
         self.check(JobVerb.SET_SPEED)
         if speed < 0:
-            raise InvalidArgument("Invalid parameter 'speed'")
+            raise InvalidArgument("Parameter 'speed' expects a non-negative value")
         old = self.speed
         self._set_speed(speed)
         if not speed or speed > old:

@@ -332,7 +332,7 @@ def test_speed():
         job = env.job(speed=1 << 20, chunks=4)     # 1 MiB/s: a slice holds 100 KiB
         await settle()
         assert job.status is S.RUNNING and job.current_progress < 4 << 20
-        with pytest.raises(BlockError, match="^Invalid parameter 'speed'$"):
+        with pytest.raises(BlockError, match="^Parameter 'speed' expects a non-negative value$"):
             job.set_speed(-1)
         job.set_speed(0)                            # no limit: woken, runs to the end
         await job.gone.wait()

@@ -1,0 +1,74 @@
+"""Helpers for the job tests: a qcow2 chain made with qemu-img, a jobs context on a
+graph, events recorded."""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import qemu_img
+
+from blocklayer.core.node import BlockGraph
+from blocklayer.jobs.manager import JobManager
+
+MiB = 1 << 20
+
+
+def qemu_io(path: Path, cmd: str) -> None:
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", cmd, str(path)], check=True,
+                   capture_output=True)
+
+
+def make_chain(tmp: Path, size: int = 4 * MiB) -> list[Path]:
+    """base (1s at 0-1M, 4s at 3M-3.5M) <- mid (2s at 1M-2M, zeroes at 3M+64K)
+    <- top (3s at 2M-2.5M)."""
+    base, mid, top = tmp / "base.qcow2", tmp / "mid.qcow2", tmp / "top.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(base), str(size))
+    qemu_io(base, "write -P 1 0 1M")
+    qemu_io(base, "write -P 4 3M 512k")
+    qemu_img("create", "-q", "-f", "qcow2", "-b", base.name, "-F", "qcow2", str(mid))
+    qemu_io(mid, "write -P 2 1M 1M")
+    qemu_io(mid, "write -z 3136k 64k")
+    qemu_img("create", "-q", "-f", "qcow2", "-b", mid.name, "-F", "qcow2", str(top))
+    qemu_io(top, "write -P 3 2M 512k")
+    return [base, mid, top]
+
+
+def flat_copy(src: Path, dst: Path) -> Path:
+    qemu_img("convert", "-O", "qcow2", str(src), str(dst))
+    return dst
+
+
+def info(path: Path) -> dict[str, Any]:
+    return json.loads(qemu_img("info", "--output=json", "-U", str(path)).stdout)
+
+
+def same(a: Path, b: Path) -> bool:
+    return qemu_img("compare", "-U", str(a), str(b), check=False).returncode == 0
+
+
+def clean(path: Path) -> bool:
+    return qemu_img("check", str(path), check=False).returncode == 0
+
+
+@dataclass
+class Ctx:
+    """What the job commands take: the graph and the job manager."""
+
+    graph: BlockGraph
+    job_manager: JobManager = field(init=False)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.job_manager = JobManager(self.graph)
+        self.graph.event_handlers.append(lambda name, data: self.events.append((name, data)))
+
+    def sequence(self) -> list[str]:
+        """Statuses and event names, as qemu-facts 5.5 writes them."""
+        return [d["status"] if n == "JOB_STATUS_CHANGE" else n for n, d in self.events
+                if n.isupper()]
+
+    async def wait(self, job_id: str) -> None:
+        await self.job_manager.jobs[job_id].gone.wait()

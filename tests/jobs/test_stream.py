@@ -1,0 +1,98 @@
+"""block-stream on qcow2 chains made with qemu-img; results checked with qemu-img."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import need
+from tests.jobs.jobhelp import Ctx, clean, flat_copy, info, make_chain, same
+
+from blocklayer.core.open import open_image
+from blocklayer.jobs import qmp_commands as q
+from blocklayer.jobs.state import JobError
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+@pytest.mark.parametrize("base", [None, "base", "mid"])
+def test_stream(tmp_path, base):
+    need("qemu-img")
+    paths = make_chain(tmp_path)
+    expect = flat_copy(paths[2], tmp_path / "expect.qcow2")
+
+    async def main():
+        top = await open_image(str(paths[2]), node_name="top")
+        ctx = Ctx(top.graph)
+        args = {} if base is None else {"base": str(tmp_path / f"{base}.qcow2")}
+        await q.block_stream(ctx, "top", job_id="s0", **args)
+        await ctx.wait("s0")
+        assert ctx.sequence() == ["created", "running", "waiting", "pending",
+                                  "BLOCK_JOB_COMPLETED", "concluded", "null"]
+        done = [d for n, d in ctx.events if n == "BLOCK_JOB_COMPLETED"][0]
+        assert done["len"] == done["offset"] == 4 << 20 and "error" not in done
+        await top.close()
+    run(main())
+    got = info(paths[2])
+    if base is None:
+        assert "backing-filename" not in got
+    else:
+        assert got["backing-filename"] == str(tmp_path / f"{base}.qcow2")
+    assert same(paths[2], expect)
+    assert clean(paths[2])
+
+
+def test_stream_backing_file_and_errors(tmp_path):
+    need("qemu-img")
+    paths = make_chain(tmp_path)
+
+    async def main():
+        top = await open_image(str(paths[2]), node_name="top")
+        ctx = Ctx(top.graph)
+        with pytest.raises(JobError, match="^Cannot find device='nope' nor node-name='nope'$"):
+            await q.block_stream(ctx, "nope", job_id="s")
+        with pytest.raises(JobError, match="^'base' and 'base-node' cannot be specified"):
+            await q.block_stream(ctx, "top", job_id="s", base="x", base_node="y")
+        with pytest.raises(JobError, match="^Can't find 'nope' in the backing chain$"):
+            await q.block_stream(ctx, "top", job_id="s", base="nope")
+        with pytest.raises(JobError, match="^Node 'top' is not a backing image of 'top'$"):
+            await q.block_stream(ctx, "top", job_id="s", base_node="top")
+        with pytest.raises(JobError, match="^backing file specified, but streaming the entire"):
+            await q.block_stream(ctx, "top", job_id="s", backing_file="x")
+        with pytest.raises(JobError, match="^Invalid job ID ''$"):
+            await q.block_stream(ctx, "top")
+        await q.block_stream(ctx, "top", job_id="s0", base=str(paths[0]),
+                             backing_file="base.qcow2", speed=1)
+        with pytest.raises(Exception, match="^Node 'top' is busy: block device is in use by "
+                                            "block job: stream$"):
+            await q.block_stream(ctx, "top", job_id="s1")
+        await q.block_job_set_speed(ctx, "s0", 0)
+        await ctx.wait("s0")
+        await top.close()
+    run(main())
+    assert info(paths[2])["backing-filename"] == "base.qcow2"
+    assert clean(paths[2])
+
+
+def test_stream_guest_writes_win(tmp_path):
+    """Writes to the top while the stream runs stay as written."""
+    need("qemu-img")
+    paths = make_chain(tmp_path)
+
+    async def main():
+        top = await open_image(str(paths[2]), node_name="top")
+        ctx = Ctx(top.graph)
+        await q.block_stream(ctx, "top", job_id="s0", speed=1 << 20)
+        for i in range(8):
+            await top.write(i * (512 << 10) + 4096, bytes([0x40 + i]) * 8192)
+            await asyncio.sleep(0.01)
+        await q.block_job_set_speed(ctx, "s0", 0)
+        await ctx.wait("s0")
+        for i in range(8):
+            data = await top.read(i * (512 << 10) + 4096, 8192)
+            assert data == bytes([0x40 + i]) * 8192
+        await top.close()
+    run(main())
+    assert clean(paths[2])
