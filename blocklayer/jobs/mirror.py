@@ -171,23 +171,31 @@ class MirrorJob(BlockJob):
             offset += n
 
     async def _copy_run(self, offset: int, length: int) -> None:
-        try:
-            st = await self.source.block_status_above(self.base, offset, length, True)
-            length = max(min(st.length, length), 1)
-            if st.zero:
-                await self._target(self.target.write_zeroes(offset, length, ReqFlag.MAY_UNMAP))
-            else:
-                data = await self.engine.read(offset, length)
-                await self._target(self.target.write(offset, data))
-        except BlockError as exc:
-            self.dirty.set(offset, length)
-            is_read = not getattr(exc, "_mirror_target", False)
-            policy = self.on_source_error if is_read else self.on_target_error
-            if self.error_action(policy, is_read, exc.errno or _errno.EIO) == "report":
-                raise
-            return
-        self.progress_update(length)
-        self.rate.calculate_delay(length)
+        """Copy one dirty run, piece by piece as block status cuts it."""
+        end = offset + length
+        while offset < end:
+            try:
+                n = await self._copy_piece(offset, end - offset)
+            except BlockError as exc:
+                self.dirty.set(offset, end - offset)
+                is_read = not getattr(exc, "_mirror_target", False)
+                policy = self.on_source_error if is_read else self.on_target_error
+                if self.error_action(policy, is_read, exc.errno or _errno.EIO) == "report":
+                    raise
+                return
+            self.progress_update(n)
+            self.rate.calculate_delay(n)
+            offset += n
+
+    async def _copy_piece(self, offset: int, length: int) -> int:
+        st = await self.source.block_status_above(self.base, offset, length, True)
+        length = max(min(st.length, length), 1)
+        if st.zero:
+            await self._target(self.target.write_zeroes(offset, length, ReqFlag.MAY_UNMAP))
+        else:
+            data = await self.engine.read(offset, length)
+            await self._target(self.target.write(offset, data))
+        return length
 
     async def _target(self, request: Any) -> None:
         try:
