@@ -72,3 +72,53 @@ class Ctx:
 
     async def wait(self, job_id: str) -> None:
         await self.job_manager.jobs[job_id].gone.wait()
+
+
+async def qsd_events(tmp: Path, top: Path, commands: list[tuple[str, dict[str, Any]]],
+                     until: str = "null",
+                     after: dict[str, list[tuple[str, dict[str, Any]]]] | None = None
+                     ) -> list[str]:
+    """Run ``commands`` on a real qemu-storage-daemon with ``top`` (and its chain) open
+    as node ``top``; the statuses and event names until a job reaches ``until``
+    (``after``: commands sent once a status or an event is seen).  The daemon is
+    stopped by its PID, always."""
+    import asyncio
+    import os
+
+    from qemu.qmp import QMPClient
+
+    sock = tmp / "qsd.sock"
+    proc = subprocess.Popen(["qemu-storage-daemon", "--chardev",
+                             f"socket,id=m,path={sock},server=on,wait=off",
+                             "--monitor", "chardev=m",
+                             "--blockdev", f"driver=file,filename={top},node-name=topf",
+                             "--blockdev", "driver=qcow2,file=topf,node-name=top"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = QMPClient("jobs-test")
+    seen: list[str] = []
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.025)
+        await client.connect(str(sock))
+        with client.listener() as listener:
+            for name, args in commands:
+                await client.execute(name, args)
+            async for ev in listener:
+                name = ev["data"]["status"] if ev["event"] == "JOB_STATUS_CHANGE" \
+                    else ev["event"]
+                seen.append(name)
+                if name == until:
+                    break
+                for cmd, args in (after or {}).get(name, []):
+                    await client.execute(cmd, args)
+        await client.execute("quit")
+    finally:
+        await client.disconnect()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, 9)
+            proc.wait(5)
+    return seen

@@ -97,3 +97,39 @@ def test_active_commit(tmp_path, end):
         assert same(paths[2], expect) and same(paths[1], expect)
         assert info(paths[2])["backing-filename"] == "mid.qcow2"
     assert clean(paths[1]) and clean(paths[2])
+
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_commit_sequence_as_qsd(tmp_path, active):
+    """The same block-commit on QSD 7.2 and on our job core: the same events (active:
+    READY, then job-cancel)."""
+    need("qemu-storage-daemon")
+    from tests.jobs.jobhelp import qsd_events
+    theirs_dir, ours_dir = tmp_path / "qsd", tmp_path / "ours"
+    theirs_dir.mkdir()
+    ours_dir.mkdir()
+
+    def args(d):
+        return {"job-id": "c0", "device": "top",
+                **({"base": str(d / "base.qcow2")} if active else {"top": str(d / "mid.qcow2")})}
+    later = {"BLOCK_JOB_READY": [("job-cancel", {"id": "c0"})]}
+    theirs = run(qsd_events(theirs_dir, make_chain(theirs_dir)[2],
+                            [("block-commit", args(theirs_dir))], after=later))
+    paths = make_chain(ours_dir)
+
+    async def main():
+        top = await open_image(str(paths[2]), node_name="top")
+        ctx = Ctx(top.graph)
+        await q.handler(q.COMMANDS["block-commit"], lambda c: c)(ctx, args(ours_dir))
+        job = ctx.job_manager.jobs["c0"]
+        if active:
+            while not job.is_ready:
+                await asyncio.sleep(0.01)
+            await q.job_cancel(ctx, "c0")
+        await job.gone.wait()
+        await top.close()
+        return ctx.sequence()
+    assert run(main()) == theirs
+    for name in ("base", "mid", "top"):
+        assert same(theirs_dir / f"{name}.qcow2", ours_dir / f"{name}.qcow2"), name

@@ -96,3 +96,28 @@ def test_stream_guest_writes_win(tmp_path):
         await top.close()
     run(main())
     assert clean(paths[2])
+
+
+@pytest.mark.parametrize("options", [{}, {"auto-dismiss": False}])
+def test_stream_sequence_as_qsd(tmp_path, options):
+    """The same block-stream on QSD 7.2 and on our job core: the same events."""
+    need("qemu-storage-daemon")
+    from tests.jobs.jobhelp import qsd_events
+    theirs_dir, ours_dir = tmp_path / "qsd", tmp_path / "ours"
+    theirs_dir.mkdir()
+    ours_dir.mkdir()
+    until = "concluded" if options else "null"
+    args = {"job-id": "s0", "device": "top", **options}
+    theirs = run(qsd_events(theirs_dir, make_chain(theirs_dir)[2],
+                            [("block-stream", args)], until))
+    paths = make_chain(ours_dir)
+
+    async def main():
+        top = await open_image(str(paths[2]), node_name="top")
+        ctx = Ctx(top.graph)
+        await q.handler(q.COMMANDS["block-stream"], lambda c: c)(ctx, args)
+        await ctx.job_manager.jobs["s0"].gone.wait()
+        await top.close()
+        return ctx.sequence()
+    assert run(main()) == theirs
+    assert same(theirs_dir / "top.qcow2", ours_dir / "top.qcow2")
