@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 class CommitJob(ChainCopyJob):
     job_type = "commit"
 
-    def __init__(self, manager: "JobManager", job_id: str, active: "BlockNode",
-                 top: "BlockNode", base: "BlockNode", backing_file: str | None = None,
+    def __init__(self, manager: JobManager, job_id: str, active: BlockNode,
+                 top: BlockNode, base: BlockNode, backing_file: str | None = None,
                  **kw: Any) -> None:
         overlay = chain.find_overlay(active, top)
         if overlay is None:
@@ -30,7 +30,7 @@ class CommitJob(ChainCopyJob):
         super().__init__(manager, job_id, top, base, **kw)
         self.active, self.top, self.base, self.overlay = active, top, base, overlay
         self.backing_file = backing_file
-        self.reopened: list["BlockNode"] = []
+        self.reopened: list[BlockNode] = []
         chain.freeze(overlay, base)
         self.frozen = True
         for layer in chain.layers(top, base):

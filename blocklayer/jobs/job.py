@@ -47,15 +47,15 @@ class JobTxn:
         self.jobs: list[Job] = []
         self.aborting = False
 
-    def add(self, job: "Job") -> None:
+    def add(self, job: Job) -> None:
         self.jobs.append(job)
         job.txn = self
 
-    def remove(self, job: "Job") -> None:
+    def remove(self, job: Job) -> None:
         if job in self.jobs:
             self.jobs.remove(job)
 
-    async def success(self, job: "Job") -> None:
+    async def success(self, job: Job) -> None:
         job.transition(S.WAITING)
         if any(not other.is_completed for other in self.jobs):
             return
@@ -66,7 +66,7 @@ class JobTxn:
         if all(other.auto_finalize for other in self.jobs):
             await self.finalize(job)
 
-    async def finalize(self, job: "Job") -> None:
+    async def finalize(self, job: Job) -> None:
         for other in list(self.jobs):
             await other.do_prepare()
             if other.ret:
@@ -75,7 +75,7 @@ class JobTxn:
         for other in list(self.jobs):
             await other.finalize_single()
 
-    async def abort(self, job: "Job") -> None:
+    async def abort(self, job: Job) -> None:
         if self.aborting:
             return
         self.aborting = True
@@ -97,7 +97,7 @@ class Job:
     #: it has a complete step (reaches READY and waits for job-complete)
     can_complete: ClassVar[bool] = False
 
-    def __init__(self, manager: "JobManager", job_id: str, *, auto_finalize: bool = True,
+    def __init__(self, manager: JobManager, job_id: str, *, auto_finalize: bool = True,
                  auto_dismiss: bool = True, speed: int = 0, txn: JobTxn | None = None) -> None:
         self.manager = manager
         self.id = job_id
@@ -172,7 +172,7 @@ class Job:
         except asyncio.CancelledError:
             self.ret, self.err = _errno.ECANCELED, os.strerror(_errno.ECANCELED)
             self.cancelled = self.force_cancel = True
-        except Exception as exc:          # a bug in a job: fail the job, keep the daemon
+        except Exception as exc:  # noqa: BLE001 -- a bug in a job fails the job, not the daemon
             self.ret, self.err = _errno.EIO, str(exc) or type(exc).__name__
         self.busy = False
         self.deferred = True
@@ -259,7 +259,7 @@ class Job:
                 await self._wake.wait()
             else:
                 await asyncio.wait_for(self._wake.wait(), timeout_ns / 1e9)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             self.busy = True
@@ -415,12 +415,12 @@ class BlockJob(Job):
     """A job on block nodes: the nodes refuse other jobs meanwhile, a drained node pauses
     the job, and the legacy BLOCK_JOB_* events are sent (``device`` is the job id)."""
 
-    def __init__(self, manager: "JobManager", job_id: str, **kw: Any) -> None:
-        self.nodes: list["BlockNode"] = []
+    def __init__(self, manager: JobManager, job_id: str, **kw: Any) -> None:
+        self.nodes: list[BlockNode] = []
         self.io_status = "ok"
         super().__init__(manager, job_id, **kw)
 
-    def add_node(self, node: "BlockNode", block_ops: bool = True) -> None:
+    def add_node(self, node: BlockNode, block_ops: bool = True) -> None:
         self.nodes.append(node)
         if block_ops:
             node.block_all_ops(self, f"block device is in use by block job: {self.job_type}",
@@ -464,6 +464,10 @@ class BlockJob(Job):
 
     def on_user_resume(self) -> None:
         self.io_status = "ok"
+
+    def change(self, **options: Any) -> None:
+        """``block-job-change`` (QEMU 8.2): the options a job type lets change."""
+        raise JobError(f"Job type '{self.job_type}' has no options to change")
 
     def error_action(self, policy: str, is_read: bool, errno: int) -> str:
         """What a failed request does under ``policy`` (on-error and its kin):

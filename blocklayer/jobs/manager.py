@@ -24,7 +24,7 @@ class JobNotActive(JobError):
 class JobManager:
     """Owns the jobs by id; events go out through the graph's event channel."""
 
-    def __init__(self, graph: "BlockGraph") -> None:
+    def __init__(self, graph: BlockGraph) -> None:
         self.graph = graph
         self.jobs: dict[str, Job] = {}
 

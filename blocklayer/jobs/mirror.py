@@ -31,7 +31,7 @@ DEFAULT_BUF_SIZE = 16 << 20
 DEFAULT_GRANULARITY = 64 << 10
 
 
-def check_mirror_args(source: "BlockNode", target: "BlockNode", sync: str,
+def check_mirror_args(source: BlockNode, target: BlockNode, sync: str,
                       granularity: int | None, buf_size: int | None,
                       copy_mode: str | None) -> dict[str, Any]:
     """blockdev-mirror's checks (QEMU's texts); the job's keyword options."""
@@ -53,7 +53,7 @@ def check_mirror_args(source: "BlockNode", target: "BlockNode", sync: str,
             "buf_size": buf_size or DEFAULT_BUF_SIZE, "copy_mode": copy_mode or "background"}
 
 
-def _default_granularity(target: "BlockNode") -> int:
+def _default_granularity(target: BlockNode) -> int:
     try:
         cluster = target.driver.get_info().cluster_size
     except BlockError:
@@ -106,8 +106,8 @@ class MirrorJob(BlockJob):
     job_type = "mirror"
     can_complete = True
 
-    def __init__(self, manager: "JobManager", job_id: str, source: "BlockNode",
-                 target: "BlockNode", sync: str = "full", granularity: int = DEFAULT_GRANULARITY,
+    def __init__(self, manager: JobManager, job_id: str, source: BlockNode,
+                 target: BlockNode, sync: str = "full", granularity: int = DEFAULT_GRANULARITY,
                  buf_size: int = DEFAULT_BUF_SIZE, copy_mode: str = "background",
                  on_source_error: str = "report", on_target_error: str = "report",
                  **kw: Any) -> None:
@@ -125,7 +125,7 @@ class MirrorJob(BlockJob):
         self.add_node(target)
         source.write_observers.append(self._observe)
 
-    def _observe(self, node: "BlockNode", offset: int, length: int) -> None:
+    def _observe(self, node: BlockNode, offset: int, length: int) -> None:
         self.dirty.set(offset, length)
         self.progress_increase_remaining(length)
         self.wake()
@@ -230,8 +230,8 @@ class ActiveCommitJob(MirrorJob):
 
     job_type = "commit"
 
-    def __init__(self, manager: "JobManager", job_id: str, source: "BlockNode",
-                 target: "BlockNode", **kw: Any) -> None:
+    def __init__(self, manager: JobManager, job_id: str, source: BlockNode,
+                 target: BlockNode, **kw: Any) -> None:
         super().__init__(manager, job_id, source, target, sync="top",
                          granularity=DEFAULT_GRANULARITY, **kw)
         self.base = target

@@ -7,7 +7,8 @@ dispatcher's ``(ctx, args)`` form.  Texts are QSD 7.2's.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from blocklayer.core import chain
 from blocklayer.core.errors import BlockError, NodeNotFound
@@ -280,4 +281,4 @@ def handler(fn: Command, get_ctx: Callable[[Any], JobsContext]) -> Callable[[Any
     return call
 
 
-__all__ = ["COMMANDS", "LATER_COMMANDS", "JobsContext", "handler", "BlockError"]
+__all__ = ["COMMANDS", "LATER_COMMANDS", "BlockError", "JobsContext", "handler"]

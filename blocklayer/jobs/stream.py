@@ -29,8 +29,8 @@ CHUNK = 512 << 10       # QEMU's STREAM_CHUNK and COMMIT_BUFFER_SIZE
 class ChainCopyJob(BlockJob):
     """Copy chunk by chunk from ``source`` into ``target``; subclasses say which."""
 
-    def __init__(self, manager: "JobManager", job_id: str, source: "BlockNode",
-                 target: "BlockNode", on_error: str = "report", **kw: Any) -> None:
+    def __init__(self, manager: JobManager, job_id: str, source: BlockNode,
+                 target: BlockNode, on_error: str = "report", **kw: Any) -> None:
         super().__init__(manager, job_id, **kw)
         self.source, self.target = source, target
         self.on_error = on_error
@@ -87,8 +87,8 @@ class StreamJob(ChainCopyJob):
 
     job_type = "stream"
 
-    def __init__(self, manager: "JobManager", job_id: str, top: "BlockNode",
-                 base: "BlockNode | None", backing_file: str | None = None,
+    def __init__(self, manager: JobManager, job_id: str, top: BlockNode,
+                 base: BlockNode | None, backing_file: str | None = None,
                  **kw: Any) -> None:
         super().__init__(manager, job_id, top, top, **kw)
         self.top, self.base = top, base
@@ -102,7 +102,7 @@ class StreamJob(ChainCopyJob):
             self.add_node(layer)
         top.before_write.append(self._guest_write)
 
-    async def _guest_write(self, node: "BlockNode", offset: int, length: int) -> None:
+    async def _guest_write(self, node: BlockNode, offset: int, length: int) -> None:
         self.guest_writes.append((offset, length))
 
     async def wants_copy(self, offset: int, length: int) -> tuple[bool, int]:

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import qemu_img
-
 from blocklayer.core.node import BlockGraph
 from blocklayer.jobs.manager import JobManager
+from tests.conftest import qemu_img
 
 MiB = 1 << 20
 
@@ -88,7 +87,7 @@ async def qsd_events(tmp: Path, top: Path, commands: list[tuple[str, dict[str, A
     from qemu.qmp import QMPClient
 
     sock = tmp / "qsd.sock"
-    proc = subprocess.Popen(["qemu-storage-daemon", "--chardev",
+    proc = subprocess.Popen(["qemu-storage-daemon", "--chardev",  # noqa: ASYNC220
                              f"socket,id=m,path={sock},server=on,wait=off",
                              "--monitor", "chardev=m",
                              "--blockdev", f"driver=file,filename={top},node-name=topf",
@@ -113,9 +112,15 @@ async def qsd_events(tmp: Path, top: Path, commands: list[tuple[str, dict[str, A
                     break
                 for cmd, args in (after or {}).get(name, []):
                     await client.execute(cmd, args)
-        await client.execute("quit")
+        try:
+            await client.execute("quit")
+        except EOFError:             # the daemon may close before its reply is read
+            pass
     finally:
-        await client.disconnect()
+        try:
+            await client.disconnect()
+        except EOFError:
+            pass
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:

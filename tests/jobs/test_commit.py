@@ -5,13 +5,12 @@ import asyncio
 
 import pytest
 
-from tests.conftest import need
-from tests.jobs.jobhelp import Ctx, clean, flat_copy, info, make_chain, same
-
 from blocklayer.core.errors import NodeNotFound
 from blocklayer.core.open import open_image
 from blocklayer.jobs import qmp_commands as q
 from blocklayer.jobs.state import JobError
+from tests.conftest import need
+from tests.jobs.jobhelp import Ctx, clean, flat_copy, info, make_chain, same
 
 
 def run(coro):

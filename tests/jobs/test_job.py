@@ -452,8 +452,9 @@ def test_every_verb_in_every_status(status, verb):
                 assert (verb, msg) in [(JobVerb.PAUSE, "Job is already paused"),
                                        (JobVerb.RESUME, "Can't resume a job that was not paused")]
             else:
-                assert msg in (f"Job 'job0' in state '{status.value}' cannot accept command "
-                               f"verb '{verb.value}'", "Can't resume a job that was not paused")
+                refused = (f"Job 'job0' in state '{status.value}' cannot accept command "
+                           f"verb '{verb.value}'")
+                assert msg in (refused, "Can't resume a job that was not paused")
             assert env.take() == []
         else:
             assert allowed

@@ -7,12 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import need, qemu_img
-from tests.jobs.jobhelp import MiB, Ctx, clean, flat_copy, make_chain, same
-
 from blocklayer.core.open import open_image
 from blocklayer.jobs import qmp_commands as q
 from blocklayer.jobs.state import JobStatus
+from tests.conftest import need, qemu_img
+from tests.jobs.jobhelp import Ctx, MiB, clean, flat_copy, make_chain, same
 
 
 def run(coro):

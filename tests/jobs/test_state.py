@@ -1,11 +1,18 @@
 """The job tables against QEMU 7.2's (qemu-facts 5.5), cell by cell."""
 import pytest
 
-from blocklayer.jobs.state import (TRANSITIONS, VERBS, BadTransition, JobStatus, JobVerb,
-                                   VerbRefused, check_transition, check_verb)
+from blocklayer.jobs.state import (
+    TRANSITIONS,
+    VERBS,
+    BadTransition,
+    JobStatus,
+    JobVerb,
+    VerbRefused,
+    check_transition,
+    check_verb,
+)
 
-ORDER = "undefined created running paused ready standby waiting pending aborting " \
-        "concluded null".split()
+ORDER = ["undefined", "created", "running", "paused", "ready", "standby", "waiting", "pending", "aborting", "concluded", "null"]
 # QEMU's JobSTT, rows are the old status, columns the new one (in ORDER)
 STT = {
     "undefined": "01000000000",

@@ -5,12 +5,11 @@ import asyncio
 
 import pytest
 
-from tests.conftest import need
-from tests.jobs.jobhelp import Ctx, clean, flat_copy, info, make_chain, same
-
 from blocklayer.core.open import open_image
 from blocklayer.jobs import qmp_commands as q
 from blocklayer.jobs.state import JobError
+from tests.conftest import need
+from tests.jobs.jobhelp import Ctx, clean, flat_copy, info, make_chain, same
 
 
 def run(coro):
@@ -31,7 +30,7 @@ def test_stream(tmp_path, base):
         await ctx.wait("s0")
         assert ctx.sequence() == ["created", "running", "waiting", "pending",
                                   "BLOCK_JOB_COMPLETED", "concluded", "null"]
-        done = [d for n, d in ctx.events if n == "BLOCK_JOB_COMPLETED"][0]
+        done = next(d for n, d in ctx.events if n == "BLOCK_JOB_COMPLETED")
         assert done["len"] == done["offset"] == 4 << 20 and "error" not in done
         await top.close()
     run(main())
