@@ -168,7 +168,8 @@ class Job:
             await self.pause_point()
             await self.run()
         except BlockError as exc:
-            self.ret, self.err = exc.errno or _errno.EIO, exc.message
+            self.ret = exc.errno or _errno.EIO
+            self.err = self.error_text(exc)
         except asyncio.CancelledError:
             self.ret, self.err = _errno.ECANCELED, os.strerror(_errno.ECANCELED)
             self.cancelled = self.force_cancel = True
@@ -181,6 +182,10 @@ class Job:
 
     async def run(self) -> None:
         """The work.  Raise a :class:`BlockError` to fail; return when cancelled."""
+
+    def error_text(self, exc: BlockError) -> str:
+        """What query-jobs and BLOCK_JOB_COMPLETED say of a failure."""
+        return exc.message
 
     async def _completed(self) -> None:
         if self._update_rc():
@@ -442,6 +447,10 @@ class BlockJob(Job):
             if handlers is not None and self._drain in handlers:
                 handlers.remove(self._drain)
         self.nodes = []
+
+    def error_text(self, exc: BlockError) -> str:
+        """Block jobs fail with an errno only: QEMU says its strerror."""
+        return os.strerror(exc.errno or _errno.EIO)
 
     def _legacy(self) -> dict[str, Any]:
         return {"type": self.job_type, "device": self.id, "len": self.total_progress,

@@ -206,7 +206,7 @@ def test_failure_is_completed_with_error():
         await job.gone.wait()
         assert env.take() == ["created", "running", ("BLOCK_JOB_ERROR", "report"), "aborting",
                               "BLOCK_JOB_COMPLETED", "concluded", "null"]
-        assert job.err == "step 1: Input/output error"
+        assert job.err == "Input/output error"
         assert job.hooks == ["abort", "clean"]
     run(main())
 
@@ -219,8 +219,8 @@ def test_failure_query_shows_error():
         job = env.job(fail_at=0, auto_dismiss=False)
         await job.gone.wait()
         assert data == [{"type": "mirror", "device": "job0", "len": 3 << 20, "offset": 0,
-                         "speed": 0, "error": "step 0: Input/output error"}]
-        assert env.manager.query_jobs()[0]["error"] == "step 0: Input/output error"
+                         "speed": 0, "error": "Input/output error"}]
+        assert env.manager.query_jobs()[0]["error"] == "Input/output error"
         assert list(env.manager.query_block_jobs()[0]) == [
             "type", "device", "len", "offset", "busy", "paused", "speed", "io-status", "ready",
             "status", "auto-finalize", "auto-dismiss", "error"]

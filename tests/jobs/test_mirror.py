@@ -133,3 +133,65 @@ def test_random_writes_during_mirror(tmp_path_factory, ops):
         await src.close()
     run(main())
     assert clean(target)
+
+
+def _collapse(seq):
+    """One BLOCK_JOB_ERROR for a run of them (QEMU sends one per request in flight)."""
+    out = []
+    for item in seq:
+        if not (out and item == out[-1] and item.startswith("BLOCK_JOB_ERROR")):
+            out.append(item)
+    return out
+
+
+@pytest.mark.parametrize("policy", ["report", "stop"])
+def test_target_errors_as_qsd(tmp_path, policy):
+    """blkdebug fails every write to the target: the same events on QSD 7.2 and here
+    (runs of BLOCK_JOB_ERROR collapsed), and query-block-jobs when stopped."""
+    need("qemu-storage-daemon")
+    from tests.jobs.jobhelp import qsd_events
+    dirs = {}
+    for side in ("qsd", "ours"):
+        d = dirs[side] = tmp_path / side
+        d.mkdir()
+        make_chain(d)
+        qemu_img("create", "-q", "-f", "raw", str(d / "t.raw"), str(4 * MiB))
+
+    def target(d):
+        return {"driver": "raw", "node-name": "tgt",
+                "file": {"driver": "blkdebug",
+                         "inject-error": [{"event": "write_aio", "errno": 5}],
+                         "image": {"driver": "file", "filename": str(d / "t.raw")}}}
+    mirror = {"job-id": "m0", "device": "top", "target": "tgt", "sync": "full",
+              "on-target-error": policy}
+    later = {"paused": [("job-cancel", {"id": "m0"})]}
+    theirs = run(qsd_events(dirs["qsd"], dirs["qsd"] / "top.qcow2",
+                            [("blockdev-add", target(dirs["qsd"])),
+                             ("blockdev-mirror", mirror)], after=later))
+
+    async def main():
+        top = await open_image(str(dirs["ours"] / "top.qcow2"), node_name="top")
+        opts = {"driver": "raw", "file.driver": "blkdebug",
+                "file.inject-error.0.event": "write_aio", "file.inject-error.0.errno": "5",
+                "file.image.driver": "file",
+                "file.image.filename": str(dirs["ours"] / "t.raw")}
+        tgt = await open_image(None, opts, graph=top.graph, node_name="tgt")
+        ctx = Ctx(top.graph)
+        await q.handler(q.COMMANDS["blockdev-mirror"], lambda c: c)(ctx, mirror)
+        job = ctx.job_manager.jobs["m0"]
+        if policy == "stop":
+            while job.status is not JobStatus.PAUSED:
+                await asyncio.sleep(0.005)
+            info = (await q.query_block_jobs(ctx))[0]
+            assert (info["io-status"], info["paused"], info["status"]) == ("failed", True,
+                                                                           "paused")
+            await q.job_cancel(ctx, "m0")
+        await job.gone.wait()
+        done = [d for n, d in ctx.events if n == "BLOCK_JOB_COMPLETED"]
+        if policy == "report":
+            assert done[0]["error"] == "Input/output error"
+        await tgt.close()
+        await top.close()
+        return ctx.sequence()
+
+    assert _collapse(run(main())) == _collapse(theirs)
