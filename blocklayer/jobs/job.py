@@ -430,9 +430,7 @@ class BlockJob(Job):
         if block_ops:
             node.block_all_ops(self, f"block device is in use by block job: {self.job_type}",
                                BLOCK_OPS)
-        handlers = getattr(node, "drain_handlers", None)
-        if handlers is not None:
-            handlers.append(self._drain)
+        node.drain_handlers.append(self._drain)
 
     def _drain(self, begin: bool) -> None:
         if begin:
@@ -443,9 +441,8 @@ class BlockJob(Job):
     def release(self) -> None:
         for node in self.nodes:
             node.unblock_all_ops(self)
-            handlers = getattr(node, "drain_handlers", None)
-            if handlers is not None and self._drain in handlers:
-                handlers.remove(self._drain)
+            if self._drain in node.drain_handlers:
+                node.drain_handlers.remove(self._drain)
         self.nodes = []
 
     def error_text(self, exc: BlockError) -> str:

@@ -464,3 +464,25 @@ def test_every_verb_in_every_status(status, verb):
             if j.status is S.PENDING:
                 await j.finalize()
     run(main())
+
+
+def test_drained_node_pauses_its_job():
+    async def main():
+        from blocklayer.core.open import open_image
+        node = await open_image(None, {"driver": "null-co", "size": "1M"})
+        env = Env()
+        job = Toy(env.manager, "job0", ready=True)
+        job.add_node(node)
+        env.manager.add(job)
+        await settle()
+        async with node.drained():
+            await settle()
+            assert job.status is S.STANDBY and not job.user_paused
+        await settle()
+        assert job.status is S.READY
+        assert env.take()[-2:] == ["standby", "ready"]
+        await job.cancel(True)
+        await job.gone.wait()
+        assert node.drain_handlers == []
+        await node.close()
+    run(main())
