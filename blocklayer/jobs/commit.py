@@ -7,8 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from blocklayer.core import chain
-from blocklayer.core.errors import BlockError, InvalidArgument
-from blocklayer.core.reopen import reopen_set_read_only
+from blocklayer.core.errors import InvalidArgument
 
 from .stream import ChainCopyJob
 
@@ -30,18 +29,14 @@ class CommitJob(ChainCopyJob):
         super().__init__(manager, job_id, top, base, **kw)
         self.active, self.top, self.base, self.overlay = active, top, base, overlay
         self.backing_file = backing_file
-        self.reopened: list[BlockNode] = []
-        chain.freeze(overlay, base)
-        self.frozen = True
+        self.freeze_chain(overlay, base)
         for layer in chain.layers(top, base):
             self.add_node(layer)
         self.add_node(base)
 
     async def run(self) -> None:
         for node in (self.base, self.overlay):
-            if node.read_only:
-                await reopen_set_read_only(node, False)
-                self.reopened.append(node)
+            await self.make_writable(node)
         length, base_len = await self.top.length(), await self.base.length()
         if base_len < length:
             await self.base.truncate(length)
@@ -51,24 +46,6 @@ class CommitJob(ChainCopyJob):
         depth, n = await self.top.is_allocated_above(self.base, offset, length)
         return bool(depth), max(n, 1)
 
-    def error_is_read(self, exc: BlockError) -> bool:
-        return getattr(exc, "in_target", False) is False
-
     async def prepare(self) -> None:
-        self._unfreeze()
+        self.unfreeze_chains()
         await chain.drop_intermediate(self.overlay, self.base, self.backing_file)
-
-    def _unfreeze(self) -> None:
-        if self.frozen:
-            chain.unfreeze(self.overlay, self.base)
-            self.frozen = False
-
-    async def clean(self) -> None:
-        self._unfreeze()
-        for node in self.reopened:
-            if not node.closed:
-                try:
-                    await reopen_set_read_only(node, True)
-                except BlockError:
-                    pass
-        self.reopened = []

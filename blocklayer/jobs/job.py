@@ -16,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import errno as _errno
 import os
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from blocklayer.core import chain
 from blocklayer.core.errors import BlockError, InvalidArgument
+from blocklayer.core.reopen import reopen_set_read_only
 
 from .ratelimit import SLICE_NS, RateLimit
 from .state import JobError, JobStatus, JobVerb, check_transition, check_verb
@@ -232,7 +235,7 @@ class Job:
                 await self.abort()
         finally:
             await self.clean()
-            self.release()
+            await self.release()
         if self.started:
             self.event_finished()
         self.txn.remove(self)
@@ -241,8 +244,8 @@ class Job:
             self.do_dismiss()
         self.gone.set()
 
-    def release(self) -> None:
-        """Let go of what the job held (nodes, blockers)."""
+    async def release(self) -> None:
+        """Let go of what the job held (nodes, blockers, frozen chains)."""
 
     def do_dismiss(self) -> None:
         self.busy = False
@@ -422,6 +425,8 @@ class BlockJob(Job):
 
     def __init__(self, manager: JobManager, job_id: str, **kw: Any) -> None:
         self.nodes: list[BlockNode] = []
+        self.frozen: list[tuple[BlockNode, BlockNode | None]] = []
+        self.reopened: list[BlockNode] = []
         self.io_status = "ok"
         super().__init__(manager, job_id, **kw)
 
@@ -438,7 +443,43 @@ class BlockJob(Job):
         else:
             self.resume()
 
-    def release(self) -> None:
+    def freeze_chain(self, top: BlockNode, base: BlockNode | None) -> None:
+        """Freeze the chain from ``top`` down to ``base`` until the job lets go."""
+        chain.freeze(top, base)
+        self.frozen.append((top, base))
+
+    def unfreeze_chains(self) -> None:
+        for top, base in self.frozen:
+            chain.unfreeze(top, base)
+        self.frozen = []
+
+    async def make_writable(self, node: BlockNode) -> None:
+        """Reopen ``node`` read-write for the job; read-only again when it lets go."""
+        if node.read_only:
+            await reopen_set_read_only(node, False)
+            self.reopened.append(node)
+
+    async def on_target(self, request: Awaitable[Any]) -> Any:
+        """Await a request to the job's target: a failure there is a write error."""
+        try:
+            return await request
+        except BlockError as exc:
+            exc.job_target = True  # type: ignore[attr-defined]
+            raise
+
+    @staticmethod
+    def is_read_error(exc: BlockError) -> bool:
+        return not getattr(exc, "job_target", False)
+
+    async def release(self) -> None:
+        self.unfreeze_chains()
+        for node in self.reopened:
+            if not node.closed:
+                try:
+                    await reopen_set_read_only(node, True)
+                except BlockError:
+                    pass            # left writable: QEMU only warns as well
+        self.reopened = []
         for node in self.nodes:
             node.unblock_all_ops(self)
             if self._drain in node.drain_handlers:

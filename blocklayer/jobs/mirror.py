@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from blocklayer.core import chain, graph
 from blocklayer.core.driver import ReqFlag
 from blocklayer.core.errors import BlockError, InvalidArgument
-from blocklayer.core.reopen import reopen_set_read_only
 
 from .copy import CopyEngine
 from .job import BlockJob
@@ -178,7 +177,7 @@ class MirrorJob(BlockJob):
                 n = await self._copy_piece(offset, end - offset)
             except BlockError as exc:
                 self.dirty.set(offset, end - offset)
-                is_read = not getattr(exc, "_mirror_target", False)
+                is_read = self.is_read_error(exc)
                 policy = self.on_source_error if is_read else self.on_target_error
                 if self.error_action(policy, is_read, exc.errno or _errno.EIO) == "report":
                     raise
@@ -191,18 +190,11 @@ class MirrorJob(BlockJob):
         st = await self.source.block_status_above(self.base, offset, length, True)
         length = max(min(st.length, length), 1)
         if st.zero:
-            await self._target(self.target.write_zeroes(offset, length, ReqFlag.MAY_UNMAP))
+            await self.on_target(self.target.write_zeroes(offset, length, ReqFlag.MAY_UNMAP))
         else:
             data = await self.engine.read(offset, length)
-            await self._target(self.target.write(offset, data))
+            await self.on_target(self.target.write(offset, data))
         return length
-
-    async def _target(self, request: Any) -> None:
-        try:
-            await request
-        except BlockError as exc:
-            exc._mirror_target = True  # type: ignore[attr-defined]
-            raise
 
     # ---- the end -------------------------------------------------------------------------
     def on_cancel(self, force: bool) -> bool:
@@ -235,30 +227,14 @@ class ActiveCommitJob(MirrorJob):
         super().__init__(manager, job_id, source, target, sync="top",
                          granularity=DEFAULT_GRANULARITY, **kw)
         self.base = target
-        self.reopened = False
-        chain.freeze(source, target)
-        self.frozen = True
+        self.freeze_chain(source, target)
 
     async def run(self) -> None:
-        if self.target.read_only:
-            await reopen_set_read_only(self.target, False)
-            self.reopened = True
+        await self.make_writable(self.target)
         await super().run()
 
     def do_pivot(self) -> None:
-        self._unfreeze()
+        self.unfreeze_chains()
+        if self.target in self.reopened:    # the base is the active layer now
+            self.reopened.remove(self.target)
         graph.replace_node(self.source, self.target)
-
-    def _unfreeze(self) -> None:
-        if self.frozen:
-            chain.unfreeze(self.source, self.target)
-            self.frozen = False
-
-    async def clean(self) -> None:
-        self._unfreeze()
-        await super().clean()
-        if self.reopened and not self.pivot and not self.target.closed:
-            try:
-                await reopen_set_read_only(self.target, True)
-            except BlockError:
-                pass

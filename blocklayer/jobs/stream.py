@@ -45,7 +45,8 @@ class ChainCopyJob(BlockJob):
 
     async def copy(self, offset: int, length: int) -> bool:
         """Copy one chunk; False: nothing was copied, ask about it again."""
-        await self.engine.copy_chunk(Chunk(offset, length, Kind.DATA))
+        chunk = Chunk(offset, length, Kind.DATA)
+        await self.on_target(self.engine.write(chunk, await self.engine.payload(chunk)))
         return True
 
     async def run(self) -> None:
@@ -63,7 +64,7 @@ class ChainCopyJob(BlockJob):
                 if copy and not await self.copy(offset, n):
                     continue
             except BlockError as exc:
-                action = self.error_action(self.on_error, self.error_is_read(exc),
+                action = self.error_action(self.on_error, self.is_read_error(exc),
                                            exc.errno or _errno.EIO)
                 if action == "report":
                     raise
@@ -77,9 +78,6 @@ class ChainCopyJob(BlockJob):
             offset += n
         if first_error is not None:          # ignored errors still fail the job at the end
             raise first_error
-
-    def error_is_read(self, exc: BlockError) -> bool:
-        return True
 
 
 class StreamJob(ChainCopyJob):
@@ -95,8 +93,7 @@ class StreamJob(ChainCopyJob):
         self.backing_file = backing_file
         self.below = top.filtered_backing()
         self.guest_writes: list[tuple[int, int]] = []
-        chain.freeze(top, base)
-        self.frozen = True
+        self.freeze_chain(top, base)
         self.add_node(top)
         for layer in chain.layers(self.below, base) if self.below is not None else ():
             self.add_node(layer)
@@ -125,7 +122,7 @@ class StreamJob(ChainCopyJob):
         return True
 
     async def prepare(self) -> None:
-        self._unfreeze()
+        self.unfreeze_chains()
         if self.below is None:
             return
         if self.base is None:
@@ -135,12 +132,6 @@ class StreamJob(ChainCopyJob):
         else:
             await chain.drop_intermediate(self.top, self.base, self.backing_file)
 
-    def _unfreeze(self) -> None:
-        if self.frozen:
-            chain.unfreeze(self.top, self.base)
-            self.frozen = False
-
     async def clean(self) -> None:
-        self._unfreeze()
         if self._guest_write in self.top.before_write:
             self.top.before_write.remove(self._guest_write)

@@ -15,6 +15,19 @@ from tests.conftest import qemu_img
 MiB = 1 << 20
 
 
+def run(coro: Any, timeout: float = 120) -> Any:
+    """Run a test's coroutine, bounded in time."""
+    import asyncio
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def open_top(path: Path) -> tuple[Any, Ctx]:
+    """Open ``path`` (and its chain) as node ``top``; a jobs context on its graph."""
+    from blocklayer.core.open import open_image
+    top = await open_image(str(path), node_name="top")
+    return top, Ctx(top.graph)
+
+
 def qemu_io(path: Path, cmd: str) -> None:
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", cmd, str(path)], check=True,
                    capture_output=True)

@@ -6,15 +6,18 @@ import asyncio
 import pytest
 
 from blocklayer.core.errors import NodeNotFound
-from blocklayer.core.open import open_image
 from blocklayer.jobs import qmp_commands as q
 from blocklayer.jobs.state import JobError
 from tests.conftest import need
-from tests.jobs.jobhelp import Ctx, clean, flat_copy, info, make_chain, same
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 60))
+from tests.jobs.jobhelp import (
+    clean,
+    flat_copy,
+    info,
+    make_chain,
+    open_top,
+    run,
+    same,
+)
 
 
 def test_commit_intermediate(tmp_path):
@@ -24,8 +27,7 @@ def test_commit_intermediate(tmp_path):
     expect_mid = flat_copy(paths[1], tmp_path / "expect-mid.qcow2")
 
     async def main():
-        top = await open_image(str(paths[2]), node_name="top")
-        ctx = Ctx(top.graph)
+        top, ctx = await open_top(paths[2])
         await q.block_commit(ctx, "top", job_id="c0", top=str(paths[1]))
         await ctx.wait("c0")
         assert ctx.sequence() == ["created", "running", "waiting", "pending",
@@ -45,8 +47,7 @@ def test_commit_errors(tmp_path):
     paths = make_chain(tmp_path)
 
     async def main():
-        top = await open_image(str(paths[2]), node_name="top")
-        ctx = Ctx(top.graph)
+        top, ctx = await open_top(paths[2])
         with pytest.raises(NodeNotFound, match="^Device 'nope' not found$") as exc:
             await q.block_commit(ctx, "nope", job_id="c")
         assert exc.value.qmp_class == "DeviceNotFound"
@@ -69,8 +70,7 @@ def test_active_commit(tmp_path, end):
     paths = make_chain(tmp_path)
     expect = flat_copy(paths[2], tmp_path / "expect.qcow2")
     async def main():
-        top = await open_image(str(paths[2]), node_name="top")
-        ctx = Ctx(top.graph)
+        top, ctx = await open_top(paths[2])
         await q.block_commit(ctx, "top", job_id="c0", base=str(paths[1]))
         job = ctx.job_manager.jobs["c0"]
         while not job.is_ready:
@@ -104,7 +104,7 @@ def test_commit_sequence_as_qsd(tmp_path, active):
     """The same block-commit on QSD 7.2 and on our job core: the same events (active:
     READY, then job-cancel)."""
     need("qemu-storage-daemon")
-    from tests.jobs.jobhelp import qsd_events
+    from tests.jobs.jobhelp import open_top, qsd_events, run
     theirs_dir, ours_dir = tmp_path / "qsd", tmp_path / "ours"
     theirs_dir.mkdir()
     ours_dir.mkdir()
@@ -118,8 +118,7 @@ def test_commit_sequence_as_qsd(tmp_path, active):
     paths = make_chain(ours_dir)
 
     async def main():
-        top = await open_image(str(paths[2]), node_name="top")
-        ctx = Ctx(top.graph)
+        top, ctx = await open_top(paths[2])
         await q.handler(q.COMMANDS["block-commit"], lambda c: c)(ctx, args(ours_dir))
         job = ctx.job_manager.jobs["c0"]
         if active:

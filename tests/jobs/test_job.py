@@ -369,14 +369,20 @@ def test_complete_refused():
     run(main())
 
 
+async def _job_on_a_node(env):
+    """A READY job working on a null-co node."""
+    from blocklayer.core.open import open_image
+    node = await open_image(None, {"driver": "null-co", "size": "1M"})
+    job = Toy(env.manager, "job0", ready=True)
+    job.add_node(node)
+    env.manager.add(job)
+    return node, job
+
+
 def test_op_blockers():
     async def main():
-        from blocklayer.core.open import open_image
-        node = await open_image(None, {"driver": "null-co", "size": "1M"})
         env = Env()
-        job = Toy(env.manager, "job0", ready=True)
-        job.add_node(node)
-        env.manager.add(job)
+        node, job = await _job_on_a_node(env)
         with pytest.raises(PermissionConflict,
                            match=f"^Node '{node.name}' is busy: block device is in use by "
                                  "block job: mirror$"):
@@ -468,12 +474,8 @@ def test_every_verb_in_every_status(status, verb):
 
 def test_drained_node_pauses_its_job():
     async def main():
-        from blocklayer.core.open import open_image
-        node = await open_image(None, {"driver": "null-co", "size": "1M"})
         env = Env()
-        job = Toy(env.manager, "job0", ready=True)
-        job.add_node(node)
-        env.manager.add(job)
+        node, job = await _job_on_a_node(env)
         await settle()
         async with node.drained():
             await settle()

@@ -11,11 +11,16 @@ from blocklayer.core.open import open_image
 from blocklayer.jobs import qmp_commands as q
 from blocklayer.jobs.state import JobStatus
 from tests.conftest import need, qemu_img
-from tests.jobs.jobhelp import Ctx, MiB, clean, flat_copy, make_chain, same
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 120))
+from tests.jobs.jobhelp import (
+    Ctx,
+    MiB,
+    clean,
+    flat_copy,
+    make_chain,
+    open_top,
+    run,
+    same,
+)
 
 
 async def _until_ready(ctx, job_id):
@@ -68,8 +73,7 @@ def test_mirror_errors(tmp_path):
     paths = make_chain(tmp_path)
 
     async def main():
-        top = await open_image(str(paths[2]), node_name="top")
-        ctx = Ctx(top.graph)
+        top, ctx = await open_top(paths[2])
         with pytest.raises(Exception, match="^Parameter 'granularity' expects a value in range"):
             await q.blockdev_mirror(ctx, "top", "top", "full", job_id="m", granularity=256)
         with pytest.raises(Exception, match="^Granularity must be a power of 2$"):
@@ -149,7 +153,7 @@ def test_target_errors_as_qsd(tmp_path, policy):
     """blkdebug fails every write to the target: the same events on QSD 7.2 and here
     (runs of BLOCK_JOB_ERROR collapsed), and query-block-jobs when stopped."""
     need("qemu-storage-daemon")
-    from tests.jobs.jobhelp import qsd_events
+    from tests.jobs.jobhelp import qsd_events, run
     dirs = {}
     for side in ("qsd", "ours"):
         d = dirs[side] = tmp_path / side

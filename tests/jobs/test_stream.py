@@ -5,15 +5,18 @@ import asyncio
 
 import pytest
 
-from blocklayer.core.open import open_image
 from blocklayer.jobs import qmp_commands as q
 from blocklayer.jobs.state import JobError
 from tests.conftest import need
-from tests.jobs.jobhelp import Ctx, clean, flat_copy, info, make_chain, same
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 60))
+from tests.jobs.jobhelp import (
+    clean,
+    flat_copy,
+    info,
+    make_chain,
+    open_top,
+    run,
+    same,
+)
 
 
 @pytest.mark.parametrize("base", [None, "base", "mid"])
@@ -23,8 +26,7 @@ def test_stream(tmp_path, base):
     expect = flat_copy(paths[2], tmp_path / "expect.qcow2")
 
     async def main():
-        top = await open_image(str(paths[2]), node_name="top")
-        ctx = Ctx(top.graph)
+        top, ctx = await open_top(paths[2])
         args = {} if base is None else {"base": str(tmp_path / f"{base}.qcow2")}
         await q.block_stream(ctx, "top", job_id="s0", **args)
         await ctx.wait("s0")
@@ -48,8 +50,7 @@ def test_stream_backing_file_and_errors(tmp_path):
     paths = make_chain(tmp_path)
 
     async def main():
-        top = await open_image(str(paths[2]), node_name="top")
-        ctx = Ctx(top.graph)
+        top, ctx = await open_top(paths[2])
         with pytest.raises(JobError, match="^Cannot find device='nope' nor node-name='nope'$"):
             await q.block_stream(ctx, "nope", job_id="s")
         with pytest.raises(JobError, match="^'base' and 'base-node' cannot be specified"):
@@ -81,8 +82,7 @@ def test_stream_guest_writes_win(tmp_path):
     paths = make_chain(tmp_path)
 
     async def main():
-        top = await open_image(str(paths[2]), node_name="top")
-        ctx = Ctx(top.graph)
+        top, ctx = await open_top(paths[2])
         await q.block_stream(ctx, "top", job_id="s0", speed=1 << 20)
         for i in range(8):
             await top.write(i * (512 << 10) + 4096, bytes([0x40 + i]) * 8192)
@@ -101,7 +101,7 @@ def test_stream_guest_writes_win(tmp_path):
 def test_stream_sequence_as_qsd(tmp_path, options):
     """The same block-stream on QSD 7.2 and on our job core: the same events."""
     need("qemu-storage-daemon")
-    from tests.jobs.jobhelp import qsd_events
+    from tests.jobs.jobhelp import open_top, qsd_events, run
     theirs_dir, ours_dir = tmp_path / "qsd", tmp_path / "ours"
     theirs_dir.mkdir()
     ours_dir.mkdir()
@@ -112,8 +112,7 @@ def test_stream_sequence_as_qsd(tmp_path, options):
     paths = make_chain(ours_dir)
 
     async def main():
-        top = await open_image(str(paths[2]), node_name="top")
-        ctx = Ctx(top.graph)
+        top, ctx = await open_top(paths[2])
         await q.handler(q.COMMANDS["block-stream"], lambda c: c)(ctx, args)
         await ctx.job_manager.jobs["s0"].gone.wait()
         await top.close()
