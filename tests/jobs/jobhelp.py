@@ -86,18 +86,24 @@ class Ctx:
         await self.job_manager.jobs[job_id].gone.wait()
 
 
+async def _nothing() -> Any:
+    return
+    yield
+
+
 async def qsd_events(tmp: Path, top: Path, commands: list[tuple[str, dict[str, Any]]],
-                     until: str = "null",
-                     after: dict[str, list[tuple[str, dict[str, Any]]]] | None = None
-                     ) -> list[str]:
+                     until: str | None = "null",
+                     after: dict[str, list[tuple[str, dict[str, Any]]]] | None = None,
+                     replies: list[tuple[str, Any]] | None = None) -> list[str]:
     """Run ``commands`` on a real qemu-storage-daemon with ``top`` (and its chain) open
     as node ``top``; the statuses and event names until a job reaches ``until``
-    (``after``: commands sent once a status or an event is seen).  The daemon is
-    stopped by its PID, always."""
+    (``after``: commands sent once a status or an event is seen; ``until`` None: none
+    awaited).  ``replies`` gets each command's reply: ``("ok", value)`` or
+    ``(error class, text)``.  The daemon is stopped by its PID, always."""
     import asyncio
     import os
 
-    from qemu.qmp import QMPClient
+    from qemu.qmp import ExecuteError, QMPClient
 
     sock = tmp / "qsd.sock"
     proc = subprocess.Popen(["qemu-storage-daemon", "--chardev",  # noqa: ASYNC220
@@ -108,6 +114,7 @@ async def qsd_events(tmp: Path, top: Path, commands: list[tuple[str, dict[str, A
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = QMPClient("jobs-test")
     seen: list[str] = []
+    replies = replies if replies is not None else []
     try:
         for _ in range(200):
             if sock.exists():
@@ -116,8 +123,11 @@ async def qsd_events(tmp: Path, top: Path, commands: list[tuple[str, dict[str, A
         await client.connect(str(sock))
         with client.listener() as listener:
             for name, args in commands:
-                await client.execute(name, args)
-            async for ev in listener:
+                try:
+                    replies.append(("ok", await client.execute(name, args)))
+                except ExecuteError as exc:
+                    replies.append((exc.error_class, str(exc)))
+            async for ev in (listener if until is not None else _nothing()):
                 name = ev["data"]["status"] if ev["event"] == "JOB_STATUS_CHANGE" \
                     else ev["event"]
                 seen.append(name)
@@ -140,3 +150,18 @@ async def qsd_events(tmp: Path, top: Path, commands: list[tuple[str, dict[str, A
             os.kill(proc.pid, 9)
             proc.wait(5)
     return seen
+
+
+async def our_replies(ctx: Ctx, commands: list[tuple[str, dict[str, Any]]]
+                      ) -> list[tuple[str, Any]]:
+    """The same as :func:`qsd_events`' ``replies`` from our job commands."""
+    from blocklayer.core.errors import BlockError
+    from blocklayer.jobs import qmp_commands as q
+    out: list[tuple[str, Any]] = []
+    for name, args in commands:
+        try:
+            value = await q.handler(q.COMMANDS[name], lambda c: c)(ctx, args)
+            out.append(("ok", {} if value is None else value))
+        except BlockError as exc:
+            out.append((exc.qmp_class, exc.message))
+    return out

