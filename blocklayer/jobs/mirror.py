@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno as _errno
 from typing import TYPE_CHECKING, Any
 
-from blocklayer.core import chain, graph
+from blocklayer.core import graph
 from blocklayer.core.driver import ReqFlag
 from blocklayer.core.errors import BlockError, InvalidArgument
 
@@ -109,8 +109,9 @@ class MirrorJob(BlockJob):
                  target: BlockNode, sync: str = "full", granularity: int = DEFAULT_GRANULARITY,
                  buf_size: int = DEFAULT_BUF_SIZE, copy_mode: str = "background",
                  on_source_error: str = "report", on_target_error: str = "report",
-                 **kw: Any) -> None:
+                 replaces: BlockNode | None = None, **kw: Any) -> None:
         super().__init__(manager, job_id, **kw)
+        self.replaces = replaces
         self.source, self.target = source, target
         self.sync, self.granularity, self.buf_size = sync, granularity, buf_size
         self.copy_mode = copy_mode
@@ -206,10 +207,9 @@ class MirrorJob(BlockJob):
             self.do_pivot()
 
     def do_pivot(self) -> None:
-        if self.sync != "full" and self.base is not None \
-                and self.target.filtered_backing() is None:
-            chain.set_backing(self.target, self.base)
-        graph.replace_node(self.source, self.target)
+        """The source's parents use the target now (blockdev-mirror leaves the target's
+        backing chain as the user made it, as QEMU does)."""
+        graph.replace_node(self.replaces or self.source, self.target)
 
     async def clean(self) -> None:
         if self._observe in self.source.write_observers:

@@ -239,6 +239,11 @@ async def blockdev_mirror(ctx: JobsContext, device: str, target: str, sync: str,
     source = _lookup(ctx.graph, device, device)
     target_bs = _lookup(ctx.graph, target, target)
     options = check_mirror_args(source, target_bs, sync, granularity, buf_size, copy_mode)
+    if replaces is not None:
+        to_replace = ctx.graph.nodes.get(replaces)
+        if to_replace is None:
+            raise JobError(f"Node name '{replaces}' not found")
+        options["replaces"] = to_replace
     kw = _job_kw(job_id, speed, auto_finalize, auto_dismiss)
     _start(ctx, MirrorJob, kw, source=source, target=target_bs,
            on_source_error=_policy(on_source_error), on_target_error=_policy(on_target_error),
