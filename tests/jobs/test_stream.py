@@ -5,10 +5,12 @@ import asyncio
 
 import pytest
 
+from blocklayer.core.open import open_image
 from blocklayer.jobs import qmp_commands as q
 from blocklayer.jobs.state import JobError
 from tests.conftest import need
 from tests.jobs.jobhelp import (
+    Ctx,
     clean,
     flat_copy,
     info,
@@ -170,3 +172,42 @@ def test_command_errors_as_qsd(tmp_path):
     for step, a, b in zip(script, ours, theirs):
         assert a == b, step
     assert len(ours) == len(theirs)
+
+
+@pytest.mark.parametrize("policy", ["report", "ignore", "stop"])
+def test_stream_read_errors(tmp_path, policy):
+    """blkdebug fails every read of the middle layer's data: on-error decides."""
+    need("qemu-img")
+    paths = make_chain(tmp_path)
+
+    async def main():
+        top = await open_image(None, {
+            "driver": "qcow2", "file.driver": "file", "file.filename": str(paths[2]),
+            "backing.driver": "qcow2", "backing.file.driver": "blkdebug",
+            "backing.file.inject-error.0.event": "read_aio",
+            "backing.file.inject-error.0.errno": "5",
+            "backing.file.inject-error.0.sector": str(327680 // 512),   # mid's data
+            "backing.file.image.driver": "file",
+            "backing.file.image.filename": str(paths[1])}, node_name="top")
+        ctx = Ctx(top.graph)
+        await q.block_stream(ctx, "top", job_id="s0", on_error=policy)
+        job = ctx.job_manager.jobs["s0"]
+        if policy == "stop":
+            while not job.user_paused:
+                await asyncio.sleep(0.005)
+            assert (await q.query_block_jobs(ctx))[0]["io-status"] == "failed"
+            await q.job_cancel(ctx, "s0")
+        await job.gone.wait()
+        errors = [d for n, d in ctx.events if n == "BLOCK_JOB_ERROR"]
+        assert errors and all(e == {"device": "s0", "operation": "read", "action": policy}
+                              for e in errors)
+        ends = [(n, d.get("error")) for n, d in ctx.events
+                if n in ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")]
+        want = {"report": ("BLOCK_JOB_COMPLETED", "Input/output error"),
+                "ignore": ("BLOCK_JOB_COMPLETED", "Input/output error"),   # at the end
+                "stop": ("BLOCK_JOB_CANCELLED", None)}[policy]
+        assert ends == [want]
+        await top.close()
+    run(main())
+    assert info(paths[2])["backing-filename"] == "mid.qcow2"     # left as it was
+    assert clean(paths[2])
