@@ -227,3 +227,31 @@ def test_limits(tmp_path: Path) -> None:
     with pytest.raises(BlockError, match="Bitmap name too long"):
         run(add(v3, "n" * 1024))
     assert info_bitmaps(v3) == []
+
+
+def test_resize_refused_with_an_inconsistent_bitmap(tmp_path: Path) -> None:
+    """The bitmap check comes before any resizing (the driver's truncate says the order:
+    check the bitmaps, resize, resize the bitmaps), with qemu-img's message."""
+    from blocklayer.formats.qcow2 import layout as L
+    from tests.conftest import tool
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(base), "4M")
+    qemu_img("bitmap", "--add", str(base), "b0")
+    raw = bytearray(base.read_bytes())
+    ext = L.parse_header(bytes(raw[:65536])).bitmaps
+    assert ext is not None
+    entry = L.BitmapDirEntry.parse_from(bytes(raw), ext.directory_offset)
+    assert entry is not None
+    entry.flags |= L.BME_FLAG_IN_USE                    # as a crash leaves it
+    built = entry.build()
+    raw[ext.directory_offset:ext.directory_offset + len(built)] = built
+    theirs, mine = tmp_path / "theirs.qcow2", tmp_path / "mine.qcow2"
+    theirs.write_bytes(raw)
+    mine.write_bytes(raw)
+    want = qemu_img("resize", str(theirs), "8M", check=False)
+    got = tool("img", "resize", str(mine), "8M")
+    assert (got.returncode, got.stderr.replace("blocklayer-img:", "qemu-img:", 1)) == \
+        (want.returncode, want.stderr) != (0, "")
+    sizes = [json.loads(qemu_img("info", "-U", "--output=json", str(p)).stdout)["virtual-size"]
+             for p in (theirs, mine)]
+    assert sizes == [4 << 20, 4 << 20]

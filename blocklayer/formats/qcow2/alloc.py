@@ -14,23 +14,18 @@ import errno
 import os
 from array import array
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ...core.driver import ReqFlag
 from ...core.errors import BlockError, InvalidArgument, NotSupported
-from . import layout as L
 from .compress import compress_many
+from .cache import Entry
 from .mapping import CT, L2_BITMAP_ALL_ALLOC, L2E_OFFSET_MASK, OFLAG_COPIED, SC
 from .refcount import Discard
-from .resize import ResizePath
-from .zeroes import ZeroPath
+from .state import Qcow2State
 
 _CPUS = os.cpu_count() or 1       # compression jobs per compressed write
 #: the pieces of a write allocated together at most (larger writes go in batches)
 WRITE_BATCH = 16 << 20
-
-if TYPE_CHECKING:
-    from .driver import Qcow2Driver
 
 
 @dataclass(slots=True)
@@ -65,108 +60,27 @@ class _Chunk:
         return self.plan is not None and any(c.update for c in self.plan)
 
 
-class WritePath(ZeroPath, ResizePath):
-    """Mixed into :class:`~.driver.Qcow2Driver`: allocating and compressed writes here,
-    zeroes and discard in :mod:`.zeroes`, resizing and reopening in :mod:`.resize`."""
+class WritePath:
+    """Allocating and compressed writes on the image state ``s`` (zeroes and discard
+    are in :mod:`.zeroes`, resizing in :mod:`.resize`)."""
 
-    # ---- helpers --------------------------------------------------------------------------
-    def _need_accurate_refcounts(self: "Qcow2Driver") -> bool:
-        return not self.header.incompatible_features & L.INCOMPAT_DIRTY
-
-    async def _mark_dirty(self: "Qcow2Driver") -> None:
-        """Lazy refcounts: set the dirty bit before the first unflushed refcount."""
-        if not self.lazy_refcounts or not self._need_accurate_refcounts():
-            return
-        await self.rb_cache.write_back()
-        await self.file.flush()
-        await self.set_incompatible(self.header.incompatible_features | L.INCOMPAT_DIRTY)
-
-    def _l2_pos(self: "Qcow2Driver", index: int) -> tuple[int, int]:
-        """(entry word, bitmap word) positions of L2 index ``index``."""
-        if self.geo.extended_l2:
-            return 2 * index, 2 * index + 1
-        return index, -1
-
-    async def write_l1_entry(self: "Qcow2Driver", index: int) -> None:
-        start = index & ~63
-        end = min(start + 64, len(self.mapping.l1))
-        buf = L.build_table(self.mapping.l1, start, end)
-        await self.file.write(self.header.l1_table_offset + start * 8, buf)
-        await self.file.flush()
-
-    async def l2_for_write(self: "Qcow2Driver", offset: int) -> int:
-        """The L2 table covering ``offset``, allocated (or copied, if shared) now."""
-        l1_index = self.geo.l1_index(offset)
-        if l1_index >= len(self.mapping.l1):
-            raise BlockError("qcow2: write beyond the L1 table", errno.EIO)
-        l2_off = await self.mapping.l2_offset(l1_index)
-        l1e = self.mapping.l1[l1_index]
-        if l2_off and l1e & OFLAG_COPIED:
-            return l2_off
-        await self._mark_dirty()
-        new = await self.refcounts.alloc_clusters(self.cluster_size)
-        if self._need_accurate_refcounts():
-            await self.rb_cache.flush()
-        entry = await self.l2_cache.get(new, empty=True)
-        try:
-            if l2_off:
-                old = await self.l2_cache.get(l2_off)
-                entry.table[:] = old.table
-                self.l2_cache.put(old)
-            self.l2_cache.mark_dirty(entry)
-        finally:
-            self.l2_cache.put(entry)
-        await self.l2_cache.flush()
-        self.mapping.l1[l1_index] = new | OFLAG_COPIED
-        await self.write_l1_entry(l1_index)
-        if l2_off:
-            await self.free_clusters(l2_off, self.cluster_size, Discard.OTHER)
-        return new
-
-    async def free_clusters(self: "Qcow2Driver", offset: int, size: int,
-                            kind: Discard) -> None:
-        await self.rb_cache.set_dependency(self.l2_cache)
-        await self.refcounts.free_clusters(offset, size, kind)
-
-    async def free_any_cluster(self: "Qcow2Driver", entry: int, kind: Discard) -> None:
-        """Drop the reference an L2 entry held (QEMU's qcow2_free_any_cluster)."""
-        ct = self.geo.cluster_type(entry)
-        if ct is CT.COMPRESSED:
-            coffset, csize = self.geo.compressed(entry)
-            await self.free_clusters(coffset, csize, kind)
-        elif ct in (CT.NORMAL, CT.ZERO_ALLOC):
-            off = entry & L2E_OFFSET_MASK
-            if off % self.cluster_size:
-                await self._corrupt(f"Cannot free unaligned cluster {off:#x}", off,
-                                    self.cluster_size)
-            if self.header.has_data_file:
-                if self.refcounts.discard_passthrough.get(kind) and self.data_node:
-                    try:
-                        await self.data_node.discard(off, self.cluster_size)
-                    except BlockError:
-                        pass
-            else:
-                await self.free_clusters(off, self.cluster_size, kind)
-
-    def _table_end(self: "Qcow2Driver", pos: int) -> int:
-        shift = self.geo.cluster_bits + self.geo.l2_bits
-        return ((pos >> shift) + 1) << shift
+    def __init__(self, state: Qcow2State) -> None:
+        self.s = state
+        #: compressions started by :meth:`compress_ahead`: guest offset -> (data, task)
+        self._compress_ahead: dict[int, tuple[object, asyncio.Future[list[bytes | None]]]] = {}
 
     # ---- write ----------------------------------------------------------------------------
-    async def write(self: "Qcow2Driver", offset: int, data: bytes | bytearray | memoryview,
+    async def write(self, offset: int, data: bytes | bytearray | memoryview,
                     flags: ReqFlag) -> None:
-        if self.reopened_rw:
-            await self.finish_reopen_rw()
         if flags and flags & ReqFlag.COMPRESSED:
             await self.write_compressed(offset, data)
             return
-        if self.data_node is None:
-            raise BlockError("qcow2: the data file is not open", errno.EIO)
+        self.s.data_file()          # EIO now when the data file is not open
         mv = memoryview(data)
         batch: list[_Chunk] = []
         pos, end, size = offset, offset + len(data), 0
         while pos < end:
-            n = min(end, self._table_end(pos)) - pos
+            n = min(end, self.s.table_end(pos)) - pos
             if batch and size + n > WRITE_BATCH:
                 await self._write_chunks(batch)
                 batch, size = [], 0
@@ -175,18 +89,18 @@ class WritePath(ZeroPath, ResizePath):
             size += n
         await self._write_chunks(batch)
 
-    async def _write_chunks(self: "Qcow2Driver", chunks: list[_Chunk]) -> None:
+    async def _write_chunks(self, chunks: list[_Chunk]) -> None:
         """Write the pieces of one request (one per L2 table): every piece's clusters
         are allocated in one hold of the lock, in guest order, before any data moves;
         so the image comes out as if the pieces were written one after another, and
         a write that a caller starts before the previous one completes (a copy that
         keeps requests in flight) allocates after all of that one's clusters."""
-        cs = self.cluster_size
+        cs = self.s.cluster_size
         start = chunks[0].offset - chunks[0].offset % cs
         end = -(-(chunks[-1].offset + len(chunks[-1].data)) // cs) * cs
-        async with self.ranges.exclusive(start, end):
+        async with self.s.ranges.exclusive(start, end):
             prepared: list[_Chunk] = []
-            async with self.lock:
+            async with self.s.lock:
                 try:
                     for chunk in chunks:
                         await self._prepare_chunk(chunk)
@@ -198,96 +112,96 @@ class WritePath(ZeroPath, ResizePath):
                 for chunk in chunks:
                     await self._put_chunk(chunk)
             except BaseException:
-                async with self.lock:
+                async with self.s.lock:
                     await self._unprepare(chunks)
                 raise
             if any(c.fresh_host >= 0 or c.needs_link for c in chunks):
-                async with self.lock:
+                async with self.s.lock:
                     for chunk in chunks:
                         await self._link_chunk(chunk)
 
-    async def _prepare_chunk(self: "Qcow2Driver", chunk: _Chunk) -> None:
+    async def _prepare_chunk(self, chunk: _Chunk) -> None:
         """Under the lock: allocate what the piece needs.  Whole clusters that are all
         unallocated (the common case of a copy into a new image) become one run with
         one allocation and, later, one L2 update; anything else gets a per-cluster plan."""
-        cs, data, offset = self.cluster_size, chunk.data, chunk.offset
+        cs, data, offset = self.s.cluster_size, chunk.data, chunk.offset
         if (len(data) >= 2 * cs and not offset % cs and not len(data) % cs
-                and not self.geo.extended_l2):
+                and not self.s.geo.extended_l2):
             n = len(data) // cs
-            i0 = self.geo.l2_index(offset)
-            entry = await self.l2_cache.get(await self.l2_for_write(offset))
+            i0 = self.s.geo.l2_index(offset)
+            entry = await self.s.l2_cache.get(await self.s.l2_for_write(offset))
             try:
                 fresh = entry.table[i0:i0 + n].count(0) == n
             finally:
-                self.l2_cache.put(entry)
+                self.s.l2_cache.put(entry)
             if fresh:
-                await self._mark_dirty()
-                chunk.fresh_host = (await self.refcounts.alloc_clusters(n * cs)
-                                    if not self.header.has_data_file else offset)
+                await self.s.mark_dirty()
+                chunk.fresh_host = (await self.s.refcounts.alloc_clusters(n * cs)
+                                    if not self.s.header.has_data_file else offset)
                 return
-        chunk.plan = await self._plan_write(offset, len(data))
+        chunk.plan = await self.plan_write(offset, len(data))
 
-    async def _put_chunk(self: "Qcow2Driver", chunk: _Chunk) -> None:
+    async def _put_chunk(self, chunk: _Chunk) -> None:
         """The piece's data (and copy-on-write parts) to the data file."""
         data, plan = chunk.data, chunk.plan
         if chunk.fresh_host >= 0:
-            await self.data_overlap_check(chunk.fresh_host, len(data))
-            await self.data_node.write(chunk.fresh_host, data)
+            await self.s.data_overlap_check(chunk.fresh_host, len(data))
+            await self.s.data_file().write(chunk.fresh_host, data)
         elif plan is not None and not chunk.needs_link:
             host = plan[0].host + plan[0].w_start
-            await self.data_overlap_check(host, len(data))
-            await self.data_node.write(host, data)       # all in place, contiguous
+            await self.s.data_overlap_check(host, len(data))
+            await self.s.data_file().write(host, data)       # all in place, contiguous
         elif plan is not None:
             await self._write_plan(chunk.offset, data, plan)
 
-    async def _link_chunk(self: "Qcow2Driver", chunk: _Chunk) -> None:
+    async def _link_chunk(self, chunk: _Chunk) -> None:
         """Under the lock, after the data: the L2 entries point at the new clusters."""
         if chunk.fresh_host >= 0:
-            cs, offset = self.cluster_size, chunk.offset
-            n, i0 = len(chunk.data) // cs, self.geo.l2_index(offset)
-            l2_off = await self.l2_for_write(offset)
+            cs, offset = self.s.cluster_size, chunk.offset
+            n, i0 = len(chunk.data) // cs, self.s.geo.l2_index(offset)
+            l2_off = await self.s.l2_for_write(offset)
             await self._link_new_clusters_after_their_refcounts()
-            entry = await self.l2_cache.get(l2_off)
+            entry = await self.s.l2_cache.get(l2_off)
             try:
                 first = chunk.fresh_host | OFLAG_COPIED
                 entry.table[i0:i0 + n] = array("Q", range(first, first + n * cs, cs))
-                self.l2_cache.mark_dirty(entry)
+                self.s.l2_cache.mark_dirty(entry)
             finally:
-                self.l2_cache.put(entry)
+                self.s.l2_cache.put(entry)
         elif chunk.plan is not None and chunk.needs_link:
-            await self._link_l2(chunk.offset, chunk.plan)
+            await self.link_l2(chunk.offset, chunk.plan)
 
-    async def _unprepare(self: "Qcow2Driver", chunks: list[_Chunk]) -> None:
+    async def _unprepare(self, chunks: list[_Chunk]) -> None:
         """Under the lock: give back the clusters a failed write allocated (never
         linked)."""
-        if self.header.has_data_file:
+        if self.s.header.has_data_file:
             return
-        cs = self.cluster_size
+        cs = self.s.cluster_size
         for chunk in chunks:
             if chunk.fresh_host >= 0:
-                await self.refcounts.free_clusters(chunk.fresh_host, len(chunk.data),
+                await self.s.refcounts.free_clusters(chunk.fresh_host, len(chunk.data),
                                                    Discard.NEVER)
             for c in chunk.plan or ():
                 if c.alloc:
-                    await self.refcounts.free_clusters(c.host, cs, Discard.NEVER)
+                    await self.s.refcounts.free_clusters(c.host, cs, Discard.NEVER)
 
-    async def _unallocate(self: "Qcow2Driver", plan: list[_Cluster]) -> None:
+    async def unallocate(self, plan: list[_Cluster]) -> None:
         """Give back the clusters a failed planned write allocated (never linked)."""
-        async with self.lock:
+        async with self.s.lock:
             await self._unprepare([_Chunk(0, memoryview(b""), plan=plan)])
 
-    async def _link_new_clusters_after_their_refcounts(self: "Qcow2Driver") -> None:
+    async def _link_new_clusters_after_their_refcounts(self) -> None:
         """Before L2 entries point at newly allocated clusters: the refcounts that own
         them reach the file first (unless lazy refcounts left the image dirty, or the
         clusters live in a data file), and the data is flushed first."""
-        if self._need_accurate_refcounts() and not self.header.has_data_file:
-            await self.l2_cache.set_dependency(self.rb_cache)
-        self.l2_cache.set_flush_dependency()
+        if self.s.need_accurate_refcounts() and not self.s.header.has_data_file:
+            await self.s.l2_cache.set_dependency(self.s.rb_cache)
+        self.s.l2_cache.set_flush_dependency()
 
-    async def _plan_write(self: "Qcow2Driver", offset: int, length: int) -> list[_Cluster]:
-        geo, cs = self.geo, self.cluster_size
-        l2_off = await self.l2_for_write(offset)
-        entry = await self.l2_cache.get(l2_off)
+    async def plan_write(self, offset: int, length: int) -> list[_Cluster]:
+        geo, cs = self.s.geo, self.s.cluster_size
+        l2_off = await self.s.l2_for_write(offset)
+        entry = await self.s.l2_cache.get(l2_off)
         plan: list[_Cluster] = []
         try:
             pos, end = offset, offset + length
@@ -295,7 +209,7 @@ class WritePath(ZeroPath, ResizePath):
                 guest = geo.cluster_start(pos)
                 w_end = min(end - guest, cs)
                 idx = geo.l2_index(pos)
-                ei, bi = self._l2_pos(idx)
+                ei, bi = self.s.l2_pos(idx)
                 e = int(entry.table[ei])
                 b = int(entry.table[bi]) if bi >= 0 else 0
                 c = _Cluster(idx, guest, pos - guest, w_end, e, b)
@@ -303,23 +217,23 @@ class WritePath(ZeroPath, ResizePath):
                 plan.append(c)
                 pos = guest + w_end
         finally:
-            self.l2_cache.put(entry)
+            self.s.l2_cache.put(entry)
         # in-place clusters must be contiguous with each other to take the fast path
         if all(not c.update for c in plan):
-            for a, b in zip(plan, plan[1:]):
-                if b.host != a.host + cs:
-                    a.update = True     # rewrite the entry unchanged: slow path is fine
+            for before, after in zip(plan, plan[1:]):
+                if after.host != before.host + cs:
+                    before.update = True     # rewrite the entry unchanged: slow path is fine
         if any(c.alloc for c in plan):
-            await self._mark_dirty()
-            await self._allocate(plan)
+            await self.s.mark_dirty()
+            await self.allocate(plan)
         return plan
 
-    def _classify(self: "Qcow2Driver", c: _Cluster) -> None:
-        geo, cs = self.geo, self.cluster_size
+    def _classify(self, c: _Cluster) -> None:
+        geo, cs = self.s.geo, self.s.cluster_size
         ct = geo.cluster_type(c.old_entry)
         host = c.old_entry & L2E_OFFSET_MASK
         copied = bool(c.old_entry & OFLAG_COPIED)
-        reuse = ct in (CT.NORMAL, CT.ZERO_ALLOC) and (copied or self.header.has_data_file)
+        reuse = ct in (CT.NORMAL, CT.ZERO_ALLOC) and (copied or self.s.header.has_data_file)
         whole = [(0, c.w_start), (c.w_end, cs)]
         if not geo.extended_l2:
             if reuse and ct is CT.NORMAL:
@@ -354,8 +268,8 @@ class WritePath(ZeroPath, ResizePath):
         c.new_bitmap = L2_BITMAP_ALL_ALLOC
         c.alloc = c.free_old = True
 
-    async def _allocate(self: "Qcow2Driver", plan: list[_Cluster]) -> None:
-        cs = self.cluster_size
+    async def allocate(self, plan: list[_Cluster]) -> None:
+        cs = self.s.cluster_size
         i = 0
         while i < len(plan):
             if not plan[i].alloc:
@@ -364,16 +278,16 @@ class WritePath(ZeroPath, ResizePath):
             j = i
             while j < len(plan) and plan[j].alloc:
                 j += 1
-            if self.header.has_data_file:
+            if self.s.header.has_data_file:
                 for c in plan[i:j]:
                     c.host = c.guest
             else:
-                base = await self.refcounts.alloc_clusters((j - i) * cs)
+                base = await self.s.refcounts.alloc_clusters((j - i) * cs)
                 for k, c in enumerate(plan[i:j]):
                     c.host = base + k * cs
             i = j
 
-    async def _write_plan(self: "Qcow2Driver", offset: int, data: memoryview,
+    async def _write_plan(self, offset: int, data: memoryview,
                           plan: list[_Cluster]) -> None:
         """Write the data and the copied-on-write parts, merged into host runs."""
         if not any(c.cow for c in plan):
@@ -385,7 +299,7 @@ class WritePath(ZeroPath, ResizePath):
             hi = max([c.w_end] + [b for _, b in c.cow])
             buf = bytearray(hi - lo)
             for a, b in c.cow:
-                buf[a - lo:b - lo] = await self.read_unlocked(c.guest + a, b - a)
+                buf[a - lo:b - lo] = await self.s.read_unlocked(c.guest + a, b - a)
             d0 = c.guest + c.w_start - offset
             buf[c.w_start - lo:c.w_end - lo] = data[d0:d0 + c.w_end - c.w_start]
             host = c.host + lo
@@ -394,73 +308,68 @@ class WritePath(ZeroPath, ResizePath):
             else:
                 pieces.append((host, buf))
         for host, buf in pieces:
-            await self.data_overlap_check(host, len(buf))
-            await self.data_node.write(host, buf)
+            await self.s.data_overlap_check(host, len(buf))
+            await self.s.data_file().write(host, buf)
 
-    async def _write_runs(self: "Qcow2Driver", offset: int, data: memoryview,
+    async def _write_runs(self, offset: int, data: memoryview,
                           plan: list[_Cluster]) -> None:
         """No copy-on-write: each run of host-contiguous clusters is written straight
         from the caller's buffer."""
         i = 0
         while i < len(plan):
             j = i + 1
-            while j < len(plan) and plan[j].host == plan[j - 1].host + self.cluster_size:
+            while j < len(plan) and plan[j].host == plan[j - 1].host + self.s.cluster_size:
                 j += 1
             first, last = plan[i], plan[j - 1]
             d0 = first.guest + first.w_start - offset
             d1 = last.guest + last.w_end - offset
             host = first.host + first.w_start
-            await self.data_overlap_check(host, d1 - d0)
-            await self.data_node.write(host, data[d0:d1])
+            await self.s.data_overlap_check(host, d1 - d0)
+            await self.s.data_file().write(host, data[d0:d1])
             i = j
 
-    async def _link_l2(self: "Qcow2Driver", offset: int, plan: list[_Cluster]) -> None:
+    async def link_l2(self, offset: int, plan: list[_Cluster]) -> None:
         """Point the L2 entries at the new clusters, then free what they replaced."""
-        l2_off = await self.l2_for_write(offset)
+        l2_off = await self.s.l2_for_write(offset)
         if any(c.alloc for c in plan):
             await self._link_new_clusters_after_their_refcounts()
-        entry = await self.l2_cache.get(l2_off)
+        entry = await self.s.l2_cache.get(l2_off)
         try:
             for c in plan:
                 if not c.update:
                     continue
-                ei, bi = self._l2_pos(c.index)
+                ei, bi = self.s.l2_pos(c.index)
                 entry.table[ei] = c.host | OFLAG_COPIED
                 if bi >= 0:
                     entry.table[bi] = c.new_bitmap
-            self.l2_cache.mark_dirty(entry)
+            self.s.l2_cache.mark_dirty(entry)
         finally:
-            self.l2_cache.put(entry)
+            self.s.l2_cache.put(entry)
         for c in plan:
             if c.free_old:
-                await self.free_any_cluster(c.old_entry, Discard.NEVER)
+                await self.s.free_any_cluster(c.old_entry, Discard.NEVER)
 
     # ---- compressed writes -------------------------------------------------------------
-    #: compressions started by :meth:`compress_ahead`: guest offset -> (data, task)
-    _compress_ahead: dict[int, tuple[object, "asyncio.Future[list[bytes | None]]"]] | None = None
-
-    def compress_ahead(self: "Qcow2Driver", offset: int, data: memoryview) -> None:
+    def compress_ahead(self, offset: int, data: memoryview) -> None:
         """Start compressing ``data`` in the thread pool now; a compressed write of the
         same object at ``offset`` uses the result (so a copy loop can compress ahead
         of its in-order writes).  Anything else is compressed again at write time."""
-        if self._compress_ahead is None:
-            self._compress_ahead = {}
-        cs = self.cluster_size
+        cs = self.s.cluster_size
         mv = memoryview(data)
         chunks = [mv[pos:pos + cs] for pos in range(0, len(data), cs)]
         self._compress_ahead[offset] = (data, asyncio.ensure_future(
             self._compress_clusters(chunks, ahead=True)))
 
-    async def write_compressed(self: "Qcow2Driver", offset: int,
+    async def write_compressed(self, offset: int,
                                data: bytes | bytearray | memoryview) -> None:
-        cs = self.cluster_size
+        cs = self.s.cluster_size
         ahead = self._compress_ahead.pop(offset, None) if self._compress_ahead else None
-        if self.header.has_data_file:
+        if self.s.header.has_data_file:
             raise NotSupported("Compression is not supported with an external data file",
                                errno.ENOTSUP)
         if offset % cs:
             raise InvalidArgument("Compressed writes must be cluster aligned")
-        if len(data) % cs and offset + len(data) != self.header.size:
+        if len(data) % cs and offset + len(data) != self.s.header.size:
             raise InvalidArgument("Compressed writes must be whole clusters")
         mv = memoryview(data)
         chunks = [mv[pos:pos + cs] for pos in range(0, len(data), cs)]
@@ -478,7 +387,8 @@ class WritePath(ZeroPath, ResizePath):
                 j = i
                 while j < len(chunks) and outs[j] is not None:
                     j += 1
-                await self._write_compressed_clusters(offset + i * cs, outs[i:j])  # type: ignore[arg-type]
+                await self._write_compressed_clusters(offset + i * cs,
+                                                      [o for o in outs[i:j] if o is not None])
                 i = j
         except BlockError as exc:
             # where a write of many clusters failed (QEMU's convert, one cluster per
@@ -487,20 +397,20 @@ class WritePath(ZeroPath, ResizePath):
                 exc.guest_offset = offset + i * cs
             raise
 
-    async def end_compressed(self: "Qcow2Driver") -> None:
+    async def end_compressed(self) -> None:
         """A run of compressed writes is over: the image file is made to end on a whole
         sector, as QEMU does on the empty compressed write that ends a convert."""
-        length = self.file.total_bytes
+        length = self.s.file.total_bytes
         if length % 512:
-            await self.file.truncate(-(-length // 512) * 512)
+            await self.s.file.truncate(-(-length // 512) * 512)
 
-    async def _compress_clusters(self: "Qcow2Driver", chunks: list[memoryview],
+    async def _compress_clusters(self, chunks: list[memoryview],
                                  ahead: bool = False) -> list[bytes | None]:
         """Each cluster compressed (the last one padded to a cluster) in the loop's
         thread pool: split over the cores, or as one job when compressing ahead (the
         requests in flight keep the cores busy).  One cluster written now is compressed
         on the loop thread."""
-        cs, kind = self.cluster_size, self.header.compression_type
+        cs, kind = self.s.cluster_size, self.s.header.compression_type
         if len(chunks[-1]) < cs:
             chunks = chunks[:-1] + [memoryview(bytes(chunks[-1]).ljust(cs, b"\0"))]
         if len(chunks) == 1 and not ahead:
@@ -513,32 +423,32 @@ class WritePath(ZeroPath, ResizePath):
             for k in range(0, len(chunks), step)))
         return [out for part in parts for out in part]
 
-    async def _write_compressed_clusters(self: "Qcow2Driver", offset: int,
+    async def _write_compressed_clusters(self, offset: int,
                                          outs: list[bytes]) -> None:
         """Consecutive compressed clusters from ``offset``: allocated in order under
         one lock, written in as few requests as their packing allows, then linked."""
-        geo, cs = self.geo, self.cluster_size
+        geo, cs = self.s.geo, self.s.cluster_size
         placed: list[tuple[int, int, bytes]] = []       # (guest, host, compressed)
         error: BlockError | None = None
-        async with self.ranges.exclusive(offset, offset + len(outs) * cs):
-            async with self.lock:
+        async with self.s.ranges.exclusive(offset, offset + len(outs) * cs):
+            async with self.s.lock:
                 olds: list[int] = []
                 for k, out in enumerate(outs):
                     guest = offset + k * cs
                     idx = geo.l2_index(guest)
                     if k == 0 or idx == 0:      # the entries this L2 table has for us
-                        entry = await self.l2_cache.get(await self.l2_for_write(guest))
+                        entry = await self.s.l2_cache.get(await self.s.l2_for_write(guest))
                         stride = 2 if geo.extended_l2 else 1
                         n = min(len(outs) - k, (len(entry.table) // stride) - idx)
                         olds = entry.table[stride * idx:stride * (idx + n):stride].tolist()
-                        self.l2_cache.put(entry)
+                        self.s.l2_cache.put(entry)
                         first = idx
                     if olds[idx - first] & L2E_OFFSET_MASK:
                         error = BlockError("Compression can't overwrite anything", errno.EIO)
                         error.guest_offset = guest
                         break
-                    await self._mark_dirty()
-                    placed.append((guest, await self.refcounts.alloc_bytes(len(out)), out))
+                    await self.s.mark_dirty()
+                    placed.append((guest, await self.s.refcounts.alloc_bytes(len(out)), out))
             try:
                 k = 0
                 while k < len(placed):
@@ -547,32 +457,32 @@ class WritePath(ZeroPath, ResizePath):
                         j += 1
                     buf = placed[k][2] if j == k + 1 else b"".join(p[2] for p in placed[k:j])
                     try:
-                        await self.file.write(placed[k][1], buf)
+                        await self.s.file.write(placed[k][1], buf)
                     except BlockError as exc:
                         exc.guest_offset = placed[k][0]
                         raise
                     k = j
             except BaseException:
-                async with self.lock:
+                async with self.s.lock:
                     for _, coffset, out in placed:
-                        await self.refcounts.free_clusters(coffset, len(out), Discard.NEVER)
+                        await self.s.refcounts.free_clusters(coffset, len(out), Discard.NEVER)
                 raise
-            async with self.lock:
-                await self.l2_cache.set_dependency(self.rb_cache)
-                self.l2_cache.set_flush_dependency()
-                entry = None
+            async with self.s.lock:
+                await self.s.l2_cache.set_dependency(self.s.rb_cache)
+                self.s.l2_cache.set_flush_dependency()
+                table: Entry | None = None
                 for guest, coffset, out in placed:
                     idx = geo.l2_index(guest)
-                    if entry is None or idx == 0:
-                        if entry is not None:
-                            self.l2_cache.put(entry)
-                        entry = await self.l2_cache.get(await self.l2_for_write(guest))
-                        self.l2_cache.mark_dirty(entry)
-                    ei, bi = self._l2_pos(idx)
-                    entry.table[ei] = geo.compressed_entry(coffset, len(out))
+                    if table is None or idx == 0:
+                        if table is not None:
+                            self.s.l2_cache.put(table)
+                        table = await self.s.l2_cache.get(await self.s.l2_for_write(guest))
+                        self.s.l2_cache.mark_dirty(table)
+                    ei, bi = self.s.l2_pos(idx)
+                    table.table[ei] = geo.compressed_entry(coffset, len(out))
                     if bi >= 0:
-                        entry.table[bi] = 0
-                if entry is not None:
-                    self.l2_cache.put(entry)
+                        table.table[bi] = 0
+                if table is not None:
+                    self.s.l2_cache.put(table)
         if error is not None:
             raise error

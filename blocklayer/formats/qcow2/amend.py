@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 from array import array
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from ...core.driver import CreateOption, Prealloc
 from ...core.errors import BlockError, InvalidArgument, NotSupported
@@ -235,12 +235,12 @@ async def change_refcount_order(drv: "Qcow2Driver", order: int) -> None:
         old_table_off, old_table = old.table_offset, array("Q", old.table)
         old_table_clusters = h.refcount_table_clusters
         cache = MetadataCache("refcount", drv.file, cs, drv.rb_cache.capacity,
-                              L.refcount_typecode(order), drv._overlap_check)
+                              L.refcount_typecode(order), drv.overlap_check)
         new = Refcounts(drv.file, h.cluster_bits, order, old_table_off, old_table, cache,
-                        drv._corrupt)
+                        drv.corrupt)
         new.other_caches = old.other_caches
         new.discard_passthrough = old.discard_passthrough
-        new.write_header_reftable = drv._write_header_reftable
+        new.write_header_reftable = drv.write_header_reftable
         new.table, new.table_offset = array("Q"), 0
         await new.rebuild(counts)
         h.refcount_order = order
@@ -255,15 +255,4 @@ async def change_refcount_order(drv: "Qcow2Driver", order: int) -> None:
         drv.l2_cache.depends = None
 
 
-class AmendMethods:
-    """``amend`` on the driver (mixed into :class:`~.driver.Qcow2Driver`)."""
-
-    amend_options: ClassVar[tuple[CreateOption, ...]] = AMEND_OPTIONS
-
-    async def amend(self: "Qcow2Driver", options: dict[str, Any], force: bool) -> None:  # type: ignore[misc]
-        from .driver import nested
-        with nested():
-            await amend(self, options, force)
-
-
-__all__ = ["AmendMethods", "amend", "BlockError", "errno"]
+__all__ = ["AMEND_OPTIONS", "amend", "BlockError", "errno"]

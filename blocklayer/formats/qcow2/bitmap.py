@@ -1,10 +1,8 @@
 """Persistent dirty bitmaps: the bitmaps extension, the bitmap directory, bitmap
 tables and bitmap data (docs/interop/qcow2.txt, "Bitmaps"), with QEMU's semantics.
 
-Directory entry, padded to 8 bytes::
-
-    u64 bitmap_table_offset  u32 bitmap_table_size  u32 flags  u8 type
-    u8 granularity_bits  u16 name_size  u32 extra_data_size  extra data  name
+The directory entry and the bitmap table are declared in :mod:`.layout`
+(:class:`~.layout.BitmapDirEntry`).
 
 Life cycle, as in QEMU: at open every bitmap of the directory is loaded into memory
 (a numpy array of bits, LSB first, as on disk: numpy is imported only for images
@@ -19,13 +17,14 @@ the next header update), as a program without bitmap support leaves it.
 from __future__ import annotations
 
 import errno
-import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...core.errors import BlockError, InvalidArgument, NodeNotFound
+from ...core.io import metadata_io
 from . import layout as L
 from .refcount import Discard
+from .state import Qcow2State
 
 if TYPE_CHECKING:
     from array import array
@@ -33,19 +32,18 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ...core.node import BlockNode
-    from .driver import Qcow2Driver
 
-DIR_ENTRY = struct.Struct(">QIIBBHI")       # 24 bytes
-FLAG_IN_USE, FLAG_AUTO, FLAG_EXTRA_COMPAT = 1, 2, 4
+FLAG_IN_USE, FLAG_AUTO, FLAG_EXTRA_COMPAT = (L.BME_FLAG_IN_USE, L.BME_FLAG_AUTO,
+                                             L.BME_FLAG_EXTRA_COMPAT)
 RESERVED_FLAGS = ~0x7 & 0xFFFFFFFF
 TYPE_DIRTY_TRACKING = 1
-MAX_TABLE_SIZE = 0x8000000
+MAX_TABLE_SIZE = L.BME_MAX_TABLE_SIZE
 MAX_PHYS_SIZE = 0x20000000
 MIN_GRANULARITY_BITS, MAX_GRANULARITY_BITS = 9, 31
 MAX_NAME_SIZE = 1023
-TABLE_OFFSET_MASK = 0x00FFFFFFFFFFFE00
-TABLE_RESERVED_MASK = 0xFF000000000001FE
-TABLE_ALL_ONES = 1
+TABLE_OFFSET_MASK = L.BME_TABLE_OFFSET_MASK
+TABLE_RESERVED_MASK = L.BME_TABLE_RESERVED_MASK
+TABLE_ALL_ONES = L.BME_TABLE_ALL_ONES
 
 
 @dataclass(eq=False)
@@ -68,15 +66,14 @@ class Bitmap:
         return 1 << self.granularity_bits
 
     def entry_size(self) -> int:
-        return _entry_size(len(self.name.encode()))
+        return L.bitmap_entry_size(len(self.name.encode()))
 
     def build_entry(self) -> bytes:
         name = self.name.encode()
-        raw = DIR_ENTRY.pack(self.table_offset, self.table_size, self.flags, self.type,
-                             self.granularity_bits, len(name), 0) + name
-        return raw + bytes(-len(raw) % 8)
+        return L.BitmapDirEntry(self.table_offset, self.table_size, self.flags, self.type,
+                                self.granularity_bits, len(name), 0, name).build()
 
-    async def read_table(self, drv: "Qcow2Driver") -> "array":
+    async def read_table(self, drv: "Qcow2State") -> "array":
         raw = await drv.file.read(self.table_offset, self.table_size * 8)
         return L.parse_table(raw)
 
@@ -116,10 +113,6 @@ class Bitmap:
         return {"flags": flags, "name": self.name, "granularity": self.granularity}
 
 
-def _entry_size(name_len: int) -> int:
-    return (DIR_ENTRY.size + name_len + 7) & ~7
-
-
 # ---------------------------------------------------------------------------------------
 # The directory
 # ---------------------------------------------------------------------------------------
@@ -134,31 +127,29 @@ def parse_directory(data: bytes, count: int, cluster_size: int,
     out: list[Bitmap] = []
     pos = 0
     while pos < len(data):
-        if pos + DIR_ENTRY.size > len(data):
+        e = L.BitmapDirEntry.parse_from(data, pos)
+        if e is None:
             raise InvalidArgument("Broken bitmap directory")
         if len(out) + 1 > count:
             raise InvalidArgument("More bitmaps found than specified in header extension")
-        (t_off, t_size, flags, kind, gbits, name_size,
-         extra) = DIR_ENTRY.unpack_from(data, pos)
-        end = pos + _entry_size(name_size + extra)
-        if end > len(data):
+        if e.end > len(data):
             raise InvalidArgument("Broken bitmap directory")
-        if extra:
+        if e.extra_data_size:
             raise InvalidArgument("Bitmap extra data is not supported")
-        raw_name = data[pos + DIR_ENTRY.size:pos + DIR_ENTRY.size + name_size]
-        name = raw_name.decode("utf-8", "replace")
+        name = e.name
+        t_off, t_size, flags, gbits = e.table_offset, e.table_size, e.flags, e.granularity_bits
         phys = t_size * cluster_size
         bad = (t_size == 0 or t_off == 0 or t_off % cluster_size or t_size > MAX_TABLE_SIZE
                or t_size > MAX_PHYS_SIZE // cluster_size or flags & RESERVED_FLAGS
-               or name_size > MAX_NAME_SIZE or kind != TYPE_DIRTY_TRACKING
+               or e.name_size > MAX_NAME_SIZE or e.type != TYPE_DIRTY_TRACKING
                or gbits > MAX_GRANULARITY_BITS
                or (not flags & FLAG_IN_USE and disk_size > (phys * 8) << gbits))
         if bad:
             raise InvalidArgument(f"Bitmap '{name}' doesn't satisfy the constraints")
-        out.append(Bitmap(name, gbits, flags, t_off, t_size, kind,
+        out.append(Bitmap(name, gbits, flags, t_off, t_size, e.type,
                           enabled=bool(flags & FLAG_AUTO),
                           inconsistent=bool(flags & FLAG_IN_USE)))
-        pos = end
+        pos = e.end
     if len(out) != count:
         raise InvalidArgument("Less bitmaps found than specified in header extension")
     return out
@@ -168,13 +159,13 @@ def build_directory(bitmaps: list[Bitmap]) -> bytes:
     return b"".join(bm.build_entry() for bm in bitmaps)
 
 
-def ext_valid(drv: "Qcow2Driver") -> bool:
+def ext_valid(drv: "Qcow2State") -> bool:
     h = drv.header
     return bool(h.bitmaps is not None and h.autoclear_features & L.AUTOCLEAR_BITMAPS
                 and h.bitmaps.nb_bitmaps)
 
 
-async def load_directory(drv: "Qcow2Driver") -> list[Bitmap]:
+async def load_directory(drv: "Qcow2State") -> list[Bitmap]:
     """The directory the header names (empty when the autoclear bit disowns it)."""
     if not ext_valid(drv):
         return []
@@ -184,7 +175,7 @@ async def load_directory(drv: "Qcow2Driver") -> list[Bitmap]:
     return parse_directory(data, ext.nb_bitmaps, drv.cluster_size, drv.header.size)
 
 
-async def _read_bits(drv: "Qcow2Driver", bm: Bitmap) -> np.ndarray:
+async def _read_bits(drv: "Qcow2State", bm: Bitmap) -> np.ndarray:
     """The bits of a bitmap from its table (QEMU's load_bitmap_data)."""
     import numpy as np
     cs = drv.cluster_size
@@ -207,7 +198,7 @@ async def _read_bits(drv: "Qcow2Driver", bm: Bitmap) -> np.ndarray:
     return bits
 
 
-async def load(drv: "Qcow2Driver") -> None:
+async def load(drv: "Qcow2State") -> None:
     """Load every bitmap at open (QEMU's qcow2_load_dirty_bitmaps).  A bitmap that
     cannot be loaded makes the open fail, as in QEMU."""
     drv.bitmaps = []
@@ -234,10 +225,9 @@ async def load(drv: "Qcow2Driver") -> None:
             bm.bits = await _read_bits(drv, bm)
 
 
-async def open_writable(drv: "Qcow2Driver") -> bool:
+async def open_writable(drv: "Qcow2State") -> bool:
     """Mark the loaded consistent bitmaps in-use on disk (directory rewritten in
     place); returns False (nothing to do) when there are none."""
-    drv.node.write_observers.append(drv._bitmap_observer)
     mark = [bm for bm in drv.bitmaps if bm.persistent and not bm.inconsistent]
     if not mark:
         return False
@@ -255,7 +245,7 @@ async def open_writable(drv: "Qcow2Driver") -> bool:
 # Storing
 # ---------------------------------------------------------------------------------------
 
-async def _store_bits(drv: "Qcow2Driver", bm: Bitmap) -> None:
+async def _store_bits(drv: "Qcow2State", bm: Bitmap) -> None:
     """New clusters for the non-zero clusters of the bits, then a new table
     (QEMU's store_bitmap / store_bitmap_data)."""
     cs, rc = drv.cluster_size, drv.refcounts
@@ -271,15 +261,15 @@ async def _store_bits(drv: "Qcow2Driver", bm: Bitmap) -> None:
             continue
         off = await rc.alloc_clusters(cs)
         table[i] = off
-        await drv._overlap_check(off, cs)
+        await drv.overlap_check(off, cs)
         await drv.file.write(off, chunk.tobytes() + bytes(cs - len(chunk)))
     off = await rc.alloc_clusters(tb_size * 8)
-    await drv._overlap_check(off, tb_size * 8)
+    await drv.overlap_check(off, tb_size * 8)
     await drv.file.write(off, L.build_table(table))
     bm.table_offset, bm.table_size = off, tb_size
 
 
-async def _free_table(drv: "Qcow2Driver", offset: int, size: int) -> None:
+async def _free_table(drv: "Qcow2State", offset: int, size: int) -> None:
     """Free a bitmap table and the data clusters it names."""
     if not size:
         return
@@ -291,7 +281,7 @@ async def _free_table(drv: "Qcow2Driver", offset: int, size: int) -> None:
     await drv.free_clusters(offset, size * 8, Discard.OTHER)
 
 
-async def write_directory(drv: "Qcow2Driver", bitmaps: list[Bitmap]) -> None:
+async def write_directory(drv: "Qcow2State", bitmaps: list[Bitmap]) -> None:
     """A new directory (or none), the header, then the old directory is freed (QEMU's
     update_ext_header_and_dir)."""
     h = drv.header
@@ -301,7 +291,7 @@ async def write_directory(drv: "Qcow2Driver", bitmaps: list[Bitmap]) -> None:
             raise InvalidArgument("Too many persistent bitmaps")
         data = build_directory(bitmaps)
         off = await drv.refcounts.alloc_clusters(len(data))
-        await drv._overlap_check(off, len(data))
+        await drv.overlap_check(off, len(data))
         await drv.file.write(off, data)
         await drv.l2_cache.flush()
         await drv.rb_cache.flush()
@@ -317,7 +307,7 @@ async def write_directory(drv: "Qcow2Driver", bitmaps: list[Bitmap]) -> None:
     drv.bitmap_info = [bm.info() for bm in bitmaps] or None
 
 
-async def store(drv: "Qcow2Driver") -> None:
+async def store(drv: "Qcow2State") -> None:
     """Store every persistent, consistent bitmap (QEMU's
     qcow2_store_persistent_dirty_bitmaps, at close)."""
     persistent = [bm for bm in drv.bitmaps if bm.persistent]
@@ -355,8 +345,8 @@ def default_granularity(cluster_size: int) -> int:
     return min(65536, max(4096, cluster_size))
 
 
-class BitmapMethods:
-    """Dirty bitmaps on the driver (mixed into :class:`~.driver.Qcow2Driver`).
+class BitmapOps:
+    """The dirty bitmaps of the image of state ``s`` (the driver's ``bitmap_*``).
 
     ``bitmap_list()`` -> entries like ``qemu-img info``'s plus ``recording``,
     ``persistent``, ``inconsistent`` and ``count`` (dirty bytes);
@@ -369,100 +359,106 @@ class BitmapMethods:
     image when it is closed, as in QEMU.
     """
 
-    bitmaps: list[Bitmap]
+    def __init__(self, state: Qcow2State) -> None:
+        self.s = state
 
-    def _bitmap_observer(self: "Qcow2Driver", node: "BlockNode", offset: int,  # type: ignore[misc]
+    async def open_writable(self) -> None:
+        """Writes from now on mark the enabled bitmaps; the loaded ones become in-use
+        on disk."""
+        self.s.node.write_observers.append(self._bitmap_observer)
+        await open_writable(self.s)
+
+    def _bitmap_observer(self, node: "BlockNode", offset: int,
                          length: int) -> None:
-        for bm in self.bitmaps:
+        for bm in self.s.bitmaps:
             if bm.enabled and not bm.inconsistent:
                 bm.set_range(offset, length)
 
-    def bitmap_find(self: "Qcow2Driver", name: str) -> Bitmap:  # type: ignore[misc]
-        for bm in self.bitmaps:
+    def bitmap_find(self, name: str) -> Bitmap:
+        for bm in self.s.bitmaps:
             if bm.name == name:
                 return bm
         raise NodeNotFound(f"Dirty bitmap '{name}' not found")
 
-    def _usable(self: "Qcow2Driver", name: str) -> Bitmap:  # type: ignore[misc]
+    def _usable(self, name: str) -> Bitmap:
         bm = self.bitmap_find(name)
         if bm.inconsistent:
             raise InvalidArgument(f"Bitmap '{name}' is inconsistent and cannot be used")
         return bm
 
-    def bitmap_list(self: "Qcow2Driver") -> list[dict[str, Any]]:  # type: ignore[misc]
+    def bitmap_list(self) -> list[dict[str, Any]]:
         out = []
-        for bm in self.bitmaps:
+        for bm in self.s.bitmaps:
             d = bm.info()
             d.update(recording=bm.enabled, persistent=bm.persistent,
                      inconsistent=bm.inconsistent, count=bm.count() * bm.granularity)
             out.append(d)
         return out
 
-    async def bitmap_add(self: "Qcow2Driver", name: str, granularity: int | None = None,  # type: ignore[misc]
+    async def bitmap_add(self, name: str, granularity: int | None = None,
                          persistent: bool = True, disabled: bool = False) -> None:
         if not name:
             raise InvalidArgument("Bitmap name cannot be empty")
         if len(name.encode()) > MAX_NAME_SIZE:
             raise InvalidArgument("Bitmap name too long")
-        gran = granularity or default_granularity(self.cluster_size)
+        gran = granularity or default_granularity(self.s.cluster_size)
         if gran & (gran - 1):
             raise InvalidArgument("Granularity must be power of 2")
-        if any(bm.name == name for bm in self.bitmaps):
+        if any(bm.name == name for bm in self.s.bitmaps):
             raise InvalidArgument(f"Bitmap already exists: {name}")
         gbits = gran.bit_length() - 1
         if persistent:
             self._can_store(name, gbits)
         bm = Bitmap(name, gbits, persistent=persistent, enabled=not disabled)
-        bm.resize(self.header.size)
-        self.bitmaps.append(bm)
+        bm.resize(self.s.header.size)
+        self.s.bitmaps.append(bm)
 
-    def _can_store(self: "Qcow2Driver", name: str, gbits: int) -> None:  # type: ignore[misc]
-        prefix = f"Can't make bitmap '{name}' persistent in '{self.node.name}': "
-        if self.header.version < 3:
+    def _can_store(self, name: str, gbits: int) -> None:
+        prefix = f"Can't make bitmap '{name}' persistent in '{self.s.node.name}': "
+        if self.s.header.version < 3:
             raise InvalidArgument(prefix + "Cannot store dirty bitmaps in qcow2 v2 files")
         if gbits > MAX_GRANULARITY_BITS:
             raise InvalidArgument(prefix + "Granularity exceeds maximum (2147483648 bytes)")
         if gbits < MIN_GRANULARITY_BITS:
             raise InvalidArgument(prefix + "Granularity is under minimum (512 bytes)")
-        nbytes = -(-(-(-self.header.size >> gbits)) // 8)
-        if nbytes > MAX_PHYS_SIZE or -(-nbytes // self.cluster_size) > MAX_TABLE_SIZE:
+        nbytes = -(-(-(-self.s.header.size >> gbits)) // 8)
+        if nbytes > MAX_PHYS_SIZE or -(-nbytes // self.s.cluster_size) > MAX_TABLE_SIZE:
             raise InvalidArgument(prefix + "Too much space will be occupied by the bitmap. "
                                   "Use larger granularity")
-        stored = [bm for bm in self.bitmaps if bm.persistent]
+        stored = [bm for bm in self.s.bitmaps if bm.persistent]
         if len(stored) + 1 > L.MAX_BITMAPS:
             raise InvalidArgument(prefix + "Maximum number of persistent bitmaps is already "
                                   "reached")
-        size = sum(bm.entry_size() for bm in stored) + _entry_size(len(name.encode()))
+        size = sum(bm.entry_size() for bm in stored) + L.bitmap_entry_size(len(name.encode()))
         if size > L.MAX_BITMAP_DIRECTORY_SIZE:
             raise InvalidArgument(prefix + "Not enough space in the bitmap directory")
 
-    async def bitmap_remove(self: "Qcow2Driver", name: str) -> None:  # type: ignore[misc]
-        from .driver import nested
+    async def bitmap_remove(self, name: str) -> None:
         bm = self.bitmap_find(name)
-        self.bitmaps.remove(bm)
+        self.s.bitmaps.remove(bm)
         if not bm.persistent:
             return
-        with nested():
-            on_disk = await load_directory(self)
+        with metadata_io():
+            on_disk = await load_directory(self.s)
             disk = next((d for d in on_disk if d.name == name), None)
             if disk is None:
                 return
             on_disk.remove(disk)
-            async with self.lock:
-                await write_directory(self, on_disk)
-                await _free_table(self, disk.table_offset, disk.table_size)
-                await self.l2_cache.write_back()
-                await self.rb_cache.flush()
+            async with self.s.lock:
+                await write_directory(self.s, on_disk)
+                await _free_table(self.s, disk.table_offset, disk.table_size)
+                await self.s.l2_cache.write_back()
+                await self.s.rb_cache.flush()
 
-    async def bitmap_clear(self: "Qcow2Driver", name: str) -> None:  # type: ignore[misc]
+    async def bitmap_clear(self, name: str) -> None:
         bm = self._usable(name)
         assert bm.bits is not None
         bm.bits[:] = 0
 
-    async def bitmap_set_enabled(self: "Qcow2Driver", name: str, enabled: bool) -> None:  # type: ignore[misc]
+    async def bitmap_set_enabled(self, name: str, enabled: bool) -> None:
         self._usable(name).enabled = enabled
 
-    async def bitmap_merge(self: "Qcow2Driver", target: str, source: "str | Bitmap") -> None:  # type: ignore[misc]
+    async def bitmap_merge(self, target: str, source: "str | Bitmap") -> None:
         dst = self._usable(target)
         src = self._usable(source) if isinstance(source, str) else source
         if src.inconsistent or src.bits is None:
@@ -473,34 +469,34 @@ class BitmapMethods:
             return
         import numpy as np
         sbits = np.unpackbits(src.bits, bitorder="little")
-        for i in np.flatnonzero(sbits[:src.nbits(self.header.size)]).tolist():
+        for i in np.flatnonzero(sbits[:src.nbits(self.s.header.size)]).tolist():
             dst.set_range(i << src.granularity_bits, src.granularity)
 
-    def bitmap_get(self: "Qcow2Driver", name: str) -> "np.ndarray":  # type: ignore[misc]
+    def bitmap_get(self, name: str) -> "np.ndarray":
         import numpy as np
         bm = self._usable(name)
         assert bm.bits is not None
-        return np.unpackbits(bm.bits, bitorder="little")[:bm.nbits(self.header.size)] \
+        return np.unpackbits(bm.bits, bitorder="little")[:bm.nbits(self.s.header.size)] \
             .astype(bool)
 
-    def bitmap_set(self: "Qcow2Driver", name: str, offset: int, length: int,  # type: ignore[misc]
+    def bitmap_set(self, name: str, offset: int, length: int,
                    value: bool = True) -> None:
         self._usable(name).set_range(offset, length, value)
 
-    async def store_bitmaps(self: "Qcow2Driver") -> None:  # type: ignore[misc]
+    async def store_bitmaps(self) -> None:
         """Write the persistent bitmaps to the image (done at close)."""
-        from .driver import nested
-        with nested():
-            await store(self)
+        with metadata_io():
+            await store(self.s)
 
-    async def truncate(self: "Qcow2Driver", size: int, exact: bool, prealloc) -> None:  # type: ignore[misc,no-untyped-def]
+    def check_resizable(self) -> None:
         """Resizing keeps the bitmaps (resized) unless one cannot be used."""
-        for bm in self.bitmaps:
+        for bm in self.s.bitmaps:
             if bm.persistent and bm.inconsistent:
                 raise InvalidArgument(f"Bitmap '{bm.name}' is inconsistent and cannot be "
                                       "used\nTry block-dirty-bitmap-remove to delete this "
                                       "bitmap from disk")
-        await super().truncate(size, exact, prealloc)  # type: ignore[misc]
-        for bm in self.bitmaps:
+
+    def resized(self, size: int) -> None:
+        for bm in self.s.bitmaps:
             if bm.bits is not None:
                 bm.resize(size)

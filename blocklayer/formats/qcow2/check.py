@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,9 +38,9 @@ if TYPE_CHECKING:
 L1E_RESERVED_MASK = 0x7F000000000001FF
 L2E_STD_RESERVED_MASK = 0x3F000000000001FE
 REFT_RESERVED_MASK = 0x1FF
-BME_TABLE_RESERVED_MASK = 0xFF000000000001FE
-BME_TABLE_OFFSET_MASK = 0x00FFFFFFFFFFFE00
-BME_TABLE_ALL_ONES = 1
+BME_TABLE_RESERVED_MASK = L.BME_TABLE_RESERVED_MASK
+BME_TABLE_OFFSET_MASK = L.BME_TABLE_OFFSET_MASK
+BME_TABLE_ALL_ONES = L.BME_TABLE_ALL_ONES
 U64 = np.uint64
 
 
@@ -69,7 +68,9 @@ class _Check:
         self.max = drv.refcounts.max
         self.file_len = drv.file.total_bytes
         n = -(-self.file_len // self.cs)
-        self.refs = np.zeros(max(n, 1), _counts_dtype(drv.header.refcount_bits))
+        self.refs: np.ndarray = np.zeros(max(n, 1), _counts_dtype(drv.header.refcount_bits))
+        #: the refcount table as on disk (read by :func:`_read_reftable` before a pass)
+        self.reftable: np.ndarray = np.zeros(0, np.uint64)
         self.nb_clusters = n
         self.rebuild = False
         self.stats = _Stats()
@@ -164,7 +165,7 @@ class _Check:
             self.msg.append("ERROR: I/O error in check_refcounts_l1")
             self.res.check_errors += 1
             raise
-        l1 = np.frombuffer(bytes(raw), ">u8").astype(U64)
+        l1 = L.table_as_ndarray(bytes(raw))
         if l1_is_plain(l1, self.cs, self.file_len):
             offsets = (l1[l1 != 0] & U64(L1E_OFFSET_MASK)).tolist()
             for group in batches(offsets, self.cs):
@@ -198,7 +199,7 @@ class _Check:
             self.msg.append("ERROR: I/O error in check_refcounts_l2")
             res.check_errors += 1
             raise
-        words = np.frombuffer(bytes(raw), ">u8").astype(U64)
+        words = L.table_as_ndarray(bytes(raw))
         if geo.extended_l2:
             ents, bitmaps = words[0::2], words[1::2]
         else:
@@ -279,9 +280,9 @@ class _Check:
         drv, geo = self.drv, self.drv.geo
         if geo.extended_l2:
             bitmap = ((bitmap | (bitmap << 32)) & L2_BITMAP_ALL_ZEROES)
-            data = struct.pack(">QQ", 0, bitmap)
+            data = L.build_entries(0, bitmap)
         else:
-            data = struct.pack(">Q", OFLAG_ZERO)
+            data = L.build_entries(OFLAG_ZERO)
         pos = l2_off + index * len(data)
         try:
             await drv.file.write(pos, data)
@@ -456,7 +457,7 @@ async def _read_reftable(drv: "Qcow2Driver") -> np.ndarray:
     h = drv.header
     raw = await drv.file.read(h.refcount_table_offset,
                               h.refcount_table_clusters * drv.cluster_size)
-    return np.frombuffer(bytes(raw), ">u8").astype(U64)
+    return L.table_as_ndarray(bytes(raw))
 
 
 async def check_refcounts(drv: "Qcow2Driver", res: CheckResult, fix: CheckMode) -> None:
@@ -603,7 +604,9 @@ async def check_snapshot_table(drv: "Qcow2Driver", res: CheckResult,
                                fix: CheckMode) -> bool:
     """QEMU's qcow2_check_read_snapshot_table; False if the table could not be read."""
     h = drv.header
-    nb, off = struct.unpack(">IQ", bytes(await drv.file.read(60, 12)))
+    names = ("nb_snapshots", "snapshots_offset")
+    start, length = L.header_field_span(names)
+    nb, off = L.parse_header_fields(bytes(await drv.file.read(start, length)), names)
     repairing = bool(fix & CheckMode.FIX_ERRORS)
     reduced = 0
     if nb > L.MAX_SNAPSHOTS and repairing:
@@ -613,7 +616,9 @@ async def check_snapshot_table(drv: "Qcow2Driver", res: CheckResult,
     drv.snapshots, drv.snapshots_size = [], 0
     h.nb_snapshots, h.snapshots_offset = 0, 0
     try:
-        L.validate_table(off, nb, 40, 40 * L.MAX_SNAPSHOTS, drv.cluster_size, "snapshot table")
+        L.validate_table(off, nb, L.SNAPSHOT_HEADER_SIZE,
+                         L.SNAPSHOT_HEADER_SIZE * L.MAX_SNAPSHOTS, drv.cluster_size,
+                         "snapshot table")
     except BlockError as exc:
         res.check_errors += 1
         res.messages.append(f"ERROR {exc.message}")
@@ -633,8 +638,7 @@ async def check_snapshot_table(drv: "Qcow2Driver", res: CheckResult,
     h.nb_snapshots, h.snapshots_offset = len(got.snapshots), off
     res.corruptions += reduced + got.extra_data_dropped
     if reduced:
-        await drv.file.write(60, struct.pack(">I", len(got.snapshots)))
-        await drv.file.flush()
+        await drv.write_header_fields(nb_snapshots=len(got.snapshots))
         res.corruptions_fixed += reduced
         res.corruptions -= reduced
     if h.version >= 3:

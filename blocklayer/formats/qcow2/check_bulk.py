@@ -64,7 +64,7 @@ async def read_tables(drv: "Qcow2Driver", offsets: list[int]) -> np.ndarray | No
             buf[k * cs:(k + 1) * cs] = await drv.file.read(off, cs)
     except BlockError:
         return None
-    return np.frombuffer(buf, ">u8").astype(U64)
+    return L.table_as_ndarray(buf)
 
 
 def l1_is_plain(l1: np.ndarray, cs: int, file_len: int) -> bool:
@@ -171,19 +171,18 @@ class DiskRefcounts:
             if lo == hi:
                 continue
             b = int(blk[lo])
-            table = self.known.get(b, False)
-            if table is False:
-                table = self.blocks.get(b, False)
-            if table is False:
+            table = self.known.get(b)
+            if table is not None:
+                pass
+            elif b in self.blocks:
+                table = self.blocks[b]
+            else:
                 if len(self.blocks) > 256:
                     self.blocks.clear()
                 raw = int(self.reftable[b]) if b < len(self.reftable) else 0
                 off = raw & REFT_OFFSET_MASK
-                if off and off % self.cs:
-                    table = None
-                else:
-                    table = L.as_ndarray(await rc.get_run(b << rc.block_bits,
-                                                          rc.block_entries))
+                table = None if off and off % self.cs else \
+                    L.as_ndarray(await rc.get_run(b << rc.block_bits, rc.block_entries))
                 self.blocks[b] = table
             sel = order[lo:hi]
             if table is None:

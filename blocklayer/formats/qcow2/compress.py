@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import zlib
-from typing import Sequence
+from typing import Any, Sequence
 
 from ...core.errors import BlockError, NotSupported
 from .layout import COMPRESSION_ZLIB, COMPRESSION_ZSTD
@@ -35,7 +35,7 @@ def compress_many(kind: int, chunks: Sequence[bytes | bytearray | memoryview],
     return out
 
 
-def decompress(kind: int, data: bytes, cluster_size: int) -> bytes:
+def decompress(kind: int, data: bytes | bytearray, cluster_size: int) -> bytes:
     """Exactly one cluster from ``data``; anything else is an I/O error."""
     try:
         if kind == COMPRESSION_ZLIB:
@@ -63,7 +63,7 @@ def decompress(kind: int, data: bytes, cluster_size: int) -> bytes:
     return out
 
 
-def _zstd():  # type: ignore[no-untyped-def]
+def _zstd() -> Any:
     try:
         import zstandard
     except ImportError:

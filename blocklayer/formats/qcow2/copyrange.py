@@ -6,52 +6,56 @@ size).  Anything else (compressed or zero clusters, beyond the backing file) can
 offloaded: :class:`NotSupported`, and the caller reads and writes instead.
 
 Target side: an allocating write whose data comes from elsewhere.  The clusters are
-planned and allocated by the write path (:meth:`~.alloc.WritePath._plan_write`), so the
+planned and allocated by the write path (:meth:`~.alloc.WritePath.plan_write`), so the
 image gets the layout a write gives; copy-on-write parts are written as a write writes
 them, the data is copied into the host runs, and the L2 entries are linked last, in the
 order of a write: refcounts, then data, then L2.
 """
 from __future__ import annotations
 
-import errno
 from typing import TYPE_CHECKING
 
 from ...core.driver import ReqFlag
-from ...core.errors import BlockError, NotSupported
+from ...core.errors import NotSupported
 from .mapping import SC, Run
 
 if TYPE_CHECKING:
     from ...core.node import BlockNode
-    from .alloc import _Cluster
-    from .driver import Qcow2Driver
+    from .alloc import WritePath, _Cluster
+    from .state import Qcow2State
 
 _UNALLOCATED = (SC.UNALLOCATED_PLAIN, SC.UNALLOCATED_ALLOC)
 
 
 class CopyRangePath:
-    """Mixed into :class:`~.driver.Qcow2Driver`."""
+    """Copy offloading for the image of state ``s``; the target side allocates through
+    the write path ``writes``."""
+
+    def __init__(self, state: Qcow2State, writes: WritePath) -> None:
+        self.s = state
+        self.writes = writes
 
     # ---- source side ------------------------------------------------------------------------
-    async def copy_range_from(self: "Qcow2Driver", offset: int, dst: "BlockNode",
+    async def copy_range_from(self, offset: int, dst: "BlockNode",
                               dst_offset: int, length: int, flags: ReqFlag) -> None:
-        _refuse_own_chain(self.node, dst)
-        cs = self.cluster_size
+        _refuse_own_chain(self.s.node, dst)
+        cs = self.s.cluster_size
         start, end = offset - offset % cs, -(-(offset + length) // cs) * cs
-        async with self.ranges.shared(start, end):      # as a read: no cluster is freed
+        async with self.s.ranges.shared(start, end):      # as a read: no cluster is freed
             pos, stop = offset, offset + length
             while pos < stop:
-                async with self.lock:
-                    run = await self.mapping.lookup(pos, stop - pos)
+                async with self.s.lock:
+                    run = await self.s.mapping.lookup(pos, stop - pos)
                 await self._copy_run_from(run, dst, dst_offset + pos - offset, flags)
                 pos += run.length
 
-    async def _copy_run_from(self: "Qcow2Driver", run: Run, dst: "BlockNode",
+    async def _copy_run_from(self, run: Run, dst: "BlockNode",
                              dst_offset: int, flags: ReqFlag) -> None:
         """Pass one mapped run on to where its data is stored."""
-        if run.kind is SC.NORMAL and self.data_node is not None and run.host is not None:
-            await self.data_node.copy_range(run.host, dst, dst_offset, run.length, flags)
+        if run.kind is SC.NORMAL and self.s.data_node is not None and run.host is not None:
+            await self.s.data_node.copy_range(run.host, dst, dst_offset, run.length, flags)
             return
-        backing = self.node.backing
+        backing = self.s.node.backing
         if (run.kind in _UNALLOCATED and backing is not None
                 and run.offset + run.length <= backing.total_bytes):
             await backing.copy_range(run.offset, dst, dst_offset, run.length, flags)
@@ -59,50 +63,47 @@ class CopyRangePath:
         raise NotSupported(f"qcow2: {run.kind.name.lower()} clusters cannot be offloaded")
 
     # ---- target side ------------------------------------------------------------------------
-    async def copy_range_to(self: "Qcow2Driver", src: "BlockNode", src_offset: int,
+    async def copy_range_to(self, src: "BlockNode", src_offset: int,
                             offset: int, length: int, flags: ReqFlag) -> None:
-        if self.reopened_rw:
-            await self.finish_reopen_rw()
-        if self.data_node is None:
-            raise BlockError("qcow2: the data file is not open", errno.EIO)
+        self.s.data_file()          # EIO now when the data file is not open
         pos, end = offset, offset + length
         while pos < end:
-            n = min(end, self._table_end(pos)) - pos
+            n = min(end, self.s.table_end(pos)) - pos
             await self._copy_chunk_to(src, src_offset + pos - offset, pos, n)
             pos += n
 
-    async def _copy_chunk_to(self: "Qcow2Driver", src: "BlockNode", src_offset: int,
+    async def _copy_chunk_to(self, src: "BlockNode", src_offset: int,
                              offset: int, length: int) -> None:
         """The part of a copy under one L2 table: planned and allocated as a write,
         copied, then linked."""
-        cs = self.cluster_size
+        cs = self.s.cluster_size
         start, end = offset - offset % cs, -(-(offset + length) // cs) * cs
-        async with self.ranges.exclusive(start, end):
-            async with self.lock:
-                plan = await self._plan_write(offset, length)
+        async with self.s.ranges.exclusive(start, end):
+            async with self.s.lock:
+                plan = await self.writes.plan_write(offset, length)
             try:
                 await self._write_cow(plan)
                 await self._copy_into_runs(src, src_offset, offset, plan)
             except BaseException:
-                await self._unallocate(plan)
+                await self.writes.unallocate(plan)
                 raise
             if any(c.update for c in plan):
-                async with self.lock:
-                    await self._link_l2(offset, plan)
+                async with self.s.lock:
+                    await self.writes.link_l2(offset, plan)
 
-    async def _write_cow(self: "Qcow2Driver", plan: list["_Cluster"]) -> None:
+    async def _write_cow(self, plan: list["_Cluster"]) -> None:
         """The parts of the planned clusters that the copy does not cover keep what the
         guest sees there now (old cluster, backing file or zeroes)."""
         for c in plan:
             for a, b in c.cow:
-                buf = await self.read_unlocked(c.guest + a, b - a)
-                await self.data_overlap_check(c.host + a, b - a)
-                await self.data_node.write(c.host + a, buf)
+                buf = await self.s.read_unlocked(c.guest + a, b - a)
+                await self.s.data_overlap_check(c.host + a, b - a)
+                await self.s.data_file().write(c.host + a, buf)
 
-    async def _copy_into_runs(self: "Qcow2Driver", src: "BlockNode", src_offset: int,
+    async def _copy_into_runs(self, src: "BlockNode", src_offset: int,
                               offset: int, plan: list["_Cluster"]) -> None:
         """Each run of host-contiguous clusters is one copy from ``src``."""
-        cs = self.cluster_size
+        cs = self.s.cluster_size
         i = 0
         while i < len(plan):
             j = i + 1
@@ -111,8 +112,8 @@ class CopyRangePath:
             first, last = plan[i], plan[j - 1]
             g0, g1 = first.guest + first.w_start, last.guest + last.w_end
             host = first.host + first.w_start
-            await self.data_overlap_check(host, g1 - g0)
-            await self.data_node.copy_range_to(src, src_offset + g0 - offset, host, g1 - g0)
+            await self.s.data_overlap_check(host, g1 - g0)
+            await self.s.data_file().copy_range_to(src, src_offset + g0 - offset, host, g1 - g0)
             i = j
 
 

@@ -4,11 +4,11 @@ refcount table in cluster 1, its first refcount block in cluster 2, then the L1 
 from __future__ import annotations
 
 import errno
-import struct
 from typing import TYPE_CHECKING, Any
 
 from ...core.driver import ChildRole, Prealloc
 from ...core.errors import BlockError, InvalidArgument, NotSupported
+from ...core.io import metadata_io
 from ...core.options import OpenFlags, parse_bool
 from . import layout as L
 
@@ -122,12 +122,12 @@ async def create_qcow2(cls: type["Qcow2Driver"], filename: str, options: dict[st
     node = None
     try:
         await file.write(0, h.build_fixed().ljust(cs, b"\0"))
-        await file.write(cs, struct.pack(">Q", 2 * cs).ljust(2 * cs, b"\0"))
+        await file.write(cs, L.build_entries(2 * cs).ljust(2 * cs, b"\0"))
         await file.flush()
         node = await _open_new(cls, file, filename, options)
-        drv: Qcow2Driver = node.driver  # type: ignore[assignment]
-        from .driver import nested
-        with nested():
+        drv = node.driver
+        assert isinstance(drv, cls)
+        with metadata_io():
             async with drv.lock:
                 offset = await drv.refcounts.alloc_clusters(3 * cs)
             if offset != 0:

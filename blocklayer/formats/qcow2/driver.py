@@ -1,40 +1,51 @@
-"""The qcow2 format driver: open/close, the read path, block status and information.
+"""The qcow2 format driver: the table of operations of one open image.
 
-The write path (allocation, zeroes, discard, compression, resize) is in :mod:`.alloc`,
-image creation in :mod:`.create`, refcount rebuilding in :mod:`.repair`.  All metadata
-is touched under ``self.lock`` (QEMU's s->lock); guest data moves without it, while the
-guest clusters involved are held in ``self.ranges`` (shared for reads, exclusive for
-anything that may change their mapping).
+The state of the image is :class:`~.state.Qcow2State` (the driver is built on it);
+each concern is a component that gets the state and the components it needs as
+explicit references: the write path (:mod:`.alloc`), zeroes and discard
+(:mod:`.zeroes`), resizing (:mod:`.resize`), copy offloading (:mod:`.copyrange`) and
+dirty bitmaps (:mod:`.bitmap`); snapshots, amend and check are operations on the
+whole image (:mod:`.snapshot`, :mod:`.amend`, :mod:`.check`).  Open and close, the
+read path, block status and information are here.  All metadata is touched under
+``self.lock`` (QEMU's s->lock); guest data moves without it, while the guest clusters
+involved are held in ``self.ranges`` (shared for reads, exclusive for anything that
+may change their mapping).
 """
 from __future__ import annotations
 
 import asyncio
 import errno
-import struct
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...core import io as _io
 from ...core.driver import (BlockDriver, BlockStatus, Cap, CheckMode, CheckResult, ChildRole,
-                       CreateOption, DriverInfo, Limits, ReqFlag, Status, StatusShape)
-from ...core.errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
+                            CreateOption, DriverInfo, Limits, Prealloc, ReqFlag,
+                            SnapshotInfo, Status, StatusShape)
+from ...core.errors import BlockError, InvalidArgument, NotSupported
+from ...core.io import metadata_io
 from ...core.options import OpenFlags, parse_bool
 from . import layout as L
+from . import snapshot
 from .alloc import WritePath
+from .amend import AMEND_OPTIONS, amend
+from .bitmap import Bitmap, BitmapOps, load as load_bitmaps
 from .cache import MetadataCache, cache_sizes
 from .copyrange import CopyRangePath
-from .compress import decompress
-from .mapping import L1E_OFFSET_MASK, SC, Geometry, Mapping
+from .mapping import SC, Geometry, Mapping, Run
 from .overlap import MetadataClusters
 from .ranges import RangeLock
+from .refcount import Discard, Refcounts, count_used
+from .resize import ResizePath
+from .state import Qcow2State
+from .zeroes import ZeroPath
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ...core.node import BlockNode
 
 #: how many L2 tables one block-status answer may look at
 MAX_MERGED_LOOKUPS = 256
-from .refcount import Discard, Refcounts, count_used
-from .bitmap import BitmapMethods, load as load_bitmaps, open_writable as bitmaps_writable
-from .amend import AmendMethods
-from .snapshot import SnapshotMethods, load as load_snapshots
-
 _DATA_AT = Status.DATA | Status.OFFSET_VALID
 _DATA_AT_RECURSE = _DATA_AT | Status.RECURSE
 DISCARD_OPTIONS = {"pass-discard-request": Discard.REQUEST,
@@ -42,11 +53,7 @@ DISCARD_OPTIONS = {"pass-discard-request": Discard.REQUEST,
                    "pass-discard-other": Discard.OTHER}
 
 
-nested = _io.metadata_io       # metadata I/O of this node, not a request from outside
-
-
-class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, WritePath,
-                  BlockDriver):
+class Qcow2Driver(Qcow2State, BlockDriver):
     format_name = "qcow2"
     is_format = True
     supports_backing = True
@@ -90,16 +97,22 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
     create_defaults_shown = ("cluster_size", "extended_l2", "compression_type",
                              "lazy_refcounts", "refcount_bits")
 
-    header: L.Header
-    corrupt_reported = False
+    amend_options = AMEND_OPTIONS
+
+    def __init__(self, node: BlockNode) -> None:
+        super().__init__(node)
+        self.writes = WritePath(self)
+        self.zeroes = ZeroPath(self)
+        self.resizer = ResizePath(self, self.writes, self.zeroes)
+        self.copier = CopyRangePath(self, self.writes)
+        self.bitmap_ops = BitmapOps(self)
+        self.reopen_lock = asyncio.Lock()
 
     # ---- probe and create -----------------------------------------------------------
     @classmethod
     def probe(cls, header: bytes, filename: str | None) -> int:
-        if len(header) >= 8 and struct.unpack(">II", header[:8])[0] == L.MAGIC \
-                and struct.unpack(">II", header[:8])[1] >= 2:
-            return 100
-        return 0
+        version = L.probe_version(header)
+        return 100 if version is not None and version >= 2 else 0
 
     @classmethod
     async def measure(cls, options: dict[str, Any], source: Any = None) -> dict[str, int]:
@@ -115,7 +128,7 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
 
     # ---- open -----------------------------------------------------------------------------
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
-        with nested():
+        with metadata_io():
             await self._open(options, flags)
 
     async def _open(self, options: dict[str, Any], flags: OpenFlags) -> None:
@@ -126,11 +139,10 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
         self.flags = flags
         writable = not flags.read_only
         head = await file.read(0, min(L.V3_HEADER_LENGTH, file.total_bytes))
-        if len(head) >= 24 and struct.unpack_from(">I", head)[0] == L.MAGIC:
-            cb = struct.unpack_from(">I", head, 20)[0]
-            if L.MIN_CLUSTER_BITS <= cb <= L.MAX_CLUSTER_BITS:
-                head = await file.read(0, 1 << cb)
-        h = L.parse_header(head, writable=writable and not flags.check)
+        cb = L.peek_cluster_bits(head)
+        if cb is not None and L.MIN_CLUSTER_BITS <= cb <= L.MAX_CLUSTER_BITS:
+            head = await file.read(0, 1 << cb)
+        h = L.parse_header(bytes(head), writable=writable and not flags.check)
         L.validate_bitmaps_ext(h)
         self.header = h
         self.geo = geo = Geometry(h)
@@ -142,25 +154,25 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
         # caches
         l2_n, rc_n = cache_sizes(options, cs, h.size, h.l2_entry_size)
         self.l2_cache = MetadataCache("L2", file, cs, l2_n,
-                                      "Q", self._overlap_check)
+                                      "Q", self.overlap_check)
         self.rb_cache = MetadataCache("refcount", file, cs, rc_n,
                                       L.refcount_typecode(h.refcount_order),
-                                      self._overlap_check)
+                                      self.overlap_check)
         # tables
         l1 = L.empty_table(h.l1_size * 8)
         if h.l1_size:
             raw = await file.read(h.l1_table_offset, h.l1_size * 8)
             l1 = L.parse_table(raw.ljust(h.l1_size * 8, b"\0"))
-        self.mapping = Mapping(geo, l1, self.l2_cache, self._corrupt)
+        self.mapping = Mapping(geo, l1, self.l2_cache, self.corrupt)
         self.metadata_clusters = MetadataClusters()
         rt_bytes = h.refcount_table_clusters * cs
         raw = await file.read(h.refcount_table_offset, rt_bytes)
-        table = Refcounts.load_table(raw.ljust(rt_bytes, b"\0"), rt_bytes // 8)
+        table = Refcounts.load_table(bytes(raw).ljust(rt_bytes, b"\0"), rt_bytes // 8)
         self.refcounts = Refcounts(file, h.cluster_bits, h.refcount_order,
                                    h.refcount_table_offset, table, self.rb_cache,
-                                   self._corrupt)
+                                   self.corrupt)
         self.refcounts.other_caches.append(self.l2_cache)
-        self.refcounts.write_header_reftable = self._write_header_reftable
+        self.refcounts.write_header_reftable = self.write_header_reftable
         self._discard_options(options, flags)
         self.lazy_refcounts = h.lazy_refcounts
         if "lazy-refcounts" in options:
@@ -168,9 +180,9 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
             if self.lazy_refcounts and h.version < 3:
                 raise InvalidArgument("Lazy refcounts require a qcow2 image with at least "
                                       "qemu 1.1 compatibility level")
-        self.metadata_prealloc: bool | None = None
-        self.bitmap_info: list[dict[str, object]] | None = None
-        await load_snapshots(self)
+        self.metadata_prealloc = None
+        self.bitmap_info = None
+        await snapshot.load(self)
         await load_bitmaps(self)
         self.data_node = file
         await self._open_data_file(options, flags)
@@ -238,7 +250,7 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
         if h.bitmaps is not None and not h.autoclear_features & L.AUTOCLEAR_BITMAPS:
             h.bitmaps = None            # disowned by a program without bitmap support
             update = True
-        await bitmaps_writable(self)    # loaded bitmaps become in-use on disk
+        await self.bitmap_ops.open_writable()   # loaded bitmaps become in-use on disk
         if self.lazy_refcounts != h.lazy_refcounts:
             h.compatible_features ^= L.COMPAT_LAZY_REFCOUNTS
             update = True
@@ -247,92 +259,19 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
 
     # ---- close and flush ------------------------------------------------------------------
     async def close(self) -> None:
-        if not hasattr(self, "header") or self.node.read_only:
+        if not hasattr(self, "header") or self.node.read_only:     # open failed early
             return
-        with nested():
-            await self.store_bitmaps()
+        with metadata_io():
+            await self.bitmap_ops.store_bitmaps()
             await self.flush_caches()
             if self.header.incompatible_features & L.INCOMPAT_DIRTY:
                 self.header.incompatible_features &= ~L.INCOMPAT_DIRTY
                 await self.update_header()
                 await self.file.flush()
 
-    async def flush_caches(self) -> None:
-        async with self.lock:
-            await self.l2_cache.write_back()
-            await self.rb_cache.write_back()
-            await self.refcounts.process_discards()
-
     async def flush_to_os(self) -> None:
         if not self.node.read_only:
             await self.flush_caches()
-
-    # ---- header updates -----------------------------------------------------------------
-    async def update_header(self) -> None:
-        """Rewrite cluster 0 from ``self.header`` (QEMU's qcow2_update_header)."""
-        buf = self.header.build()
-        await self.file.write(0, buf + bytes(self.cluster_size - len(buf)))
-
-    async def _write_header_reftable(self, offset: int, clusters: int) -> None:
-        await self.file.write(48, struct.pack(">QI", offset, clusters))
-        await self.file.flush()
-        self.header.refcount_table_offset = offset
-        self.header.refcount_table_clusters = clusters
-
-    async def write_header_l1(self, offset: int, size: int) -> None:
-        await self.file.write(36, struct.pack(">IQ", size, offset))
-        await self.file.flush()
-        self.header.l1_table_offset, self.header.l1_size = offset, size
-
-    async def set_incompatible(self, value: int) -> None:
-        await self.file.write(72, struct.pack(">Q", value))
-        await self.file.flush()
-        self.header.incompatible_features = value
-
-    async def _corrupt(self, message: str, offset: int, size: int) -> None:
-        """QEMU's qcow2_signal_corruption: mark a writable image corrupt, fail with EIO."""
-        fatal = not self.node.read_only
-        if fatal and not self.header.incompatible_features & L.INCOMPAT_CORRUPT:
-            try:
-                await self.set_incompatible(self.header.incompatible_features
-                                            | L.INCOMPAT_CORRUPT)
-            except BlockError:
-                pass
-        if not self.corrupt_reported:
-            self.corrupt_reported = True
-            self.node.graph.emit("BLOCK_IMAGE_CORRUPTED", {
-                "device": "", "node-name": self.node.name, "msg": message,
-                "offset": offset, "size": size, "fatal": fatal})
-        raise ImageCorrupt(f"qcow2: Image is corrupt: {message}", errno.EIO)
-
-    async def _overlap_check(self, offset: int, length: int) -> None:
-        """Refuse metadata writes over the header, the L1 or the refcount table."""
-        h = self.header
-        for start, n in ((0, self.cluster_size),
-                         (h.l1_table_offset, h.l1_size * 8),
-                         (h.refcount_table_offset,
-                          h.refcount_table_clusters * self.cluster_size)):
-            if n and offset < start + n and start < offset + length:
-                await self._corrupt(f"Preventing invalid write on metadata (overlaps with "
-                                    f"active table at {start:#x})", offset, length)
-
-    async def data_overlap_check(self, offset: int, length: int) -> None:
-        """Refuse guest data writes over any active metadata (QEMU's overlap check,
-        ``cached`` template): a hostile L2 entry must not aim guest data at tables."""
-        if self.header.has_data_file or length <= 0:
-            return
-        await self._overlap_check(offset, length)
-        start = offset - offset % self.cluster_size
-        l1, reftable = self.mapping.l1, self.refcounts.table
-        if not self.metadata_clusters.overlap(l1, reftable, start, offset + length):
-            return
-        for name, offsets in (("L2", [e & L1E_OFFSET_MASK for e in l1]),
-                              ("refcount block", reftable)):
-            # the first in table order, as QEMU names it
-            where = next((t for t in offsets if start <= t < offset + length), None)
-            if where is not None:
-                await self._corrupt(f"Preventing invalid write on metadata (overlaps with "
-                                    f"active {name} table at {where:#x})", offset, length)
 
     # ---- geometry ---------------------------------------------------------------------------
     def limits(self) -> Limits:
@@ -384,9 +323,9 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
         ext = h.bitmaps
         if ext is None or not h.autoclear_features & L.AUTOCLEAR_BITMAPS:
             return
-        with nested():
+        with metadata_io():
             raw = await self.file.read(ext.directory_offset, ext.directory_size)
-        self.bitmap_info = L.parse_bitmap_directory(raw, ext.nb_bitmaps)
+        self.bitmap_info = L.parse_bitmap_directory(bytes(raw), ext.nb_bitmaps)
 
     def backing_file_name(self) -> tuple[str | None, str | None]:
         return self.header.backing_file, self.header.backing_format
@@ -400,49 +339,6 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
         start, end = offset - offset % cs, -(-(offset + length) // cs) * cs
         async with self.ranges.shared(start, end):
             return await self.read_unlocked(offset, length)
-
-    async def read_unlocked(self, offset: int, length: int) -> bytes | bytearray:
-        """Read through the mapping; the caller holds the guest range."""
-        if length <= 0:
-            return bytearray()
-        async with self.lock:
-            run = await self.mapping.lookup(offset, length)
-        if run.length == length and run.kind is SC.NORMAL and self.data_node is not None:
-            return await self.data_node.read(run.host, length)    # one run: no copy
-        out = bytearray(length)
-        view = memoryview(out)
-        pos, end = offset, offset + length
-        while True:
-            n = run.length
-            dst = view[pos - offset:pos - offset + n]
-            if run.kind in (SC.UNALLOCATED_PLAIN, SC.UNALLOCATED_ALLOC):
-                await self._read_backing(pos, dst)
-            elif run.kind is SC.NORMAL:
-                if self.data_node is None:
-                    raise BlockError("qcow2: the data file is not open", errno.EIO)
-                dst[:] = await self.data_node.read(run.host, n)
-            elif run.kind is SC.COMPRESSED:
-                cluster = await self.read_compressed(run.entry)
-                skip = self.geo.into_cluster(pos)
-                dst[:] = cluster[skip:skip + n]
-            pos += n
-            if pos >= end:
-                return out
-            async with self.lock:
-                run = await self.mapping.lookup(pos, end - pos)
-
-    async def _read_backing(self, pos: int, dst: memoryview) -> None:
-        backing = self.node.backing
-        if backing is None:
-            return
-        n = min(len(dst), max(backing.total_bytes - pos, 0))
-        if n > 0:
-            dst[:n] = await backing.read(pos, n)
-
-    async def read_compressed(self, entry: int) -> bytes:
-        coffset, csize = self.geo.compressed(entry)
-        data = await self.file.read(coffset, csize)
-        return decompress(self.header.compression_type, data, self.cluster_size)
 
     # ---- block status -----------------------------------------------------------------------
     def set_status_shape(self, shape: StatusShape) -> None:
@@ -478,7 +374,7 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
             flags |= Status.COMPRESSED
         return BlockStatus(flags, run.length, host, file)
 
-    async def _extend_run(self, run: Any, offset: int, length: int) -> Any:
+    async def _extend_run(self, run: Run, offset: int, length: int) -> Run:
         """Merge the runs of the following L2 tables while they continue this one (same
         kind, contiguous host offsets), so block status answers long runs at once."""
         kind, mode = run.kind, self.merge_status_runs
@@ -492,7 +388,8 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
             if total >= length:
                 break
             nxt = await self.mapping.lookup(offset + total, length - total)
-            if nxt.kind is not kind or (kind is SC.NORMAL and nxt.host != run.host + total):
+            if nxt.kind is not kind or (kind is SC.NORMAL
+                                        and nxt.host != (run.host or 0) + total):
                 break
             total += nxt.length
         if total != run.length:
@@ -519,6 +416,141 @@ class Qcow2Driver(SnapshotMethods, BitmapMethods, AmendMethods, CopyRangePath, W
     # ---- check ------------------------------------------------------------------------------
     async def check(self, mode: CheckMode) -> CheckResult:
         from .check import check        # numpy: imported when an image is checked
-        with nested():
+        with metadata_io():
             return await check(self, mode)
 
+
+    # ---- writes (the write path, zeroes and discard, copy offloading) ----------------------
+    async def write(self, offset: int, data: bytes | bytearray | memoryview,
+                    flags: ReqFlag) -> None:
+        if self.reopened_rw:
+            await self.finish_reopen_rw()
+        await self.writes.write(offset, data, flags)
+
+    def compress_ahead(self, offset: int, data: memoryview) -> None:
+        self.writes.compress_ahead(offset, data)
+
+    async def end_compressed(self) -> None:
+        await self.writes.end_compressed()
+
+    async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
+        if self.reopened_rw:
+            await self.finish_reopen_rw()
+        await self.zeroes.write_zeroes(offset, length, flags)
+
+    async def discard(self, offset: int, length: int) -> None:
+        if self.reopened_rw:
+            await self.finish_reopen_rw()
+        await self.zeroes.discard(offset, length)
+
+    async def copy_range_from(self, offset: int, dst: BlockNode, dst_offset: int,
+                              length: int, flags: ReqFlag) -> None:
+        await self.copier.copy_range_from(offset, dst, dst_offset, length, flags)
+
+    async def copy_range_to(self, src: BlockNode, src_offset: int, offset: int,
+                            length: int, flags: ReqFlag) -> None:
+        if self.reopened_rw:
+            await self.finish_reopen_rw()
+        await self.copier.copy_range_to(src, src_offset, offset, length, flags)
+
+    # ---- resize, backing file, emptying -------------------------------------------------
+    async def truncate(self, size: int, exact: bool, prealloc: Prealloc) -> None:
+        """Resizing keeps the bitmaps (resized) unless one cannot be used."""
+        self.bitmap_ops.check_resizable()
+        if self.reopened_rw:
+            await self.finish_reopen_rw()
+        await self.resizer.truncate(size, exact, prealloc)
+        self.bitmap_ops.resized(size)
+
+    async def change_backing_file(self, backing_file: str | None,
+                                  backing_fmt: str | None) -> None:
+        await self.resizer.change_backing_file(backing_file, backing_fmt)
+
+    async def make_empty(self) -> None:
+        await self.resizer.make_empty()
+
+    # ---- reopen -----------------------------------------------------------------------------
+    async def reopen_prepare(self, options: dict[str, Any], read_only: bool) -> Any:
+        if read_only and not self.node.read_only:
+            with metadata_io():                 # become clean while the file is writable
+                await self.flush_caches()
+                if self.header.incompatible_features & L.INCOMPAT_DIRTY:
+                    await self.set_incompatible(self.header.incompatible_features
+                                                & ~L.INCOMPAT_DIRTY)
+        if not read_only and self.node.read_only \
+                and self.header.incompatible_features & L.INCOMPAT_CORRUPT:
+            raise BlockError("qcow2: Image is corrupt; cannot be opened read/write",
+                             errno.EACCES)
+        return not read_only and self.node.read_only
+
+    async def reopen_commit(self, state: Any) -> None:
+        # the file child becomes writable only after this: finish on the first change
+        self.reopened_rw = bool(state)
+
+    async def finish_reopen_rw(self) -> None:
+        """What a read-write open does (repair a dirty image, clear unknown autoclear
+        bits), done when a node reopened read-write first changes."""
+        async with self.reopen_lock:
+            if self.reopened_rw:
+                with metadata_io():
+                    await self._open_writable()
+                self.reopened_rw = False
+
+    # ---- internal snapshots -------------------------------------------------------------
+    async def snapshot_list(self) -> list[SnapshotInfo]:
+        return [sn.info() for sn in self.snapshots]
+
+    async def snapshot_create(self, info: SnapshotInfo) -> None:
+        with metadata_io():
+            await snapshot.create(self, info)
+
+    async def snapshot_goto(self, name_or_id: str) -> None:
+        with metadata_io():
+            await snapshot.goto(self, name_or_id)
+
+    async def snapshot_delete(self, snapshot_id: str | None,
+                              name: str | None) -> SnapshotInfo:
+        with metadata_io():
+            return await snapshot.delete(self, snapshot_id, name)
+
+    async def snapshot_load_tmp(self, snapshot_id: str | None, name: str | None) -> None:
+        with metadata_io():
+            await snapshot.load_tmp(self, snapshot_id, name)
+
+    # ---- dirty bitmaps (see :class:`~.bitmap.BitmapOps`) -----------------------------------
+    def bitmap_find(self, name: str) -> Bitmap:
+        return self.bitmap_ops.bitmap_find(name)
+
+    def bitmap_list(self) -> list[dict[str, Any]]:
+        return self.bitmap_ops.bitmap_list()
+
+    async def bitmap_add(self, name: str, granularity: int | None = None,
+                         persistent: bool = True, disabled: bool = False) -> None:
+        await self.bitmap_ops.bitmap_add(name, granularity, persistent, disabled)
+
+    async def bitmap_remove(self, name: str) -> None:
+        await self.bitmap_ops.bitmap_remove(name)
+
+    async def bitmap_clear(self, name: str) -> None:
+        await self.bitmap_ops.bitmap_clear(name)
+
+    async def bitmap_set_enabled(self, name: str, enabled: bool) -> None:
+        await self.bitmap_ops.bitmap_set_enabled(name, enabled)
+
+    async def bitmap_merge(self, target: str, source: str | Bitmap) -> None:
+        await self.bitmap_ops.bitmap_merge(target, source)
+
+    def bitmap_get(self, name: str) -> np.ndarray:
+        return self.bitmap_ops.bitmap_get(name)
+
+    def bitmap_set(self, name: str, offset: int, length: int, value: bool = True) -> None:
+        self.bitmap_ops.bitmap_set(name, offset, length, value)
+
+    async def store_bitmaps(self) -> None:
+        """Write the persistent bitmaps to the image (done at close)."""
+        await self.bitmap_ops.store_bitmaps()
+
+    # ---- amend ------------------------------------------------------------------------------
+    async def amend(self, options: dict[str, Any], force: bool) -> None:
+        with metadata_io():
+            await amend(self, options, force)

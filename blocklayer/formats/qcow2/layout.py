@@ -10,7 +10,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from ...core.errors import BlockError, ImageCorrupt, InvalidArgument, NotSupported
 
@@ -20,6 +20,71 @@ if TYPE_CHECKING:
 MAGIC = 0x514649FB
 V2_HEADER = struct.Struct(">IIQIIQIIQQIIQ")            # 72 bytes
 V3_FIELDS = struct.Struct(">QQQII")                     # bytes 72..103
+V2_FIELD_NAMES = ("magic", "version", "backing_file_offset", "backing_file_size",
+                  "cluster_bits", "size", "crypt_method", "l1_size", "l1_table_offset",
+                  "refcount_table_offset", "refcount_table_clusters", "nb_snapshots",
+                  "snapshots_offset")
+V3_FIELD_NAMES = ("incompatible_features", "compatible_features", "autoclear_features",
+                  "refcount_order", "header_length")
+
+
+def _field_places() -> dict[str, tuple[int, str]]:
+    """Header field name -> (byte offset, struct code), from the two declarations."""
+    out: dict[str, tuple[int, str]] = {}
+    for base, layout, names in ((0, V2_HEADER, V2_FIELD_NAMES),
+                                (V2_HEADER.size, V3_FIELDS, V3_FIELD_NAMES)):
+        codes = layout.format[1:]
+        for i, name in enumerate(names):
+            out[name] = (base + struct.calcsize(">" + codes[:i]), codes[i])
+    return out
+
+
+HEADER_FIELDS = _field_places()
+
+
+def header_field_writes(fields: dict[str, int]) -> list[tuple[int, bytes]]:
+    """The in-place writes that store these header fields: (offset, bytes), one per
+    run of adjacent fields, in file order."""
+    places = sorted((HEADER_FIELDS[name] + (value,) for name, value in fields.items()))
+    out: list[tuple[int, bytes]] = []
+    for offset, code, value in places:
+        data = struct.pack(">" + code, value)
+        if out and out[-1][0] + len(out[-1][1]) == offset:
+            out[-1] = (out[-1][0], out[-1][1] + data)
+        else:
+            out.append((offset, data))
+    return out
+
+
+def header_field_span(names: tuple[str, ...]) -> tuple[int, int]:
+    """(offset, length) of the bytes that hold these adjacent header fields."""
+    first, _ = HEADER_FIELDS[names[0]]
+    last, code = HEADER_FIELDS[names[-1]]
+    return first, last + struct.calcsize(">" + code) - first
+
+
+def parse_header_fields(data: bytes, names: tuple[str, ...]) -> tuple[int, ...]:
+    """The values of adjacent header fields from the bytes at their span."""
+    base = HEADER_FIELDS[names[0]][0]
+    return tuple(int(struct.unpack_from(">" + HEADER_FIELDS[n][1], data,
+                                        HEADER_FIELDS[n][0] - base)[0]) for n in names)
+
+
+def probe_version(buf: bytes) -> int | None:
+    """The version of a qcow2 header at the start of ``buf``; None if not qcow2."""
+    if len(buf) < 8:
+        return None
+    magic, version = struct.unpack_from(">II", buf)
+    return version if magic == MAGIC else None
+
+
+def peek_cluster_bits(buf: bytes | bytearray) -> int | None:
+    """``cluster_bits`` of a qcow2 header at the start of ``buf`` (None if too short
+    or not qcow2), to know how much of the file holds the header."""
+    offset, code = HEADER_FIELDS["cluster_bits"]
+    if len(buf) < offset + 4 or struct.unpack_from(">I", buf)[0] != MAGIC:
+        return None
+    return int(struct.unpack_from(">" + code, buf, offset)[0])
 V2_HEADER_LENGTH = 72
 V3_MIN_HEADER_LENGTH = 104
 V3_HEADER_LENGTH = 112                                  # with compression_type + padding
@@ -418,30 +483,135 @@ def _describe_features(h: Header, mask: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Bitmap directory (read only: enough for ``qemu-img info``)
+# Snapshot table entry ("Snapshots"), each entry padded to 8 bytes:
+#   u64 l1_table_offset  u32 l1_size  u16 id_str_size  u16 name_size
+#   u32 date_sec  u32 date_nsec  u64 vm_clock_nsec  u32 vm_state_size
+#   u32 extra_data_size  extra data  id string  name
+# The known extra data is u64 vm_state_size_large, u64 disk_size, u64 icount.
+# ---------------------------------------------------------------------------------------
+
+SNAPSHOT_FIXED = struct.Struct(">QIHHIIQII")       # 40 bytes
+assert SNAPSHOT_FIXED.size == SNAPSHOT_HEADER_SIZE
+SNAPSHOT_EXTRA = struct.Struct(">QQQ")             # vm_state_size_large, disk_size, icount
+MAX_SNAPSHOT_EXTRA_DATA = 1024
+
+
+@dataclass
+class SnapshotFixed:
+    """The fixed part of one snapshot table entry."""
+
+    l1_table_offset: int
+    l1_size: int
+    id_str_size: int
+    name_size: int
+    date_sec: int
+    date_nsec: int
+    vm_clock_nsec: int
+    vm_state_size: int
+    extra_data_size: int
+
+    @classmethod
+    def parse(cls, raw: bytes | bytearray) -> SnapshotFixed:
+        return cls(*SNAPSHOT_FIXED.unpack(raw))
+
+    def build(self) -> bytes:
+        return SNAPSHOT_FIXED.pack(self.l1_table_offset, self.l1_size, self.id_str_size,
+                                   self.name_size, self.date_sec, self.date_nsec,
+                                   self.vm_clock_nsec, self.vm_state_size,
+                                   self.extra_data_size)
+
+    @property
+    def entry_size(self) -> int:
+        """Bytes of the whole entry, without the padding after it."""
+        return (SNAPSHOT_FIXED.size + self.extra_data_size + self.id_str_size
+                + self.name_size)
+
+
+# ---------------------------------------------------------------------------------------
+# Bitmap directory entry ("Bitmaps"), each entry padded to 8 bytes:
+#   u64 bitmap_table_offset  u32 bitmap_table_size  u32 flags  u8 type
+#   u8 granularity_bits  u16 name_size  u32 extra_data_size  extra data  name
+# Bitmap table entries: bits 9..55 the data cluster offset, bit 0 "all ones".
 # ---------------------------------------------------------------------------------------
 
 BITMAP_ENTRY = struct.Struct(">QIIBBHI")     # 24 bytes
-BME_FLAG_IN_USE, BME_FLAG_AUTO = 1, 2
+BME_FLAG_IN_USE, BME_FLAG_AUTO, BME_FLAG_EXTRA_COMPAT = 1, 2, 4
+BME_TABLE_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+BME_TABLE_RESERVED_MASK = 0xFF000000000001FE
+BME_TABLE_ALL_ONES = 1
+BME_MAX_TABLE_SIZE = 0x8000000
+
+
+def bitmap_entry_size(name_size: int, extra_data_size: int = 0) -> int:
+    """Bytes of one directory entry with its padding."""
+    return (BITMAP_ENTRY.size + extra_data_size + name_size + 7) & ~7
+
+
+@dataclass
+class BitmapDirEntry:
+    """One entry of the bitmap directory (the name follows the extra data)."""
+
+    table_offset: int
+    table_size: int
+    flags: int
+    type: int
+    granularity_bits: int
+    name_size: int
+    extra_data_size: int
+    raw_name: bytes = b""
+    #: where the entry ends in the directory (with its padding)
+    end: int = 0
+
+    @classmethod
+    def parse_from(cls, data: bytes, pos: int) -> BitmapDirEntry | None:
+        """The entry at ``pos``; None if its fixed part does not fit.  The name is cut
+        where the directory ends (callers check ``end``)."""
+        if pos + BITMAP_ENTRY.size > len(data):
+            return None
+        e = cls(*BITMAP_ENTRY.unpack_from(data, pos))
+        start = pos + BITMAP_ENTRY.size + e.extra_data_size
+        e.raw_name = data[start:start + e.name_size]
+        e.end = pos + bitmap_entry_size(e.name_size, e.extra_data_size)
+        return e
+
+    @property
+    def name(self) -> str:
+        return self.raw_name.decode("utf-8", "replace")
+
+    @property
+    def name_fits(self) -> bool:
+        return len(self.raw_name) == self.name_size
+
+    def build(self) -> bytes:
+        raw = BITMAP_ENTRY.pack(self.table_offset, self.table_size, self.flags, self.type,
+                                self.granularity_bits, len(self.raw_name),
+                                0) + self.raw_name
+        return raw + bytes(-len(raw) % 8)
+
+
+def bitmap_directory(data: bytes, count: int, truncated: str) -> Iterator[BitmapDirEntry]:
+    """``count`` entries of a directory whose size the header vouches for, one by one;
+    a directory that ends early raises :class:`ImageCorrupt` with the message
+    ``truncated``."""
+    pos = 0
+    for _ in range(count):
+        e = BitmapDirEntry.parse_from(data, pos)
+        if e is None:
+            raise ImageCorrupt(truncated)
+        yield e
+        pos = e.end
 
 
 def parse_bitmap_directory(data: bytes, count: int) -> list[dict[str, object]]:
     """Name, granularity and flags of each bitmap, as ``qemu-img info`` shows them."""
     out: list[dict[str, object]] = []
-    pos = 0
-    for _ in range(count):
-        if pos + BITMAP_ENTRY.size > len(data):
+    for e in bitmap_directory(data, count, "Bitmap directory is truncated"):
+        if not e.name_fits:
             raise ImageCorrupt("Bitmap directory is truncated")
-        (_table, _size, flags, _type, gran_bits, name_size,
-         extra) = BITMAP_ENTRY.unpack_from(data, pos)
-        start = pos + BITMAP_ENTRY.size + extra
-        if start + name_size > len(data):
-            raise ImageCorrupt("Bitmap directory is truncated")
-        name = data[start:start + name_size].decode("utf-8", "replace")
         flag_names = [n for bit, n in ((BME_FLAG_IN_USE, "in-use"), (BME_FLAG_AUTO, "auto"))
-                      if flags & bit]
-        out.append({"name": name, "granularity": 1 << gran_bits, "flags": flag_names})
-        pos = (start + name_size + 7) & ~7
+                      if e.flags & bit]
+        out.append({"name": e.name, "granularity": 1 << e.granularity_bits,
+                    "flags": flag_names})
     return out
 
 
@@ -483,8 +653,20 @@ def build_table(table: array, start: int = 0, end: int | None = None) -> bytes:
     return part.tobytes()
 
 
+def build_entries(*values: int) -> bytes:
+    """8-byte table entries (L1, L2, refcount table, bitmap table) as on disk."""
+    return struct.pack(f">{len(values)}Q", *values)
+
+
 def empty_table(nbytes: int, typecode: str = "Q") -> array:
     return array(typecode, bytes(nbytes))
+
+
+def table_as_ndarray(data: bytes | bytearray | memoryview) -> "np.ndarray":
+    """Big-endian 8-byte entries -> a native ``uint64`` numpy array (a copy), for the
+    bulk paths.  Imports numpy."""
+    import numpy as np
+    return np.frombuffer(data, ">u8").astype(np.uint64)
 
 
 def as_ndarray(table: array) -> "np.ndarray":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import errno
 import itertools
-import struct
 from array import array
 from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 
@@ -401,7 +400,7 @@ class Refcounts:
         await self.cache.flush()
         if rt_index < len(self.table):
             await self.file.write(self.table_offset + rt_index * 8,
-                                  struct.pack(">Q", new_block))
+                                  L.build_entries(new_block))
             await self.file.flush()
             self.table[rt_index] = new_block
             raise _Again

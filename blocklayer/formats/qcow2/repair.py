@@ -8,7 +8,6 @@ uses it, and a later ``check -r`` can too.
 """
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,8 +21,6 @@ if TYPE_CHECKING:
 
 #: references this far beyond the end of the file are refused, not counted
 MAX_SLACK_CLUSTERS = 1 << 22
-BME_TABLE_OFFSET_MASK = 0x00FFFFFFFFFFFE00
-SNAPSHOT_FIXED = struct.Struct(">QIHHIIQII")
 
 
 class Counter:
@@ -104,15 +101,15 @@ async def _count_snapshots(drv: "Qcow2Driver", c: Counter) -> None:
     pos = h.snapshots_offset
     start = pos
     for _ in range(h.nb_snapshots):
-        raw = await file.read(pos, SNAPSHOT_FIXED.size)
-        (l1_off, l1_size, id_size, name_size, _ds, _dn, _vm, _vs,
-         extra) = SNAPSHOT_FIXED.unpack(raw)
-        if extra > 1024 or l1_size * 8 > L.MAX_L1_SIZE or l1_off % drv.cluster_size:
+        e = L.SnapshotFixed.parse(await file.read(pos, L.SNAPSHOT_FIXED.size))
+        l1_off, l1_size = e.l1_table_offset, e.l1_size
+        if e.extra_data_size > L.MAX_SNAPSHOT_EXTRA_DATA or l1_size * 8 > L.MAX_L1_SIZE \
+                or l1_off % drv.cluster_size:
             raise ImageCorrupt("qcow2: invalid snapshot table entry")
-        pos += SNAPSHOT_FIXED.size + extra + id_size + name_size
+        pos += e.entry_size
         pos = (pos + 7) & ~7
         raw = await file.read(l1_off, l1_size * 8)
-        l1 = np.frombuffer(raw.ljust(l1_size * 8, b"\0"), ">u8").astype(np.uint64)
+        l1 = L.table_as_ndarray(raw.ljust(l1_size * 8, b"\0"))
         await _count_l1(drv, c, l1_off, l1)
     c.add(start, pos - start)
 
@@ -121,20 +118,15 @@ async def _count_bitmaps(drv: "Qcow2Driver", c: Counter) -> None:
     ext, file = drv.header.bitmaps, drv.file
     assert ext is not None
     c.add(ext.directory_offset, ext.directory_size)
-    data = await file.read(ext.directory_offset, ext.directory_size)
-    pos = 0
-    for _ in range(ext.nb_bitmaps):
-        if pos + L.BITMAP_ENTRY.size > len(data):
-            raise ImageCorrupt("qcow2: bitmap directory is truncated")
-        (table_off, table_size, _f, _t, _g, name_size,
-         extra) = L.BITMAP_ENTRY.unpack_from(data, pos)
-        if table_size > 0x8000000:
+    data = bytes(await file.read(ext.directory_offset, ext.directory_size))
+    for e in L.bitmap_directory(data, ext.nb_bitmaps, "qcow2: bitmap directory is truncated"):
+        table_off, table_size = e.table_offset, e.table_size
+        if table_size > L.BME_MAX_TABLE_SIZE:
             raise ImageCorrupt("qcow2: bitmap table too large")
-        pos = (pos + L.BITMAP_ENTRY.size + extra + name_size + 7) & ~7
         c.add(table_off, table_size * 8)
         raw = await file.read(table_off, table_size * 8)
-        table = np.frombuffer(raw.ljust(table_size * 8, b"\0"), ">u8").astype(np.uint64)
-        offs = table & np.uint64(BME_TABLE_OFFSET_MASK)
+        table = L.as_ndarray(L.parse_table(bytes(raw).ljust(table_size * 8, b"\0")))
+        offs = table & np.uint64(L.BME_TABLE_OFFSET_MASK)
         offs = offs[offs != 0]
         c.add_clusters((offs >> np.uint64(drv.geo.cluster_bits)).astype(np.int64))
 

@@ -2,13 +2,9 @@
 the operations on it: create, list, goto (apply), delete and the read-only temporary
 load that ``qemu-img convert -l`` uses.
 
-Table entry (docs/interop/qcow2.txt, "Snapshots"), each padded to 8 bytes::
-
-    u64 l1_table_offset  u32 l1_size  u16 id_str_size  u16 name_size
-    u32 date_sec  u32 date_nsec  u64 vm_clock_nsec  u32 vm_state_size
-    u32 extra_data_size  extra data  id string  name
-
-The known extra data is ``u64 vm_state_size_large, u64 disk_size, u64 icount``.
+The table entry (docs/interop/qcow2.txt, "Snapshots") is declared in :mod:`.layout`
+(:class:`~.layout.SnapshotFixed` and the known extra data ``SNAPSHOT_EXTRA``); a
+:class:`Snapshot` is what one entry means.
 The refcount walk (:func:`update_snapshot_refcount`) is QEMU's: one pass over an L1
 table that adds ``addend`` to every L2 table and data cluster it reaches and sets
 the COPIED flags from the refcounts it leaves.
@@ -17,13 +13,13 @@ from __future__ import annotations
 
 import errno
 import itertools
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ...core.driver import SnapshotInfo
 from ...core.errors import BlockError, ImageCorrupt, InvalidArgument, NodeNotFound, NotSupported
 from . import layout as L
+from .cache import Entry
 from .mapping import CT, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED
 from .refcount import Discard
 
@@ -33,10 +29,9 @@ if TYPE_CHECKING:
     from ...core.node import BlockNode
     from .driver import Qcow2Driver
 
-SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")     # 40 bytes
-EXTRA = struct.Struct(">QQQ")                     # vm_state_size_large, disk_size, icount
+EXTRA = L.SNAPSHOT_EXTRA
 EXTRA_V3_MIN = 16                                 # v3: up to and including disk_size
-MAX_EXTRA_DATA = 1024
+MAX_EXTRA_DATA = L.MAX_SNAPSHOT_EXTRA_DATA
 MAX_SNAPSHOTS_SIZE = 64 << 20
 NO_ICOUNT = (1 << 64) - 1
 
@@ -70,9 +65,9 @@ class Snapshot:
         ident, name = self.id.encode(), self.name.encode()
         extra_size = max(EXTRA.size, self.extra_data_size)
         vm32 = self.vm_state_size if self.vm_state_size <= 0xFFFFFFFF else 0
-        head = SNAPSHOT_HEADER.pack(self.l1_table_offset, self.l1_size, len(ident),
-                                    len(name), self.date_sec, self.date_nsec,
-                                    self.vm_clock_nsec, vm32, extra_size)
+        head = L.SnapshotFixed(self.l1_table_offset, self.l1_size, len(ident), len(name),
+                               self.date_sec, self.date_nsec, self.vm_clock_nsec, vm32,
+                               extra_size).build()
         extra = EXTRA.pack(self.vm_state_size, self.disk_size, self.icount)
         return head + extra + self.unknown_extra + ident + name
 
@@ -115,9 +110,9 @@ async def read_table(file: "BlockNode", offset: int, count: int, disk_size: int,
         pre = pos
         table_length = _round8(pos - offset)
         pos = _round8(pos)
-        (l1_off, l1_size, id_size, name_size, date_sec, date_nsec, vm_clock, vm_state,
-         extra_size) = SNAPSHOT_HEADER.unpack(await file.read(pos, SNAPSHOT_HEADER.size))
-        pos += SNAPSHOT_HEADER.size
+        e = L.SnapshotFixed.parse(await file.read(pos, L.SNAPSHOT_FIXED.size))
+        extra_size, id_size, name_size = e.extra_data_size, e.id_str_size, e.name_size
+        pos += L.SNAPSHOT_FIXED.size
         truncate = False
         if extra_size > MAX_EXTRA_DATA:
             if not repair:
@@ -131,7 +126,8 @@ async def read_table(file: "BlockNode", offset: int, count: int, disk_size: int,
         extra = bytes(await file.read(pos, known)) + bytes(EXTRA.size - known)
         pos += known
         large, dsize, icount = EXTRA.unpack(extra)
-        sn = Snapshot(l1_off, l1_size, "", "", vm_state, date_sec, date_nsec, vm_clock,
+        sn = Snapshot(e.l1_table_offset, e.l1_size, "", "", e.vm_state_size, e.date_sec,
+                      e.date_nsec, e.vm_clock_nsec,
                       dsize if extra_size >= 16 else disk_size,
                       icount if extra_size >= 24 else NO_ICOUNT, extra_size)
         if extra_size >= 8:
@@ -148,7 +144,7 @@ async def read_table(file: "BlockNode", offset: int, count: int, disk_size: int,
         sn.name = bytes(await file.read(pos, name_size)).split(b"\0", 1)[0].decode(
             "utf-8", "replace")
         pos += name_size
-        table_length += SNAPSHOT_HEADER.size + sn.extra_data_size + id_size + name_size
+        table_length += L.SNAPSHOT_FIXED.size + sn.extra_data_size + id_size + name_size
         if table_length > MAX_SNAPSHOTS_SIZE:
             if not repair:
                 raise BlockError("Snapshot table is too big", errno.EFBIG)
@@ -192,13 +188,11 @@ async def write_snapshots(drv: "Qcow2Driver") -> None:
     await drv.rb_cache.flush()
     await drv.l2_cache.flush()
     if data:
-        await drv._overlap_check(new_off, len(data))
+        await drv.overlap_check(new_off, len(data))
         await file.write(new_off, data)
     await file.flush()
-    await file.write(60, struct.pack(">IQ", len(drv.snapshots), new_off))
-    await file.flush()
     old_off, old_size = h.snapshots_offset, drv.snapshots_size
-    h.nb_snapshots, h.snapshots_offset = len(drv.snapshots), new_off
+    await drv.write_header_fields(nb_snapshots=len(drv.snapshots), snapshots_offset=new_off)
     drv.snapshots_size = len(data)
     if old_size:
         try:
@@ -234,7 +228,7 @@ async def update_snapshot_refcount(drv: "Qcow2Driver", l1_offset: int, l1_size: 
             old_l1e = l1[i]
             l2_off = old_l1e & L1E_OFFSET_MASK
             if l2_off % cs:
-                await drv._corrupt(f"L2 table offset {l2_off:#x} unaligned (L1 index: "
+                await drv.corrupt(f"L2 table offset {l2_off:#x} unaligned (L1 index: "
                                    f"{i:#x})", -1, -1)
             entry = await drv.l2_cache.get(l2_off)
             try:
@@ -264,7 +258,7 @@ def _nonzero(entries: "array") -> list[int]:
     return list(itertools.compress(range(len(entries)), entries))
 
 
-async def _update_l2(drv: "Qcow2Driver", entry, l2_off: int, step: int,  # type: ignore[no-untyped-def]
+async def _update_l2(drv: "Qcow2Driver", entry: Entry, l2_off: int, step: int,
                      addend: int) -> None:
     geo, rc, table = drv.geo, drv.refcounts, entry.table
     for j in _nonzero(table[0::step]):
@@ -279,7 +273,7 @@ async def _update_l2(drv: "Qcow2Driver", entry, l2_off: int, step: int,  # type:
         elif ct in (CT.NORMAL, CT.ZERO_ALLOC):
             off = e & L2E_OFFSET_MASK
             if off % drv.cluster_size:
-                await drv._corrupt(f"Cluster allocation offset {off:#x} unaligned (L2 "
+                await drv.corrupt(f"Cluster allocation offset {off:#x} unaligned (L2 "
                                    f"offset: {l2_off:#x}, L2 index: {j:#x})", -1, -1)
             if drv.header.has_data_file:
                 refcount = 1
@@ -359,7 +353,7 @@ async def _create(drv: "Qcow2Driver", info: SnapshotInfo) -> None:
         sn.l1_table_offset = await drv.refcounts.alloc_clusters(len(l1) * 8) if len(l1) \
             else await drv.refcounts._alloc_noref(0)
         if len(l1):
-            await drv._overlap_check(sn.l1_table_offset, len(l1) * 8)
+            await drv.overlap_check(sn.l1_table_offset, len(l1) * 8)
             await drv.file.write(sn.l1_table_offset, L.build_table(l1))
         await update_snapshot_refcount(drv, h.l1_table_offset, len(l1), 1)
         drv.snapshots.append(sn)
@@ -371,7 +365,7 @@ async def _create(drv: "Qcow2Driver", info: SnapshotInfo) -> None:
         info.id = sn.id
     if sn.vm_state_size:
         vm_off = drv.get_info().vm_state_offset
-        await drv.discard_clusters(vm_off, vm_off + -(-sn.vm_state_size // drv.cluster_size)
+        await drv.zeroes.discard_clusters(vm_off, vm_off + -(-sn.vm_state_size // drv.cluster_size)
                                    * drv.cluster_size, Discard.NEVER, full=False)
 
 
@@ -389,7 +383,7 @@ async def goto(drv: "Qcow2Driver", id_or_name: str) -> None:
     if sn.disk_size != h.size:
         await _resize_for(drv, sn.disk_size)
     if sn.l1_size > len(drv.mapping.l1):
-        await drv.grow_l1(sn.l1_size)
+        await drv.resizer.grow_l1(sn.l1_size)
     async with drv.lock:
         cur = len(drv.mapping.l1)
         raw = await drv.file.read(sn.l1_table_offset, sn.l1_size * 8)
@@ -481,32 +475,3 @@ async def load_tmp(drv: "Qcow2Driver", snapshot_id: str | None, name: str | None
 __all__ = ["Snapshot", "TableRead", "build_table", "read_table", "load", "write_snapshots",
            "update_snapshot_refcount", "create", "goto", "delete", "load_tmp", "find",
            "ImageCorrupt"]
-
-
-class SnapshotMethods:
-    """The driver's snapshot methods, mixed into :class:`~.driver.Qcow2Driver`."""
-
-    async def snapshot_list(self: "Qcow2Driver") -> list[SnapshotInfo]:  # type: ignore[misc]
-        return [sn.info() for sn in self.snapshots]
-
-    async def snapshot_create(self: "Qcow2Driver", info: SnapshotInfo) -> None:  # type: ignore[misc]
-        from .driver import nested
-        with nested():
-            await create(self, info)
-
-    async def snapshot_goto(self: "Qcow2Driver", name_or_id: str) -> None:  # type: ignore[misc]
-        from .driver import nested
-        with nested():
-            await goto(self, name_or_id)
-
-    async def snapshot_delete(self: "Qcow2Driver", snapshot_id: str | None,  # type: ignore[misc]
-                              name: str | None) -> SnapshotInfo:
-        from .driver import nested
-        with nested():
-            return await delete(self, snapshot_id, name)
-
-    async def snapshot_load_tmp(self: "Qcow2Driver", snapshot_id: str | None,  # type: ignore[misc]
-                                name: str | None) -> None:
-        from .driver import nested
-        with nested():
-            await load_tmp(self, snapshot_id, name)

@@ -1,15 +1,16 @@
-"""``commit``: write the data of an overlay (and the layers between) into its base."""
+"""``commit``: write the data of an overlay (and the layers between) into its base, with
+the copy engine and the plan of what is allocated above the base."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 from blocklayer.core.errors import BlockError, NotSupported
+from blocklayer.jobs.copy import CopyEngine
+from blocklayer.jobs.plans import allocated_above
+from blocklayer.jobs.ratelimit import RateLimit
 
 from .args import UsageError, parse
 from .common import close_all, new_graph, parse_rate, progress_from
-
-CHUNK = 2 << 20
 
 
 def main(argv: list[str]) -> int:
@@ -21,7 +22,6 @@ def main(argv: list[str]) -> int:
 
 
 async def run(p, rate: int) -> int:  # type: ignore[no-untyped-def]
-    from blocklayer.core.driver import ReqFlag
     from .chain import open_with_writable_base
     graph = new_graph()
     top, base = await open_with_writable_base(graph, p.args[0], p.last("-f"),
@@ -31,27 +31,9 @@ async def run(p, rate: int) -> int:  # type: ignore[no-untyped-def]
         size = top.total_bytes
         if base.total_bytes < size:
             await base.truncate(size)
-        off, done, t0 = 0, 0, time.monotonic()
-        while off < size:
-            depth, n = await top.is_allocated_above(base, off, min(size - off, 1 << 30))
-            n = max(n, 1)
-            pos, end = off, off + n
-            while depth and pos < end:
-                st = await top.block_status_above(base, pos, min(end - pos, CHUNK), True)
-                m = max(st.length, 1)
-                if st.zero:
-                    await base.write_zeroes(pos, m, ReqFlag.MAY_UNMAP)
-                else:
-                    await base.write(pos, await top.read(pos, m))
-                    done += m
-                    if rate:
-                        delay = t0 + done / rate - time.monotonic()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                pos += m
-                progress.fraction(pos, size)
-            off = end
-            progress.fraction(off, size)
+        engine = CopyEngine(top, base, size, rate=RateLimit(rate) if rate else None,
+                            progress=progress.fraction)
+        await engine.run(allocated_above(top, base, 0, size))
         await base.flush()
         if not p.has("-d") and not p.has("-b"):
             try:

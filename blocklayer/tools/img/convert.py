@@ -9,24 +9,27 @@ requests run as asyncio tasks, writes stay in order unless ``-W``; compressed cl
 and runs that write nothing are joined into larger requests, which changes nothing on
 the target.  With ``-C`` data is copied with copy offloading (no zero detection); the
 first copy that cannot be offloaded is read and written instead, and so is everything
-after it.
+after it.  :class:`Converter` is the copy engine (:mod:`blocklayer.jobs.copy`) with
+this plan and these steps.
 """
 from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Iterator
 
 from blocklayer.core import bitmaps
 from blocklayer.core.driver import Cap, Status, StatusShape
 from blocklayer.core.errors import BlockError, InvalidArgument
+from blocklayer.jobs.copy import Chunk, CopyEngine, Kind, PauseFn
+from blocklayer.jobs.ratelimit import RateLimit
+from blocklayer.jobs.zeroes import Piece, ZeroDetect, starts_nonzero
 
 from .args import PROG, parse
 from .common import (Progress, close_all, new_graph, open_img, parse_o_options,
                      parse_rate, print_create_options_help, progress_from)
-from .convert_plan import SECTOR, Kind, Planner, Rules, layout, sparse_pieces
+from .convert_plan import SECTOR, Planner, Rules, layout
 
 if TYPE_CHECKING:
     from blocklayer.core.node import BlockNode
@@ -50,14 +53,6 @@ class Settings:
     target_has_backing: bool = False
     target_backing: int = -1      # bytes of a new target's backing file (-1: unknown)
     zero_init: bool = False
-
-
-@dataclass
-class Item:
-    seq: int
-    offset: int               # global offset (sources concatenated)
-    length: int
-    kind: Kind
 
 
 def sectors(size: int) -> int:
@@ -106,15 +101,22 @@ def _status_as_qemu(node: "BlockNode", zero_runs_skipped: bool) -> None:
         layer = layer.filtered_backing()
 
 
-def _pow2floor(n: int) -> int:
-    return 1 << (n.bit_length() - 1) if n > 0 else 0
+class _Offload:
+    """The payload of a data chunk to copy with copy offloading (-C)."""
+
+
+OFFLOAD = _Offload()
 
 
 # ---------------------------------------------------------------------------------------
-# The copy engine
+# convert on the copy engine
 # ---------------------------------------------------------------------------------------
 
-class Converter:
+class Converter(CopyEngine):
+    """The copy engine with convert's plan (qemu-img's requests over the concatenated
+    sources), reads across sources with --salvage, compressed writes, -C offloading
+    and qemu-img's error messages."""
+
     def __init__(self, sources: list["BlockNode"], target: "BlockNode", settings: Settings,
                  progress: Progress) -> None:
         for node in sources:
@@ -122,19 +124,13 @@ class Converter:
         parts = layout([n.total_bytes for n in sources], [_source_alignment(n) for n in sources])
         self.sources = [Source(n, p.start * SECTOR, n.total_bytes, (p.start + p.sectors) * SECTOR)
                         for n, p in zip(sources, parts)]
-        self.total = self.sources[-1].end if self.sources else 0
-        self.target = target
-        self.s = settings
-        self.progress = progress
-        self.done = 0
-        self.next_write = 0
-        self.turns: dict[int, asyncio.Future[None]] = {}   # waiting workers by seq
-        self.written = 0
-        self.t0 = time.monotonic()
+        s = self.s = settings
+        super().__init__(None, target, self.sources[-1].end if self.sources else 0,
+                         parallel=s.parallel, in_order=not s.out_of_order, read_ahead=True,
+                         zeroes=ZeroDetect(s.min_sparse, target.limits.request_alignment),
+                         target_zeroed=s.zero_init, rate=RateLimit(s.rate) if s.rate else None,
+                         progress=progress.fraction)
         self.cluster = _cluster_size(target)
-        # zero runs in a buffer are moved to this boundary (sectors, a power of two)
-        self.alignment = max(_pow2floor(settings.min_sparse // SECTOR),
-                             -(-target.limits.request_alignment // SECTOR))
         self.planner = Planner(parts, self._rules(), self._status)
 
     def _rules(self) -> Rules:
@@ -147,6 +143,10 @@ class Converter:
                      target_has_backing=s.target_has_backing,
                      target_backing=s.target_backing // SECTOR if s.target_backing >= 0 else -1,
                      zero_runs_skipped=s.zero_init and bool(s.min_sparse))
+
+    async def run(self, plan: AsyncIterable[Chunk] | None = None,
+                  pause: PauseFn | None = None) -> None:
+        await super().run(self._chunks() if plan is None else plan, pause)
 
     # ---- what to copy ------------------------------------------------------------------
     async def _status(self, i: int, off: int, length: int) -> tuple[Status, int]:
@@ -175,7 +175,7 @@ class Converter:
         if not self.s.quiet:
             sys.stderr.write(f"{PROG}: warning: {message}\n")
 
-    def _joins(self, a: Item, b: Item) -> bool:
+    def _joins(self, a: Chunk, b: Chunk) -> bool:
         """Whether request ``b`` can ride with ``a`` (the one just before it) without
         changing what reaches the target: compressed clusters are judged one by one,
         and runs that write nothing do not care how they are cut."""
@@ -188,117 +188,58 @@ class Converter:
         limit = JOIN_MAX if a.kind is Kind.ZERO else BUF_SIZE
         return a.length + b.length <= limit
 
-    async def _items(self, queue: "asyncio.Queue[Item | None]") -> None:
-        seq = 0
-        pend: Item | None = None
+    async def _chunks(self) -> AsyncIterator[Chunk]:
+        """convert's plan: the planner's requests, joined where that changes nothing."""
+        pend: Chunk | None = None
         async for req in self.planner.requests():
-            item = Item(0, req.sector * SECTOR, req.count * SECTOR, req.kind)
-            if pend is not None and self._joins(pend, item):
-                pend.length += item.length
+            chunk = Chunk(req.sector * SECTOR, req.count * SECTOR, req.kind)
+            if pend is not None and self._joins(pend, chunk):
+                pend.length += chunk.length
                 continue
             if pend is not None:
-                pend.seq, seq = seq, seq + 1
-                await queue.put(pend)
-            pend = item
+                yield pend
+            pend = chunk
         if pend is not None:
-            pend.seq = seq
-            await queue.put(pend)
-        for _ in range(self.s.parallel):
-            await queue.put(None)
+            yield pend
 
-    # ---- doing it ----------------------------------------------------------------------
-    async def run(self) -> None:
-        from blocklayer.core.io import OVERLAPPED
-        queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=self.s.parallel * 2)
-        producer = asyncio.create_task(self._items(queue))
-        token = OVERLAPPED.set(True)     # the workers' writes leave the loop free to read
-        try:
-            workers = [asyncio.create_task(self._worker(queue))
-                       for _ in range(self.s.parallel)]
-        finally:
-            OVERLAPPED.reset(token)
-        try:
-            await asyncio.gather(producer, *workers)
-        except BaseException:
-            for t in (producer, *workers):
-                t.cancel()
-            await asyncio.gather(producer, *workers, return_exceptions=True)
-            raise
+    # ---- the engine's steps ------------------------------------------------------------
+    async def payload(self, chunk: Chunk) -> Any:
+        """Offloaded data copies nothing through us; compressed data is cut into
+        clusters; the rest as the engine cuts it (-S)."""
+        if chunk.kind is Kind.DATA and self.s.copy_range:
+            return OFFLOAD
+        if not self.s.compressed or (chunk.kind is not Kind.DATA
+                                     and chunk.kind is not Kind.FILL):
+            return await super().payload(chunk)
+        data = (await self.read(chunk.offset, chunk.length) if chunk.kind is Kind.DATA
+                else bytes(chunk.length))
+        return self._compressed_plan(chunk.offset, data)
 
-    async def _worker(self, queue: "asyncio.Queue[Item | None]") -> None:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            offload = item.kind is Kind.DATA and self.s.copy_range
-            plan = None if offload else await self._payload(item)
-            await self._wait_turn(item.seq)
-            write = None
-            try:
-                if offload:
-                    await self._copy_offloaded(item)
-                elif not self._may_overlap(item, plan):
-                    await self._write(item, plan)
-                else:
-                    write = await self._start_write(item, plan)
-            finally:
-                await self._next_turn()
-            if write is not None:
-                await write
-            self.done += item.length
-            self.progress.fraction(self.done, self.total)
-
-    def _may_overlap(self, item: Item, plan: Any) -> bool:
-        """Whether ``item``'s write may still be running when the next one starts: one
-        piece of data in whole target clusters (no cluster shared with a neighbour,
-        whose write would wait for this one while a later one overtook it)."""
-        if self.s.out_of_order or self.s.compressed or plan is None or len(plan) != 1 \
-                or not self.target.can(Cap.ALLOCATES_IN_ORDER):
-            return False
-        cs = max(self.cluster, 1)
-        return not item.offset % cs and not item.length % cs
-
-    async def _start_write(self, item: Item, plan: Any) -> "asyncio.Future[None]":
-        """Start writing ``item`` (one piece of data) and return once the write has
-        taken its place in the target: its first step has run, which for every driver
-        here takes the locks and allocates before anything waits (qcow2 allocates a
-        whole request in one hold of its lock).  The next write may then start while this one's data is
-        still moving, and the image is laid out as if each had waited for the last."""
-        write = asyncio.ensure_future(self._write(item, plan))
-        await asyncio.sleep(0)
-        return write
-
-    async def _wait_turn(self, seq: int) -> None:
-        if self.s.out_of_order or self.next_write == seq:
+    async def write(self, chunk: Chunk, payload: Any) -> None:
+        if payload is OFFLOAD:
+            await self._copy_offloaded(chunk)
             return
-        turn = self.turns[seq] = asyncio.get_running_loop().create_future()
-        await turn
+        try:
+            if self.s.compressed and payload is not None:
+                await self._write_compressed(payload)
+            else:
+                await super().write(chunk, payload)
+        except BlockError as exc:
+            if exc.message.startswith("error while"):
+                raise
+            raise BlockError(f"error while writing at byte {chunk.offset}: {exc.strerror}",
+                             exc.errno) from None
 
-    async def _next_turn(self) -> None:
-        if self.s.out_of_order:
-            return
-        self.next_write += 1
-        turn = self.turns.pop(self.next_write, None)
-        if turn is not None and not turn.done():
-            turn.set_result(None)
+    def may_overlap(self, chunk: Chunk, payload: Any) -> bool:
+        return not self.s.compressed and super().may_overlap(chunk, payload)
 
-    async def _payload(self, item: Item) -> Any:
-        """What a worker writes for ``item``: the data read (or zeroes to write as
-        data), cut into clusters to compress or into data and zero pieces; nothing
-        for the other kinds."""
-        if item.kind is not Kind.DATA and item.kind is not Kind.FILL:
-            return None
-        data = await self._read(item) if item.kind is Kind.DATA else bytes(item.length)
-        return (self._compressed_plan(item.offset, data) if self.s.compressed
-                else self._pieces(item.offset, data))
-
-    async def _copy_offloaded(self, item: Item) -> None:
-        """``-C``: copy a data item with copy offloading, each source's share on its
-        own.  If that fails for any reason, as with qemu-img, the item is read and
-        written, and so is every item after it (a real I/O error then shows up there,
+    async def _copy_offloaded(self, chunk: Chunk) -> None:
+        """``-C``: copy a data chunk with copy offloading, each source's share on its
+        own.  If that fails for any reason, as with qemu-img, the chunk is read and
+        written, and so is every chunk after it (a real I/O error then shows up there,
         named as usual).  A share that ends inside a source's last sector (zeroes to
         pad) is read and written too."""
-        spans = list(self._spans(item.offset, item.length))
+        spans = list(self._spans(chunk.offset, chunk.length))
         if all(src.read_end(b) == b for src, _, b in spans):
             try:
                 for src, a, b in spans:
@@ -306,9 +247,11 @@ class Converter:
             except BlockError:
                 self.s.copy_range = False
             else:
-                await self._throttle(item.length)
+                await self.throttle(chunk.length)
                 return
-        await self._write(item, self._pieces(item.offset, await self._read(item)))
+        data = await self.read(chunk.offset, chunk.length)
+        await self.write(chunk, self.zeroes.pieces(chunk.offset, data)
+                         if self.zeroes is not None else [(chunk.offset, chunk.length, data)])
 
     # ---- reading across sources --------------------------------------------------------
     def _spans(self, offset: int, length: int) -> Iterator[tuple[Source, int, int]]:
@@ -335,15 +278,16 @@ class Converter:
                 out[a - offset:stop - offset] = await src.node.read(a - src.start, stop - a)
         return out
 
-    async def _read(self, item: Item) -> bytes | bytearray:
+    async def read(self, offset: int, length: int) -> bytes | bytearray:
         try:
-            return await self._read_range(item.offset, item.length)
+            return await self._read_range(offset, length)
         except BlockError as exc:
             if not self.s.salvage:
-                at = await self._failing_cluster(item) if self.s.compressed else item.offset
+                at = (await self._failing_cluster(offset, length) if self.s.compressed
+                      else offset)
                 raise BlockError(f"error while reading at byte {at}: "
                                  f"{exc.strerror}", exc.errno) from None
-        return await self._salvage(item.offset, item.length)
+        return await self._salvage(offset, length)
 
     async def _salvage(self, offset: int, length: int) -> bytearray:
         """--salvage: each source's share read whole, or sector by sector if that
@@ -367,10 +311,10 @@ class Converter:
                                f"{exc.strerror}")
         return out
 
-    async def _failing_cluster(self, item: Item) -> int:
-        """The first target cluster of ``item`` that cannot be read (qemu-img reads one
+    async def _failing_cluster(self, offset: int, length: int) -> int:
+        """The first target cluster of a request that cannot be read (qemu-img reads one
         cluster per request when compressing, and names it)."""
-        pos, end = item.offset, item.offset + item.length
+        pos, end = offset, offset + length
         while pos < end:
             stop = min(pos + self.cluster, end)
             try:
@@ -378,67 +322,17 @@ class Converter:
             except BlockError:
                 return pos
             pos = stop
-        return item.offset
+        return offset
 
-    # ---- writing -----------------------------------------------------------------------
-    async def _throttle(self, n: int) -> None:
-        if not self.s.rate:
-            return
-        self.written += n
-        due = self.t0 + self.written / self.s.rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-    async def _write(self, item: Item, plan: Any) -> None:
-        try:
-            if item.kind is Kind.SKIP:
-                return
-            if item.kind is Kind.ZERO:
-                await self._zero(item.offset, item.length)
-            elif self.s.compressed:
-                await self._write_compressed(plan)
-            else:
-                for off, n, data in plan:
-                    if data is None:
-                        await self._zero(off, n)
-                    else:
-                        await self._throttle(n)
-                        await self.target.write(off, data)
-        except BlockError as exc:
-            if exc.message.startswith("error while"):
-                raise
-            raise BlockError(f"error while writing at byte {item.offset}: {exc.strerror}",
-                             exc.errno) from None
-
-    async def _zero(self, off: int, n: int) -> None:
-        if self.s.zero_init:
-            return
-        from blocklayer.core.driver import ReqFlag
-        await self.target.write_zeroes(off, n, ReqFlag.MAY_UNMAP)
-
-    def _pieces(self, offset: int, data: bytes | bytearray) -> list[tuple[int, int, Any]]:
-        """A data request cut as qemu-img cuts it: ``(offset, length, buffer)`` to
-        write, ``(offset, length, None)`` to zero (-S: runs of zero sectors)."""
-        mv = memoryview(data)
-        if not self.s.min_sparse or _starts_nonzero(data, 0, SECTOR):
-            return [(offset, len(data), mv)]      # no zero sector: nothing to skip
-        zero = _zero_sectors(data)
-        out = []
-        for sector, count, is_data in sparse_pieces(zero, offset // SECTOR, self.alignment,
-                                                    self.s.min_sparse // SECTOR):
-            a, n = sector * SECTOR - offset, count * SECTOR
-            out.append((offset + a, n, mv[a:a + n] if is_data else None))
-        return out
-
-    def _compressed_plan(self, off: int, data: bytes | bytearray) -> list[tuple[int, int, Any]]:
+    # ---- compressed writes -------------------------------------------------------------
+    def _compressed_plan(self, off: int, data: bytes | bytearray) -> list[Piece]:
         """Cut at target clusters: ``(offset, length, None)`` for zero runs (unless
         -S 0), ``(offset, length, buffer)`` for runs of whole clusters to write
-        compressed, and the image's partial last cluster alone.  The target, if it
-        can, starts compressing them now, ahead of their turn."""
+        compressed, and the image's partial last cluster alone.  The target starts
+        compressing them now, ahead of their turn."""
         from blocklayer.core.io import is_zero
         c, mv, end = self.cluster, memoryview(data), off + len(data)
-        maybe_zero = self.s.min_sparse and not _starts_nonzero(data, 0, c)
+        maybe_zero = self.s.min_sparse and not starts_nonzero(data, 0, c)
         plan: list[list[Any]] = []
         for pos in range(off, end, c):
             stop = min(pos + c, end)
@@ -451,50 +345,29 @@ class Converter:
                 plan[-1][1] = stop - plan[-1][0]
             else:
                 plan.append([pos, stop - pos, kind])
-        ahead = self.target.driver.compress_ahead
+        driver = self.target.driver
         size = self.target.total_bytes
-        out = []
+        out: list[Piece] = []
         for pos, n, kind in plan:
             buf = None if kind == "zero" else mv[pos - off:pos - off + n]
             if buf is not None and (kind == "data" or pos + n == size):
-                ahead(pos, buf)
+                driver.compress_ahead(pos, buf)
             out.append((pos, n, buf))
         return out
 
-    async def _write_compressed(self, plan: list[tuple[int, int, Any]]) -> None:
+    async def _write_compressed(self, plan: list[Piece]) -> None:
         from blocklayer.core.driver import ReqFlag
         for pos, n, buf in plan:
             try:
                 if buf is None:
-                    await self._zero(pos, n)
+                    await self.write_zeroes(pos, n)
                 else:
-                    await self._throttle(n)
+                    await self.throttle(n)
                     await self.target.write(pos, buf, ReqFlag.COMPRESSED)
             except BlockError as exc:        # named by the cluster, as one per request
                 at = pos if exc.guest_offset is None else exc.guest_offset
                 raise BlockError(f"error while writing at byte {at}: {exc.strerror}",
                                  exc.errno) from None
-
-
-def _starts_nonzero(data: bytes | bytearray, head: int, block: int) -> bool:
-    """True if every whole ``block`` of ``data`` after ``head`` bytes starts with a
-    non-zero 8-byte word (so none of them is all zeroes)."""
-    n = (len(data) - head) // block
-    if n <= 0 or head % 8 or block % 8:
-        return False
-    firsts = memoryview(data)[head:head + n * block].cast("Q")[::block // 8].tobytes()
-    zero = bytes(8)
-    i = firsts.find(zero)
-    while i >= 0 and i % 8:            # a match across two words is not a zero word
-        i = firsts.find(zero, i + 1)
-    return i < 0
-
-
-def _zero_sectors(data: bytes | bytearray) -> list[bool]:
-    """Whether each 512-byte sector of ``data`` is all zeroes (compared in place, at C
-    speed, without numpy)."""
-    zero = bytes(SECTOR)
-    return [data.startswith(zero, k) for k in range(0, len(data), SECTOR)]
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,30 +8,27 @@ data request holds at most one buffer, and with compression a run shorter than a
 cluster becomes one whole cluster of data (which may take the end of one source and
 the start of the next) while a longer one is cut down to whole clusters.
 
-:func:`sparse_pieces` is ``is_allocated_sectors_min`` as ``convert_co_write`` loops
-over it: which sectors of one data request are written and which zeroed.
+:func:`sparse_pieces` (``is_allocated_sectors_min``: which sectors of one data request
+are written and which zeroed) is the copy engine's zero detection,
+:mod:`blocklayer.jobs.zeroes`.
 
-Pure arithmetic: block status comes from a callback, zero sectors from a list of
-bools.
+Pure arithmetic: block status comes from a callback.  This is convert's plan for the
+copy engine (:mod:`blocklayer.jobs.copy`); :class:`Kind` is the engine's.
 """
 from __future__ import annotations
 
 import bisect
-import enum
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from blocklayer.core.driver import Status
+from blocklayer.jobs.copy import Kind
+from blocklayer.jobs.zeroes import sparse_pieces
+
+__all__ = ["Kind", "Part", "Planner", "Request", "Rules", "SECTOR", "layout", "sparse_pieces"]
 
 SECTOR = 512
 MAX_REQUEST_SECTORS = (2 ** 31 - 1) // SECTOR     # QEMU's BDRV_REQUEST_MAX_SECTORS
-
-
-class Kind(enum.Enum):
-    DATA = 0          # read, then written (or zeroed where the buffer is zero)
-    ZERO = 1          # zeroed on the target (nothing at all if it starts zeroed)
-    SKIP = 2          # left to the target's backing file
-    FILL = 3          # -S 0: zeroes written as data, nothing read
 
 
 @dataclass(frozen=True)
@@ -158,65 +155,3 @@ class Planner:
                 n, kind = min(n, r.buf), Kind.FILL
             yield Request(sector, n, kind)
             sector += n
-
-
-# ---------------------------------------------------------------------------------------
-# Zero detection in one data request
-# ---------------------------------------------------------------------------------------
-
-class _Runs:
-    """Runs of equal sectors (zero or not) in a request."""
-
-    def __init__(self, zero: Sequence[bool], sector: int, alignment: int) -> None:
-        self.zero = zero
-        self.n = len(zero)
-        self.ends = [i for i in range(1, self.n) if zero[i] != zero[i - 1]] + [self.n]
-        self.sector = sector
-        self.alignment = alignment
-
-    def same(self, pos: int, n: int) -> tuple[int, bool]:
-        """``is_allocated_sectors``: how many sectors from ``pos`` (at most ``n``) go
-        together, and whether they are data; a change of state is moved to an
-        alignment boundary where that saves a read-modify-write."""
-        is_zero = bool(self.zero[pos])
-        i = min(self.ends[bisect.bisect_right(self.ends, pos)], pos + n) - pos
-        if i == n:
-            return i, not is_zero
-        a = self.alignment
-        tail = (self.sector + pos + i) & (a - 1)
-        if tail:
-            if is_zero and i <= tail:
-                is_zero = False
-            i = min(i + a - tail, n) if not is_zero else i - tail
-        return i, not is_zero
-
-    def piece(self, pos: int, n: int, min_sparse: int) -> tuple[int, bool]:
-        """``is_allocated_sectors_min``: after data, zero runs shorter than
-        ``min_sparse`` sectors stay in the data."""
-        min_sparse = min(min_sparse, n)
-        count, data = self.same(pos, n)
-        if not data:
-            return count, False
-        used = checked = count
-        while checked < n:
-            m, data = self.same(pos + checked, n - checked)
-            checked += m
-            if data:
-                used = checked
-            elif m >= min_sparse:
-                break
-        return used, True
-
-
-def sparse_pieces(zero: Sequence[bool], sector: int, alignment: int,
-                  min_sparse: int) -> list[tuple[int, int, bool]]:
-    """``(first sector, sectors, is data)`` of a data request starting at ``sector``
-    whose sectors are ``zero`` or not, in order: what qemu-img writes and what it
-    zeroes.  ``alignment`` is a power of two (sectors)."""
-    runs = _Runs(zero, sector, alignment)
-    out, pos = [], 0
-    while pos < runs.n:
-        count, data = runs.piece(pos, runs.n - pos, min_sparse)
-        out.append((sector + pos, count, data))
-        pos += count
-    return out

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import TYPE_CHECKING, AsyncIterator
 
 from blocklayer.core.errors import BlockError
+from blocklayer.jobs.copy import Chunk, CopyEngine, Kind
+from blocklayer.jobs.zeroes import Piece
 
 from .args import UsageError, parse
-from .common import close_all, new_graph, open_img, progress_from
+from .common import Progress, close_all, new_graph, open_img, progress_from
+
+if TYPE_CHECKING:
+    from blocklayer.core.node import BlockNode
 
 CHUNK = 2 << 20
 
@@ -53,7 +59,8 @@ async def run(p) -> int:  # type: ignore[no-untyped-def]
                     inner = exc.message.split(": ", 1)[1] if ": " in exc.message else exc.message
                     raise BlockError(f"Could not open new backing file '{new_name}': {inner}",
                                      exc.errno) from None
-            await _copy_differences(top, new, progress)
+            copy = RebaseCopy(top, new, progress)
+            await copy.run(copy.plan())
         try:
             await top.driver.change_backing_file(new_name or None,
                                                  new_fmt if new_name else None)
@@ -67,7 +74,7 @@ async def run(p) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-async def _read_or_zero(node, off: int, n: int) -> bytes:  # type: ignore[no-untyped-def]
+async def _read_or_zero(node: "BlockNode | None", off: int, n: int) -> bytes | bytearray:
     """Read ``[off, off+n)`` of a chain, zeroes beyond its end (or with no chain)."""
     if node is None or off >= node.total_bytes:
         return bytes(n)
@@ -76,7 +83,7 @@ async def _read_or_zero(node, off: int, n: int) -> bytes:  # type: ignore[no-unt
     return data + bytes(n - m) if m < n else data
 
 
-async def _zero_in(node, off: int, n: int) -> int:  # type: ignore[no-untyped-def]
+async def _zero_in(node: "BlockNode | None", off: int, n: int) -> int:
     """How many bytes from ``off`` surely read as zeroes in the chain (0 if unknown)."""
     if node is None or off >= node.total_bytes:
         return n
@@ -84,30 +91,47 @@ async def _zero_in(node, off: int, n: int) -> int:  # type: ignore[no-untyped-de
     return st.length if st.zero else 0
 
 
-async def _copy_differences(top, new, progress) -> None:  # type: ignore[no-untyped-def]
-    old = top.filtered_backing()
-    size = top.total_bytes
-    off = 0
-    while off < size:
-        n = min(size - off, CHUNK)
-        allocated, pnum = await top.is_allocated(off, n)
-        n = max(pnum, 1)
-        if not allocated:
-            z_old = await _zero_in(old, off, n)
-            z_new = await _zero_in(new, off, n) if z_old else 0
-            if z_old and z_new:
-                n = min(z_old, z_new)
-            else:
-                a = await _read_or_zero(old, off, n)
-                b = await _read_or_zero(new, off, n)
-                if a != b:
-                    await _write_diff(top, off, a, b)
-        off += n
-        progress.fraction(off, size)
+class RebaseCopy(CopyEngine):
+    """The copy engine with rebase's plan: where ``top`` leaves the data to its backing
+    file and the old and the new backing file may differ, the sectors of the old that
+    differ from the new are written into ``top``.  The plan asks ``top`` what the copy
+    writes, so it is not asked ahead."""
+
+    def __init__(self, top: "BlockNode", new: "BlockNode | None", progress: Progress) -> None:
+        super().__init__(top.filtered_backing(), top, top.total_bytes,
+                         progress=progress.fraction)
+        self.new = new
+
+    async def plan(self) -> AsyncIterator[Chunk]:
+        top, old, new = self.target, self.source, self.new
+        off = 0
+        while off < self.total:
+            n = min(self.total - off, CHUNK)
+            allocated, pnum = await top.is_allocated(off, n)
+            n = max(pnum, 1)
+            kind = Kind.SKIP
+            if not allocated:
+                z_old = await _zero_in(old, off, n)
+                z_new = await _zero_in(new, off, n) if z_old else 0
+                if z_old and z_new:
+                    n = min(z_old, z_new)
+                else:
+                    kind = Kind.DATA
+            yield Chunk(off, n, kind)
+            off += n
+
+    async def payload(self, chunk: Chunk) -> list[Piece] | None:
+        if chunk.kind is not Kind.DATA:
+            return None
+        a = await _read_or_zero(self.source, chunk.offset, chunk.length)
+        b = await _read_or_zero(self.new, chunk.offset, chunk.length)
+        return _differences(chunk.offset, a, b) if a != b else []
 
 
-async def _write_diff(top, off: int, a: bytes, b: bytes) -> None:  # type: ignore[no-untyped-def]
-    """Write the 512-byte sectors of ``a`` that differ from ``b``, coalesced."""
+def _differences(off: int, a: bytes | bytearray, b: bytes | bytearray) -> list[Piece]:
+    """The 512-byte sectors of ``a`` that differ from ``b``, coalesced, to write at
+    ``off``."""
+    out: list[Piece] = []
     start = None
     n = len(a)
     for pos in range(0, n + 512, 512):
@@ -115,5 +139,6 @@ async def _write_diff(top, off: int, a: bytes, b: bytes) -> None:  # type: ignor
         if differs and start is None:
             start = pos
         elif not differs and start is not None:
-            await top.write(off + start, a[start:pos])
+            out.append((off + start, pos - start, a[start:pos]))
             start = None
+    return out

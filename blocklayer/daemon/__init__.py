@@ -1,0 +1,1 @@
+"""The storage daemon: the state it owns (:mod:`.state`) and its QMP commands."""
