@@ -116,6 +116,9 @@ class BlockNode:
         self.stats = BlockStats()
         self.before_write: list[BeforeWrite] = []
         self.write_observers: list[WriteObserver] = []
+        #: called with True when a drained section over this node begins, False when it
+        #: ends (a block job pauses while a node it works on is drained)
+        self.drain_handlers: list[Callable[[bool], None]] = []
         self.write_threshold = 0
         self.on_write_threshold: ThresholdHandler | None = None
         self.on_read_error = "report"
@@ -298,6 +301,8 @@ class BlockNode:
             n.state.quiesce += 1
             if n.state.resumed is not None:
                 n.state.resumed.clear()
+            for handler in list(n.drain_handlers):
+                handler(True)
         token = _io.DRAIN_OWNER.set(asyncio.current_task())
         try:
             for n in nodes:
@@ -309,6 +314,8 @@ class BlockNode:
                 n.state.quiesce -= 1
                 if n.state.quiesce == 0 and n.state.resumed is not None:
                     n.state.resumed.set()
+                for handler in list(n.drain_handlers):
+                    handler(False)
 
     async def wait_idle(self) -> None:
         while self.state.in_flight:
