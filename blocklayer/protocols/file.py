@@ -181,21 +181,25 @@ class FileDriver(BlockDriver):
         if self.direct:
             return await _run(lambda: _direct_read(fd, offset, length), "read")
         if self.inline_reads:
-            # Page-cache hits are served on the loop thread: a thread hop costs more
-            # than the copy.  RWF_NOWAIT fails instead of blocking on the disk.
-            buf = uninitialized(length)     # read whole or thrown away
-            try:
-                got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
-            except BlockingIOError:
-                got = 0
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise HostIOError.from_oserror(exc, "read failed") from None
-                self.inline_reads = False
-                got = 0
-            if got == length:
+            buf = self.try_read(offset, length)
+            if buf is not None:
                 return buf
         return await _run(lambda: _pread_full(fd, offset, length), "read")
+
+    def try_read(self, offset: int, length: int) -> bytearray | None:
+        """A page-cache hit, served on the loop thread (a thread hop costs more than the
+        copy); ``None`` when the data is not all cached (RWF_NOWAIT fails instead of
+        blocking on the disk) or on any error, which the full path then reports."""
+        if not self.inline_reads:
+            return None
+        buf = uninitialized(length)     # read whole or thrown away
+        try:
+            got = os.preadv(self.fd, [buf], offset, os.RWF_NOWAIT)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self.inline_reads = False
+            return None
+        return buf if got == length else None
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview,
                     flags: ReqFlag) -> None:
