@@ -75,9 +75,9 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma list of row-name prefixes")
     args = ap.parse_args()
     only = [o for o in args.only.split(",") if o]
-    print(f"| {"benchmark":40} | {'ours s':>6} | {'qemu s':>6} | {'ratio':>5} | {'best':>5} "
+    print(f"| {'benchmark':40} | {'ours s':>6} | {'qemu s':>6} | {'ratio':>5} | {'best':>5} "
           f"| {'ours cpu':>8} | {'qemu cpu':>8} | {'cpu x':>5} |")
-    print(f"|{"-" * 42}|{'-' * 8}|{'-' * 8}|{'-' * 7}|{'-' * 7}|{'-' * 10}|{'-' * 10}|{'-' * 7}|")
+    print(f"|{'-' * 42}|{'-' * 8}|{'-' * 8}|{'-' * 7}|{'-' * 7}|{'-' * 10}|{'-' * 10}|{'-' * 7}|")
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as d:
         for run in args.runs.split(","):
             nbytes = int(run.rstrip("k")) << 10
