@@ -7,6 +7,8 @@ import asyncio
 from pathlib import Path
 
 from blocklayer.core import io as _io
+from blocklayer.core.driver import Status
+from blocklayer.protocols import file as file_mod
 from blocklayer.core.open import open_image
 
 
@@ -58,5 +60,53 @@ def test_a_read_waits_for_an_overlapping_serialising_request(tmp_path: Path) -> 
         await holder
         assert bytes(await reader) == b"\xff" * 4096
         assert file.state.serialising == 0
+        await node.close()
+    asyncio.run(main())
+
+
+def test_block_status_walks_once_and_sees_every_change(tmp_path: Path) -> None:
+    """One walk answers many extents; a write, a discard or a write through another
+    node of the same file is seen by the next answer."""
+    path = tmp_path / "frag.raw"
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+        for i in range(0, 256, 2):
+            f.seek(i * 4096)
+            f.write(b"x" * 4096)
+
+    async def main() -> None:
+        node = await open_image(str(path), fmt="raw", options={"discard": "unmap"})
+        other = await open_image(str(path), fmt="raw", read_only=True,
+                                 options={"file.locking": "off"})
+        file = node.file
+        assert file is not None
+        walks = 0
+        real_walk = file_mod.walk
+
+        def counting(*args: object) -> object:
+            nonlocal walks
+            walks += 1
+            return real_walk(*args)    # type: ignore[arg-type]
+        file_mod.walk = counting       # type: ignore[assignment]
+        try:
+            async def kinds(n: "object") -> list[bool]:
+                out, pos = [], 0
+                while pos < 1 << 20:
+                    st = await n.block_status(pos, (1 << 20) - pos)   # type: ignore[attr-defined]
+                    out.append(bool(st.flags & Status.DATA))
+                    pos += st.length
+                return out
+            assert await kinds(node) == [True, False] * 128
+            assert walks < 20          # budgets of 16, 64, 256 extents
+            last = 254 * 4096       # data, then a hole to the end: inside the last walk
+            await node.write(last + 4096, b"y" * 4096)
+            st = await other.block_status(last, 8192)
+            assert st.flags & Status.DATA and st.length == 8192
+            await node.discard(last, 8192)
+            st = await other.block_status(last, 8192)
+            assert not st.flags & Status.DATA and st.length == 8192
+        finally:
+            file_mod.walk = real_walk   # type: ignore[assignment]
+        await other.close()
         await node.close()
     asyncio.run(main())
