@@ -19,7 +19,8 @@ def walk(fd: int, offset: int, end: int, limit: int) -> tuple[list[int], list[bo
     """Boundaries and kinds (True: data) of the extents from ``offset``: extent ``i`` is
     ``[bounds[i], bounds[i+1])``; at most ``limit`` extents, stopping past ``end``.
     Never raises: where lseek fails the rest is data (as read would find it)."""
-    bounds, kinds = [offset], []
+    bounds: list[int] = [offset]
+    kinds: list[bool] = []
     pos = offset
     while pos < end and len(kinds) < limit:
         try:
