@@ -1,4 +1,4 @@
-"""4 KiB random requests per second through the request path, in process, beside
+"""4 KiB requests per second through the request path, in process, beside
 ``qemu-img bench`` on the same files in the same run (issue 13).
 
     python3 benchmarks/bench_iops.py [--count 40000] [--write-count 10000] [--rounds 3]
@@ -6,9 +6,9 @@
 
 Both files (raw and qcow2, fully allocated, ``--mib`` MiB) sit in the page cache.  For
 each of read/write at queue depth 1 and 32 our side opens the image with
-``open_image`` and runs ``--count`` requests from ``depth`` tasks (random 4 KiB-aligned
-offsets, fixed seed); QEMU's side runs ``qemu-img bench -c count -d depth -s 4k -t
-writeback -i threads``.  Rounds alternate; the median and the best requests/s of each
+``open_image`` and runs ``--count`` requests from ``depth`` tasks, at the offsets
+``qemu-img bench`` uses (request i at i * 4 KiB: it has no random mode); QEMU's side
+runs ``qemu-img bench -c count -d depth -s 4k -t writeback -i threads``.  Rounds alternate; the median and the best requests/s of each
 side are printed.
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import re
 import statistics
 import subprocess
@@ -34,13 +33,13 @@ BS = 4096
 async def _ours(path: str, fmt: str, write: bool, depth: int, count: int,
                 size: int) -> float:
     node = await open_image(path, fmt=fmt, read_only=not write)
-    rng = random.Random(13)
-    offsets = [rng.randrange(size // BS) * BS for _ in range(count)]
+    # as ``qemu-img bench`` issues them: request i at i * 4 KiB (wrapping at the end)
+    offsets = [i * BS % size for i in range(count)]
     buf = os.urandom(BS)
     per = count // depth
 
     async def worker(i: int) -> None:
-        mine = offsets[i * per:(i + 1) * per]
+        mine = offsets[i::depth][:per]      # interleaved, as one queue of ``depth``
         if write:
             w = node.write
             for off in mine:
