@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from blocklayer.core.open import open_image  # noqa: E402
+from blocklayer.core.open import open_image
 
 BS = 4096
 

@@ -49,7 +49,7 @@ class Extents:
     """The last walk of one file, valid while ``generation`` has not moved (every
     change to the file moves it when it starts and when it ends)."""
 
-    __slots__ = ("generation", "_walked_at", "_bounds", "_kinds", "budget", "__weakref__")
+    __slots__ = ("__weakref__", "_bounds", "_kinds", "_walked_at", "budget", "generation")
 
     def __init__(self) -> None:
         self.generation = 0
@@ -84,7 +84,7 @@ class Extents:
             self._walked_at, self._bounds, self._kinds = generation, bounds, kinds
 
 
-_BY_FILE: "weakref.WeakValueDictionary[tuple[int, int], Extents]" = weakref.WeakValueDictionary()
+_BY_FILE: weakref.WeakValueDictionary[tuple[int, int], Extents] = weakref.WeakValueDictionary()
 
 
 def extents_of(fd: int) -> Extents:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from blocklayer.core import io as _io
 from blocklayer.core.driver import Status
-from blocklayer.protocols import file as file_mod
 from blocklayer.core.open import open_image
+from blocklayer.protocols import file as file_mod
 
 
 def _image(tmp_path: Path) -> str:
@@ -89,7 +89,7 @@ def test_block_status_walks_once_and_sees_every_change(tmp_path: Path) -> None:
             return real_walk(*args)    # type: ignore[arg-type]
         file_mod.walk = counting       # type: ignore[assignment]
         try:
-            async def kinds(n: "object") -> list[bool]:
+            async def kinds(n: object) -> list[bool]:
                 out, pos = [], 0
                 while pos < 1 << 20:
                     st = await n.block_status(pos, (1 << 20) - pos)   # type: ignore[attr-defined]
