@@ -140,6 +140,7 @@ class FileDriver(BlockDriver):
             raise BlockError(f"Could not open '{path}': Is a directory", errno.EISDIR)
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         self.extents = extents_of(self.fd)
+        self.extents.changed()      # whatever was walked before this open may be stale
         aio = str(options.get("aio", "threads"))
         if aio not in ("threads", "native", "io_uring"):
             raise InvalidArgument(f"Invalid parameter 'aio': {aio}")
