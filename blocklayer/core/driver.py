@@ -335,6 +335,13 @@ class BlockDriver:
     async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes | bytearray:
         raise NotSupported(f"Driver '{self.format_name}' cannot read")
 
+    def try_read(self, offset: int, length: int) -> bytes | bytearray | None:
+        """The synchronous fast path of :meth:`read` (no flags): the data, if it can be
+        had without blocking or waiting for anything (a page-cache hit; a mapping in
+        cache), else ``None`` having changed nothing (the request path then calls
+        :meth:`read`).  Errors too give ``None``: :meth:`read` reports them."""
+        return None
+
     async def write(self, offset: int, data: bytes | bytearray | memoryview,
                     flags: ReqFlag) -> None:
         raise NotSupported(f"Driver '{self.format_name}' cannot write")

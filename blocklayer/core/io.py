@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import contextvars
 import errno
+from time import monotonic_ns
 from typing import TYPE_CHECKING, Iterator
 
 from .driver import BlockStatus, Cap, Prealloc, ReqFlag, Status
@@ -114,6 +115,8 @@ class Tracked:
         self.serial = state.serial
         tracked_list = state.tracked
         tracked_list.append(self)
+        if self.serialising:
+            state.serialising += 1      # synchronous fast paths stay off while > 0
         if len(tracked_list) > 1 and (self.serialising
                                       or any(t.serialising for t in tracked_list)):
             try:
@@ -127,7 +130,10 @@ class Tracked:
         self._leave()
 
     def _leave(self) -> None:
-        self.node.state.tracked.remove(self)
+        state = self.node.state
+        state.tracked.remove(self)
+        if self.serialising:
+            state.serialising -= 1
         if self.done is not None:
             self.done.set()
 
@@ -212,9 +218,46 @@ async def _wait_resumed(node: "BlockNode") -> None:
 # Read
 # ---------------------------------------------------------------------------------------
 
+def node_try_read(node: "BlockNode", offset: int, length: int) -> bytes | bytearray | None:
+    """The fast path of a read: done synchronously, or ``None`` having done nothing.
+
+    Taken when nothing asks for the full path: an aligned read inside the node, no
+    serialising request in flight (so the read needs no tracking: it cannot overlap
+    anything in time), no copy-on-read, and a driver whose ``try_read`` can serve it
+    without blocking (page-cache hits of a file, and formats that only map the range
+    onto a child that can).  Accounted as the full path accounts it.  Drain is the
+    caller's check (:func:`node_read`); a driver's nested call makes none, as in the
+    full path.
+    """
+    if node.closed or node.state.serialising \
+            or node.flags.copy_on_read or length <= 0 or offset < 0 \
+            or offset + length > node.total_bytes:
+        return None
+    limits = node.limits
+    align = limits.request_alignment
+    if offset % align or length % align or (limits.max_transfer and length > limits.max_transfer):
+        return None
+    start_ns = monotonic_ns()
+    data = node.driver.try_read(offset, length)
+    if data is None:
+        return None
+    now = monotonic_ns()
+    stats = node.stats
+    op = stats.read
+    op.ops += 1
+    op.bytes += length
+    op.total_time_ns += now - start_ns
+    stats.last_access_ns = now
+    return data
+
+
 async def node_read(node: "BlockNode", offset: int, length: int,
                     flags: ReqFlag = ReqFlag.NONE) -> bytes | bytearray:
     """Read ``length`` bytes at ``offset`` (a bytes-like object the caller owns)."""
+    if not flags and not node.state.quiesce:
+        data = node_try_read(node, offset, length)
+        if data is not None:
+            return data
     async with _request(node, "read", offset, length, write=False):
         start_ns = node.stats.start()
         try:

@@ -80,6 +80,8 @@ class NodeState:
 
     tracked: list["Tracked"] = field(default_factory=list)
     serial: int = 0
+    #: how many of ``tracked`` are serialising (0: the synchronous fast paths may run)
+    serialising: int = 0
     in_flight: int = 0
     quiesce: int = 0
     idle: asyncio.Event | None = None

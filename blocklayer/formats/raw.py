@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.driver import Cap, CreateOption, DriverInfo, Prealloc, ReqFlag
 from ..core.errors import BlockError, InvalidArgument, NotSupported
 from ..core.filter import FilterDriver
+from ..core.io import node_try_read
 from ..core.options import OpenFlags, parse_size
 
 if TYPE_CHECKING:
@@ -64,6 +65,13 @@ class RawDriver(FilterDriver):
     def capabilities(self) -> Cap:
         # QEMU's raw neither compresses nor stores bitmaps, whatever its file can do
         return super().capabilities() & ~(Cap.COMPRESSED_WRITE | Cap.PERSISTENT_BITMAPS)
+
+    def try_read(self, offset: int, length: int) -> bytes | bytearray | None:
+        """The synchronous fast path (see ``node_try_read``): the slice's child's."""
+        child = self.node.children.get("file")     # not ``self.child``: per request
+        if child is None:
+            return None
+        return node_try_read(child.node, self.child_offset + offset, length)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview,
                     flags: ReqFlag) -> None:

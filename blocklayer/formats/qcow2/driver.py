@@ -22,7 +22,7 @@ from ...core.driver import (BlockDriver, BlockStatus, Cap, CheckMode, CheckResul
                             CreateOption, DriverInfo, Limits, Prealloc, ReqFlag,
                             SnapshotInfo, Status, StatusShape)
 from ...core.errors import BlockError, InvalidArgument, NotSupported
-from ...core.io import metadata_io
+from ...core.io import metadata_io, node_try_read
 from ...core.options import OpenFlags, parse_bool
 from . import layout as L
 from . import snapshot
@@ -346,6 +346,23 @@ class Qcow2Driver(Qcow2State, BlockDriver):
         start, end = offset - offset % cs, -(-(offset + length) // cs) * cs
         async with self.ranges.shared(start, end):
             return await self.read_unlocked(offset, length)
+
+    def try_read(self, offset: int, length: int) -> bytes | bytearray | None:
+        """The synchronous fast path: one normal cluster mapped by a cached table, while
+        no metadata update is under way and no exclusive hold covers the cluster."""
+        data = self.data_node
+        if data is None or self.lock.locked():
+            return None
+        if self.ranges.holds:
+            cs = self.cluster_size
+            start = offset - offset % cs
+            end = start + cs
+            if any(h.exclusive and h.start < end and start < h.end for h in self.ranges.holds):
+                return None
+        host = self.mapping.cached_host(offset, length)
+        if host is None:
+            return None
+        return node_try_read(data, host, length)
 
     # ---- block status -----------------------------------------------------------------------
     def set_status_shape(self, shape: StatusShape) -> None:
