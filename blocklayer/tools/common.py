@@ -2,10 +2,29 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import NoReturn
 
 SUFFIXES = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+_program: list[str] = []
+
+
+def set_program_name(argv0: str | None, default: str) -> str:
+    """Name the program as invoked, as QEMU's ``error_init(argv[0])`` does: the
+    basename of ``argv0`` (a ``qemu-img`` symlink makes it ``qemu-img``).  Run as
+    ``python -m pkg`` or ``python -c`` there is no such name: ``default`` is used."""
+    base = os.path.basename(argv0 or "")
+    if not base or base in ("-c", "-m") or base.endswith(".py"):
+        base = default
+    _program[:] = [base]
+    return base
+
+
+def program_name(default: str = "blocklayer") -> str:
+    """The name every error, warning and usage text of this process starts with."""
+    return _program[0] if _program else default
 
 
 def size_to_str(value: int) -> str:

@@ -242,12 +242,10 @@ def parse_rate(text: str | None) -> int:
     """``-r``: a rate limit in bytes per second, with qemu-img's error."""
     from blocklayer.core.options import parse_size
 
-    from .args import PROG
+    from .args import suffix_hint
     if text is None:
         return 0
     try:
         return parse_size(text, "rate")
     except InvalidArgument:
-        raise InvalidArgument("Invalid rate limit specified. You may use k, M, G, T, P "
-                              f"or E suffixes for\n{PROG}: kilobytes, megabytes, gigabytes,"
-                              " terabytes, petabytes and exabytes.") from None
+        raise InvalidArgument(f"Invalid rate limit specified. {suffix_hint()}") from None

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from blocklayer.core.errors import BlockError, InvalidArgument
 
-from .args import PROG, UsageError, parse
+from .args import UsageError, parse, prog
 from .common import (new_graph, parse_img_size, parse_o_options, print_create_options_help)
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     if not p.args:
         raise UsageError("Expecting image file name")
     filename = p.args[0]
-    size = parse_img_size(p.args[1], PROG) if len(p.args) > 1 else None
+    size = parse_img_size(p.args[1], prog()) if len(p.args) > 1 else None
     if len(p.args) > 2:
         raise UsageError(f"Unexpected argument: {p.args[2]}")
     backing = p.last("-b")
@@ -87,7 +87,7 @@ async def create(filename: str, fmt: str, size: int | None, opts: dict[str, str]
         if backing and not backing_fmt:
             detected = await _probe_format(filename, backing)
             if detected:        # qemu-img 7.2 ends this hint without a newline
-                sys.stderr.write(f"{PROG}: {filename}: Backing file specified without "
+                sys.stderr.write(f"{prog()}: {filename}: Backing file specified without "
                                  f"backing format\nDetected format of {detected}.")
                 return 1
             raise InvalidArgument("Backing file specified without backing format")
