@@ -17,7 +17,8 @@ def set_program_name(argv0: str | None, default: str) -> str:
     ``python -m pkg`` or ``python -c`` there is no such name: ``default`` is used."""
     base = os.path.basename(argv0 or "")
     if not base or base in ("-c", "-m") or base.endswith(".py"):
-        base = default
+        _program.clear()            # each tool's own default (tests run several in-process)
+        return default
     _program[:] = [base]
     return base
 
