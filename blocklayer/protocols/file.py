@@ -348,7 +348,7 @@ class FileDriver(BlockDriver):
             return 0
         if self.is_block_device:
             return os.lseek(self.fd, 0, os.SEEK_END)
-        return os.fstat(self.fd).st_size
+        return -(-os.fstat(self.fd).st_size // 512) * 512    # whole sectors, as QEMU counts
 
     async def get_allocated_file_size(self) -> int:
         st = os.fstat(self.fd)
@@ -408,14 +408,17 @@ def _strip_prefix(filename: str) -> str:
 
 
 def _pread_full(fd: int, offset: int, length: int) -> bytes:
+    """Read ``length`` bytes; past the end of the file they read as zeroes (the node's
+    size is the file's rounded up to whole sectors, as QEMU's file-posix reads)."""
     data = os.pread(fd, length, offset)
-    if len(data) == length or not data:
+    if len(data) == length:
         return data
     parts = [data]
     got = len(data)
     while got < length:
-        more = os.pread(fd, length - got, offset + got)
+        more = os.pread(fd, length - got, offset + got) if data else b""
         if not more:
+            parts.append(bytes(length - got))
             break
         parts.append(more)
         got += len(more)
