@@ -132,10 +132,11 @@ class FileDriver(BlockDriver):
                                  exc.errno) from None
             raise HostIOError.from_oserror(exc, f"Could not open '{path}'") from None
         st = os.fstat(self.fd)
-        if stat.S_ISDIR(st.st_mode):
+        problem = self.file_type_problem(path, st.st_mode)
+        if problem:
             os.close(self.fd)
             self.fd = -1
-            raise BlockError(f"Could not open '{path}': Is a directory", errno.EISDIR)
+            raise BlockError(problem, errno.EINVAL)
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         aio = str(options.get("aio", "threads"))
         if aio not in ("threads", "native", "io_uring"):
@@ -154,6 +155,13 @@ class FileDriver(BlockDriver):
         if self.direct:
             self.alignment = await asyncio.get_running_loop().run_in_executor(
                 None, _probe_alignment, self.fd)
+
+    def file_type_problem(self, path: str, mode: int) -> str | None:
+        """QEMU's check of the file type each driver accepts (a read-write open of a
+        directory has already failed with "Is a directory")."""
+        if stat.S_ISREG(mode):
+            return None
+        return f"'{self.format_name}' driver requires '{path}' to be a regular file"
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -388,6 +396,17 @@ class FileDriver(BlockDriver):
 class HostDeviceDriver(FileDriver):
     format_name = "host_device"
 
+    def file_type_problem(self, path: str, mode: int) -> str | None:
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            return None
+        return (f"'{self.format_name}' driver requires '{path}' to be either a character "
+                "or block device")
+
+
+class HostCdromDriver(HostDeviceDriver):
+    """``host_cdrom``: a host device opened as QEMU opens a CD-ROM (no media handling)."""
+    format_name = "host_cdrom"
+
 
 # ---------------------------------------------------------------------------------------
 # Helpers (run in worker threads)
@@ -401,7 +420,7 @@ async def _run(fn: Callable[[], T], what: str) -> T:
 
 
 def _strip_prefix(filename: str) -> str:
-    for prefix in ("file:", "host_device:"):
+    for prefix in ("file:", "host_device:", "host_cdrom:"):
         if filename.startswith(prefix):
             return filename[len(prefix):]
     return filename

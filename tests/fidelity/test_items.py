@@ -1,0 +1,42 @@
+"""Items 4-7 of issue 11, each against qemu-img / qemu-io through symlinks of their names."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .helpers import run_both
+
+RAW_1000 = [["sh", "-c", "head -c 1000 /dev/urandom > o.raw"]]
+RAW_3 = [["sh", "-c", "printf abc > o.raw"]]
+ONE_RAW = [["qemu-img", "create", "-q", "-f", "raw", "a.raw", "1M"], ["mkdir", "d"]]
+
+
+@pytest.mark.parametrize("tool,args,setup", [
+    ("qemu-img", ["info", "--output=json", "o.raw"], RAW_1000),
+    ("qemu-img", ["map", "--output=json", "o.raw"], RAW_1000),
+    ("qemu-io", ["-f", "raw", "-c", "read -v 496 16", "o.raw"], RAW_3),
+    ("qemu-io", ["-f", "raw", "-c", "write -P 1 500 12", "-c", "read -P 1 500 12",
+                 "-c", "length", "o.raw"], RAW_3),
+], ids=["info", "map", "read-tail", "write-tail"])
+def test_raw_size_is_whole_sectors(tmp_path: Path, tool: str, args: list[str],
+                                   setup: list[list[str]]) -> None:
+    ours, theirs = run_both(tmp_path, tool, *args, setup=setup)
+    strip = (lambda t: "\n".join(ln for ln in t.splitlines()
+                                 if "actual-size" not in ln and "ops/sec" not in ln))
+    assert (ours.rc, strip(ours.out), ours.err) == (theirs.rc, strip(theirs.out), theirs.err)
+
+
+@pytest.mark.parametrize("tool,args", [
+    ("qemu-img", ["info", "--image-opts", "driver=file,filename=/dev/null"]),
+    ("qemu-img", ["info", "--image-opts", "driver=host_device,filename=a.raw"]),
+    ("qemu-img", ["info", "--image-opts", "driver=host_cdrom,filename=a.raw"]),
+    ("qemu-img", ["info", "-f", "raw", "/dev/null"]),
+    ("qemu-img", ["info", "d"]),
+    ("qemu-io", ["-c", "read 0 1", "d"]),
+    ("qemu-io", ["-r", "-c", "read 0 1", "d"]),
+], ids=["file-devnull", "hostdev-file", "cdrom-file", "devnull-probed", "dir-ro",
+        "dir-rw", "dir-ro-io"])
+def test_file_type_checks(tmp_path: Path, tool: str, args: list[str]) -> None:
+    ours, theirs = run_both(tmp_path, tool, *args, setup=ONE_RAW)
+    assert str(ours) == str(theirs)
