@@ -40,3 +40,14 @@ def test_raw_size_is_whole_sectors(tmp_path: Path, tool: str, args: list[str],
 def test_file_type_checks(tmp_path: Path, tool: str, args: list[str]) -> None:
     ours, theirs = run_both(tmp_path, tool, *args, setup=ONE_RAW)
     assert str(ours) == str(theirs)
+
+
+@pytest.mark.parametrize("args", [
+    ["create", "-f", "qcow2", "-b", "nosuch.qcow2", "top.qcow2"],
+    ["create", "-f", "qcow2", "-b", "nosuch.qcow2", "top.qcow2", "1M"],
+    ["create", "-f", "qcow2", "-u", "-b", "nosuch.qcow2", "top.qcow2", "1M"],
+    ["create", "-f", "qcow2", "-b", "a.raw", "top.qcow2"],
+], ids=["missing", "missing-size", "missing-unsafe", "detected"])
+def test_create_backing_without_format_opens_it_first(tmp_path: Path, args: list[str]) -> None:
+    ours, theirs = run_both(tmp_path, "qemu-img", *args, setup=ONE_RAW)
+    assert str(ours) == str(theirs)

@@ -85,7 +85,7 @@ async def create(filename: str, fmt: str, size: int | None, opts: dict[str, str]
         backing = normalized.get("backing_file") or None
         backing_fmt = normalized.get("backing_fmt") or None
         if backing and not backing_fmt:
-            detected = await _probe_format(filename, backing)
+            detected = None if unsafe else await _probe_format(filename, backing)
             if detected:        # qemu-img 7.2 ends this hint without a newline
                 sys.stderr.write(f"{prog()}: {filename}: Backing file specified without "
                                  f"backing format\nDetected format of {detected}.")
@@ -124,13 +124,14 @@ async def _backing_size(filename: str, backing: str, backing_fmt: str | None) ->
 
 
 async def _probe_format(filename: str, backing: str) -> str | None:
-    """The format qemu-img names when it refuses a backing file without one."""
+    """The format qemu-img names when it refuses a backing file without one: it opens
+    the backing file first, so one that cannot be opened is reported as such."""
     from blocklayer.core.open import full_backing_filename, open_image
     try:
         node = await open_image(full_backing_filename(filename, backing), read_only=True,
                                 graph=new_graph(), backing=False)
-    except BlockError:
-        return None
+    except BlockError as exc:
+        raise exc.with_prefix("", "\nCould not open backing image.")
     name = node.format_name
     node.remove_user("user")
     await node.close()
