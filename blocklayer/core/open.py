@@ -119,6 +119,7 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
 
     if driver_name is not None:
         cls = registry.get_driver(driver_name)
+        filename = _parse_driver_filename(cls, filename, options)
         if cls.is_protocol:
             return await _open_protocol(graph, cls, filename, options, flags, node_name)
 
@@ -215,6 +216,19 @@ def _apply_generic_options(options: dict[str, Any], flags: OpenFlags) -> OpenFla
     if "copy-on-read" in options:
         flags = flags.with_(copy_on_read=parse_bool(options.pop("copy-on-read"), "copy-on-read"))
     return flags
+
+
+def _parse_driver_filename(cls: type[BlockDriver], filename: str | None,
+                           options: dict[str, Any]) -> str | None:
+    """A driver that has its own filename syntax (``blkdebug:CONFIG:IMAGE``) turns it into
+    options (explicit ones win); what is left is the filename of its file child."""
+    parse = getattr(cls, "parse_filename", None)
+    if parse is None or not filename or not filename.startswith(cls.format_name + ":"):
+        return filename
+    parsed, rest = parse(filename)
+    for key, value in parsed.items():
+        options.setdefault(key, value)
+    return rest
 
 
 async def _open_protocol(graph: BlockGraph, cls: type[BlockDriver], filename: str | None,

@@ -43,6 +43,7 @@ PROTOCOL_PREFIXES: dict[str, str] = {
     "host_cdrom": "host_cdrom",
     "null-co": "null-co",
     "null-aio": "null-aio",
+    "blkdebug": "blkdebug",
 }
 
 PROBE_BUF_SIZE = 2048

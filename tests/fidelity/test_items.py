@@ -51,3 +51,17 @@ def test_file_type_checks(tmp_path: Path, tool: str, args: list[str]) -> None:
 def test_create_backing_without_format_opens_it_first(tmp_path: Path, args: list[str]) -> None:
     ours, theirs = run_both(tmp_path, "qemu-img", *args, setup=ONE_RAW)
     assert str(ours) == str(theirs)
+
+
+@pytest.mark.parametrize("tool,args", [
+    ("qemu-io", ["-c", "read 0 512", "blkdebug::a.raw"]),
+    ("qemu-io", ["-c", "read 0 512", "blkdebug:a.raw"]),
+    ("qemu-io", ["-c", "open -o driver=raw,file.align=4096 blkdebug::a.raw",
+                 "-c", "read 0 512", "-c", "write 512 512"]),
+    ("qemu-img", ["info", "blkdebug:nosuch.conf:a.raw"]),
+    ("qemu-img", ["map", "--output=json", "-f", "raw", "blkdebug::a.raw"]),
+], ids=["plain", "no-config-colon", "file-align", "missing-config", "map"])
+def test_blkdebug_filenames(tmp_path: Path, tool: str, args: list[str]) -> None:
+    ours, theirs = run_both(tmp_path, tool, *args, setup=ONE_RAW)
+    strip = (lambda t: "\n".join(ln for ln in t.splitlines() if "ops/sec" not in ln))
+    assert (ours.rc, strip(ours.out), ours.err) == (theirs.rc, strip(theirs.out), theirs.err)
