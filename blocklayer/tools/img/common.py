@@ -35,6 +35,9 @@ def new_graph(quiet: bool = False) -> "BlockGraph":
     def on_event(event: str, data: dict[str, Any]) -> None:
         if event == "warning":
             sys.stderr.write(str(data.get("message", "")) + "\n")
+        elif event == "BLOCK_IMAGE_CORRUPTED":
+            from blocklayer.tools.common import corruption_text
+            sys.stderr.write(corruption_text(data) + "\n")
     graph.event_handlers.append(on_event)
     return graph
 

@@ -112,6 +112,9 @@ class Session:
     def _on_event(self, event: str, data: dict[str, Any]) -> None:
         if event == "warning":
             self.raw_err(str(data.get("message", "")))
+        elif event == "BLOCK_IMAGE_CORRUPTED":
+            from blocklayer.tools.common import corruption_text
+            self.raw_err(corruption_text(data))
 
     # ---- the image -----------------------------------------------------------------------
     def require_node(self) -> "BlockNode":
