@@ -109,6 +109,8 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
         options = {**parse_json_filename(filename), **options}
         filename = options.pop("filename", None)
     flags = _apply_generic_options(options, flags)
+    if flags.copy_on_read and flags.read_only:
+        raise InvalidArgument("Can't use copy-on-read on read-only device")
     node_name = options.pop("node-name", node_name)
     driver_name = options.pop("driver", None) or fmt
     if fmt and driver_name != fmt:
