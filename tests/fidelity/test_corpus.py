@@ -16,6 +16,16 @@ from .helpers import bindir, environ, normalise
 SCRIPTS = sorted((Path(__file__).parent / "scripts").glob("*.sh"))
 
 GAPS: dict[str, str] = {
+    "blkdebug-config": "blkdebug events fired by formats (read_aio for guest data only), "
+                       "issue 11 item 3",
+    "convert-progress": "convert's sizing pass and QEMU's progress steps, issue 11 item 8",
+    "convert-progress-sparse": "convert's sizing pass and QEMU's progress steps, "
+                               "issue 11 item 8",
+    "img-trace-opt": "-T trace event patterns and their warning, not in issue 11",
+    "io-reopen-o": "reopen -o applying qcow2's run-time options, issue 11 item 12",
+    "resize-backing-longer": "growing over a longer backing file zero-fills, issue 11 item 14",
+    "corrupt-twice": "after a fatal corruption QEMU drops the driver (ENOMEDIUM), "
+                     "issue 11 item 16",
 }
 
 
