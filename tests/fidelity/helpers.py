@@ -14,10 +14,10 @@ import re
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..conftest import ROOT, need
+from ..img.helpers import Result
 
 MODULES = {"qemu-img": "blocklayer.tools.img.main", "qemu-io": "blocklayer.tools.io.main"}
 
@@ -37,16 +37,6 @@ def bindir(tmp: Path) -> Path:
         if not link.exists():
             link.symlink_to(wrapper.name)
     return path
-
-
-@dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-    def __str__(self) -> str:
-        return f"rc={self.rc}\n--stdout--\n{self.out}--stderr--\n{self.err}"
 
 
 def run_both(tmp: Path, tool: str, *args: str, setup: list[list[str]] | None = None,
