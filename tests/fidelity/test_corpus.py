@@ -23,7 +23,8 @@ GAPS: dict[str, str] = {
                                "issue 11 item 8",
     "img-trace-opt": "-T trace event patterns and their warning, not in issue 11",
     "io-reopen-o": "reopen -o applying qcow2's run-time options, issue 11 item 12",
-    "resize-backing-longer": "growing over a longer backing file zero-fills, issue 11 item 14",
+    "resize-backing-longer-v2": "growing over a longer backing file: v2 images cannot "
+                                "zero ('Failed to zero out new clusters'), issue 11 item 14",
     "corrupt-twice": "after a fatal corruption QEMU drops the driver (ENOMEDIUM), "
                      "issue 11 item 16",
 }
