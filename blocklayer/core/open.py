@@ -142,7 +142,7 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
         if cls.is_protocol:
             raise InvalidArgument(f"'{driver_name}' is not a format driver")
         node = BlockNode(graph, cls, name=node_name, flags=flags, options=options,
-                         filename=filename or file_node.filename)
+                         filename=filename or _format_filename(driver_name, options, file_node))
         node.probed = probed  # type: ignore[attr-defined]
     except BaseException:
         await file_node.close()
@@ -164,6 +164,18 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
 
 
 _UNSET = object()
+
+
+def _format_filename(driver: str, options: dict[str, Any], file_node: BlockNode) -> str:
+    """A format node opened without a filename takes its file's, unless that is a
+    ``json:`` one: then it is named ``json:`` from its own options, as QEMU refreshes it."""
+    if not file_node.filename.startswith("json:"):
+        return file_node.filename
+    from .options import to_json_filename
+    own = {k: v for k, v in options.items() if not k.startswith("x-")}
+    child = {"driver": file_node.format_name, **dict(file_node.options or {})}
+    return to_json_filename({"driver": driver, **own,
+                             **{f"file.{k}": v for k, v in child.items()}})
 
 
 CHILD_PREFIXES = ("file", "backing", "data-file", "image")
@@ -239,6 +251,9 @@ async def _open_protocol(graph: BlockGraph, cls: type[BlockDriver], filename: st
     if filename is not None and "filename" not in options:
         options["filename"] = filename
     name = str(options.get("filename") or "")
+    exact = getattr(cls, "exact_filename", None)
+    if not name and exact is not None:
+        name = exact(options) or ""          # QEMU's refreshed name, e.g. "null-co://"
     if not name:
         from .options import to_json_filename
         name = to_json_filename({"driver": cls.format_name, **options})

@@ -9,8 +9,6 @@ from blocklayer.core import qjson
 
 from .helpers import run_both
 
-NAMING = "node names refreshed as QEMU does (null-co://, json: of the top), issue 11 item 10"
-
 CASES = [
     "{'driver': 'null-co', 'size': 1048576}",
     '{"driver": "null-co", "size": 1048576,}',
@@ -25,8 +23,8 @@ CASES = [
     "{driver: 'null-co'}",
     '',
     "{'driver':'null-co','size':'1M'}",
-    pytest.param("{'file': {'driver': 'null-co'}}", marks=pytest.mark.xfail(strict=True, reason=NAMING)),
-    pytest.param("  {'driver':'null-co'}  ", marks=pytest.mark.xfail(strict=True, reason=NAMING)),
+    "{'file': {'driver': 'null-co'}}",
+    "  {'driver':'null-co'}  ",
     "{'driver': 'null-co', 'driver': 'x'}",
     "{'driver': 'nu/*x*/ll-co'}",
     "{'driver': 'null-co', 'size': 012}",
@@ -72,7 +70,7 @@ CASES = [
     "{'a': '\\uD800'}",
     "{'a': Driver}",
     '{"driver": "null-co", "size": 65536}',
-    pytest.param('{"driver": "raw", "file": {"driver": "null-co", "size": 4096}}', marks=pytest.mark.xfail(strict=True, reason=NAMING)),
+    '{"driver": "raw", "file": {"driver": "null-co", "size": 4096}}',
     "{'driver': 'raw', 'file': {'driver': 'file', 'filename': 'nosuch'}}",
 ]
 
