@@ -272,6 +272,19 @@ class BlockDriver:
         return 0
 
     @classmethod
+    def parse_filename(cls, filename: str) -> tuple[dict[str, Any], str] | None:
+        """A driver with a filename syntax of its own (``blkdebug:CONFIG:IMAGE``) turns
+        ``filename`` (which starts with ``format_name:``) into options and the filename
+        left for its file child.  Default None: the filename is passed on as it is."""
+        return None
+
+    @classmethod
+    def exact_filename(cls, options: dict[str, Any]) -> str | None:
+        """The plain filename QEMU would refresh a protocol node opened with ``options``
+        and no filename to (``null-co://``); None: a ``json:`` name is made."""
+        return None
+
+    @classmethod
     async def create(cls, filename: str, options: dict[str, Any], *,
                      open_file: Any = None) -> None:
         """Create an image.  ``options`` has the ``-o`` options parsed (``size`` an int).

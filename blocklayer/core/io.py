@@ -668,11 +668,18 @@ async def node_truncate(node: "BlockNode", size: int, exact: bool = False,
     """Resize the node to ``size`` bytes."""
     if size < 0:
         raise InvalidArgument("Invalid size")
+    old = node.total_bytes
+    backing = node.backing
     async with _request(node, "write", 0, 0, write=True):
         async with tracked(node, min(size, node.total_bytes), BDRV_MAX_LENGTH,
                            serialising=True):
             await node.driver.truncate(size, exact, prealloc)
             await node_refresh_total_bytes(node)
+    # QEMU: growing over a longer backing file zeroes the new area (no backing data
+    # may show through; preallocated clusters already read as zeroes)
+    if size > old and backing is not None and backing.total_bytes > old \
+            and prealloc is Prealloc.OFF:
+        await node_write_zeroes(node, old, size - old)
 
 
 async def node_length(node: "BlockNode") -> int:

@@ -117,6 +117,8 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
         options = {**parse_json_filename(filename), **options}
         filename = options.pop("filename", None)
     flags = _apply_generic_options(options, flags)
+    if flags.copy_on_read and flags.read_only:
+        raise InvalidArgument("Can't use copy-on-read on read-only device")
     node_name = options.pop("node-name", node_name)
     driver_name = options.pop("driver", None) or fmt
     if fmt and driver_name != fmt:
@@ -127,6 +129,7 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
 
     if driver_name is not None:
         cls = registry.get_driver(driver_name)
+        filename = _parse_driver_filename(cls, filename, options)
         if cls.is_protocol:
             return await _open_protocol(graph, cls, filename, options, flags, node_name)
 
@@ -142,12 +145,12 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
             if driver_name == "raw":
                 options["x-probed"] = True
                 if not flags.read_only:
-                    warn(graph, RAW_PROBE_WARNING.format(_format_filename(filename, file_node)))
+                    warn(graph, RAW_PROBE_WARNING.format(_format_filename(filename, "raw", options, file_node)))
         cls = registry.get_driver(driver_name)
         if cls.is_protocol:
             raise InvalidArgument(f"'{driver_name}' is not a format driver")
         node = BlockNode(graph, cls, name=node_name, flags=flags, options=options,
-                         filename=_format_filename(filename, file_node))
+                         filename=_format_filename(filename, driver_name, options, file_node))
         node.probed = probed  # type: ignore[attr-defined]
     except BaseException:
         await file_node.close()
@@ -174,12 +177,21 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
 _UNSET = object()
 
 
-def _format_filename(filename: str | None, file_node: BlockNode) -> str:
+def _format_filename(filename: str | None, driver: str, options: dict[str, Any],
+                     file_node: BlockNode) -> str:
     """A format node is named after its file; a protocol that names itself on open
-    (nbd's pseudo-filename, as QEMU refreshes it) names the format node too."""
-    if filename is None or filename == file_node.options.get("filename"):
+    (nbd's pseudo-filename, as QEMU refreshes it) names the format node too; a file
+    with a ``json:`` name gives the format node a ``json:`` name from its own options,
+    as QEMU refreshes it."""
+    if filename is not None and filename != file_node.options.get("filename"):
+        return filename
+    if not file_node.filename.startswith("json:"):
         return file_node.filename
-    return filename
+    from .options import to_json_filename
+    own = {k: v for k, v in options.items() if not k.startswith("x-")}
+    child = {"driver": file_node.format_name, **dict(file_node.options or {})}
+    return to_json_filename({"driver": driver, **own,
+                             **{f"file.{k}": v for k, v in child.items()}})
 
 
 CHILD_PREFIXES = ("file", "backing", "data-file", "image")
@@ -236,12 +248,29 @@ def _apply_generic_options(options: dict[str, Any], flags: OpenFlags) -> OpenFla
     return flags
 
 
+def _parse_driver_filename(cls: type[BlockDriver], filename: str | None,
+                           options: dict[str, Any]) -> str | None:
+    """A driver that has its own filename syntax (``blkdebug:CONFIG:IMAGE``) turns it into
+    options (explicit ones win); what is left is the filename of its file child."""
+    if not filename or not filename.startswith(cls.format_name + ":"):
+        return filename
+    answer = cls.parse_filename(filename)
+    if answer is None:
+        return filename
+    parsed, rest = answer
+    for key, value in parsed.items():
+        options.setdefault(key, value)
+    return rest
+
+
 async def _open_protocol(graph: BlockGraph, cls: type[BlockDriver], filename: str | None,
                          options: dict[str, Any], flags: OpenFlags,
                          node_name: str | None) -> BlockNode:
     if filename is not None and "filename" not in options:
         options["filename"] = filename
     name = str(options.get("filename") or "")
+    if not name:
+        name = cls.exact_filename(options) or ""    # QEMU's refreshed name: "null-co://"
     if not name:
         from .options import to_json_filename
         name = to_json_filename({"driver": cls.format_name, **options})

@@ -134,10 +134,11 @@ class FileDriver(BlockDriver):
                                  exc.errno) from None
             raise HostIOError.from_oserror(exc, f"Could not open '{path}'") from None
         st = os.fstat(self.fd)
-        if stat.S_ISDIR(st.st_mode):
+        problem = self.file_type_problem(path, st.st_mode)
+        if problem:
             os.close(self.fd)
             self.fd = -1
-            raise BlockError(f"Could not open '{path}': Is a directory", errno.EISDIR)
+            raise BlockError(problem, errno.EINVAL)
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         self.extents = extents_of(self.fd)
         self.extents.changed()      # whatever was walked before this open may be stale
@@ -158,6 +159,13 @@ class FileDriver(BlockDriver):
         if self.direct:
             self.alignment = await asyncio.get_running_loop().run_in_executor(
                 None, _probe_alignment, self.fd)
+
+    def file_type_problem(self, path: str, mode: int) -> str | None:
+        """QEMU's check of the file type each driver accepts (a read-write open of a
+        directory has already failed with "Is a directory")."""
+        if stat.S_ISREG(mode):
+            return None
+        return f"'{self.format_name}' driver requires '{path}' to be a regular file"
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -365,7 +373,7 @@ class FileDriver(BlockDriver):
             return 0
         if self.is_block_device:
             return os.lseek(self.fd, 0, os.SEEK_END)
-        return os.fstat(self.fd).st_size
+        return -(-os.fstat(self.fd).st_size // 512) * 512    # whole sectors, as QEMU counts
 
     async def get_allocated_file_size(self) -> int:
         st = os.fstat(self.fd)
@@ -405,6 +413,17 @@ class FileDriver(BlockDriver):
 class HostDeviceDriver(FileDriver):
     format_name = "host_device"
 
+    def file_type_problem(self, path: str, mode: int) -> str | None:
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            return None
+        return (f"'{self.format_name}' driver requires '{path}' to be either a character "
+                "or block device")
+
+
+class HostCdromDriver(HostDeviceDriver):
+    """``host_cdrom``: a host device opened as QEMU opens a CD-ROM (no media handling)."""
+    format_name = "host_cdrom"
+
 
 # ---------------------------------------------------------------------------------------
 # Helpers (run in worker threads)
@@ -418,21 +437,24 @@ async def _run(fn: Callable[[], T], what: str) -> T:
 
 
 def _strip_prefix(filename: str) -> str:
-    for prefix in ("file:", "host_device:"):
+    for prefix in ("file:", "host_device:", "host_cdrom:"):
         if filename.startswith(prefix):
             return filename[len(prefix):]
     return filename
 
 
 def _pread_full(fd: int, offset: int, length: int) -> bytes:
+    """Read ``length`` bytes; past the end of the file they read as zeroes (the node's
+    size is the file's rounded up to whole sectors, as QEMU's file-posix reads)."""
     data = os.pread(fd, length, offset)
-    if len(data) == length or not data:
+    if len(data) == length:
         return data
     parts = [data]
     got = len(data)
     while got < length:
-        more = os.pread(fd, length - got, offset + got)
+        more = os.pread(fd, length - got, offset + got) if data else b""
         if not more:
+            parts.append(bytes(length - got))
             break
         parts.append(more)
         got += len(more)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .args import PROG, UsageError
+from .args import DEFAULT_NAME, UsageError, prog
 
 COMMANDS = {
     "amend": "amend", "bench": "bench", "bitmap": "bitmap", "check": "check",
@@ -20,9 +20,9 @@ COMMANDS = {
 
 def _fail(message: str, code: int = 1, hint: bool = False) -> int:
     sys.stdout.flush()
-    sys.stderr.write(f"{PROG}: {message}\n")
+    sys.stderr.write(f"{prog()}: {message}\n")
     if hint:
-        sys.stderr.write(f"Try '{PROG} --help' for more information\n")
+        sys.stderr.write(f"Try '{prog()} --help' for more information\n")
     sys.stderr.flush()
     return code
 
@@ -67,6 +67,8 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from blocklayer.tools.common import set_program_name
+    set_program_name(sys.argv[0] if sys.argv else None, DEFAULT_NAME)
     code = run(list(sys.argv[1:] if argv is None else argv))
     try:
         sys.stdout.flush()
