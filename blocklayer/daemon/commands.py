@@ -10,6 +10,7 @@ def build_dispatcher(schema: Schema) -> Dispatcher:
         bitmapcmds,
         control,
         exportcmds,
+        jobcmds,
         nodes,
         objects,
         query,
@@ -18,6 +19,6 @@ def build_dispatcher(schema: Schema) -> Dispatcher:
     )
     dispatcher = Dispatcher(schema)
     for module in (bitmapcmds, control, nodes, snapshots, query, objects, exportcmds,
-                   transaction):
+                   transaction, jobcmds):
         dispatcher.add(module.HANDLERS)
     return dispatcher

@@ -11,6 +11,7 @@ from typing import Any
 
 from blocklayer import __version__
 from blocklayer.core.node import BlockGraph, BlockNode
+from blocklayer.jobs.manager import JobManager
 from blocklayer.qmp.dispatch import Dispatcher
 from blocklayer.qmp.schema import Schema, qsd_schema
 from blocklayer.qmp.server import MonitorServer
@@ -55,7 +56,8 @@ class Daemon:
         self.monitor_owned: list[BlockNode] = []
         self.objects: dict[str, QomObject] = {}
         self.chardevs: dict[str, Chardev] = {}
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, Job] = {}          # finished blockdev-create jobs
+        self.job_manager = JobManager(self.graph)
         self.exports: ExportHooks = exports or make_exports()
         self.dispatcher: Dispatcher = build_dispatcher(self.schema)
         self.quit_requested = asyncio.Event()
@@ -105,6 +107,8 @@ class Daemon:
                 await chardev.monitor.close()
         with contextlib.suppress(Exception):
             await self.exports.shutdown(self)
+        with contextlib.suppress(Exception):
+            await self.job_manager.shutdown()
         self.monitor_owned.clear()
         while self.graph.nodes:
             roots = [n for n in self.graph.nodes.values() if not n.parents] \
