@@ -182,8 +182,12 @@ class NBDExports:
         if name in self.by_name:
             raise CommandError(f"NBD server already has export named '{name}'")
         for bitmap in args.get("bitmaps") or ():
-            if not _has_bitmap(node, bitmap):
+            found = _find_bitmap(node, bitmap)
+            if found is None:
                 raise CommandError(f"Bitmap '{bitmap}' is not found")
+            if not writable and "auto" in found.get("flags", ()):
+                raise CommandError(f"Enabled bitmap '{bitmap}' incompatible with readonly "
+                                   "export")
         nbd = Export(name, node, description=description, readonly=not writable,
                      multi_conn=bool(args.get("multi-conn", False)) and writable,
                      allocation_depth=bool(args.get("allocation-depth", False)),
@@ -198,7 +202,7 @@ class NBDExports:
         self.by_name[name] = nbd
 
     async def block_export_del(self, daemon: Any, args: dict[str, Any]) -> None:
-        exp_id = args.get("id", args.get("name"))
+        exp_id = str(args["id"] if "id" in args else args["name"])
         exp = self.exports.get(exp_id)
         if exp is None:
             raise CommandError(f"Export '{exp_id}' is not found")
@@ -258,9 +262,16 @@ def _listen_error(kind: str, data: dict[str, Any], exc: OSError) -> str:
     return f"Failed to bind socket: {exc.strerror}"
 
 
-def _has_bitmap(node: BlockNode, name: str) -> bool:
-    bitmaps = getattr(node, "dirty_bitmaps", None)
-    return bool(bitmaps) and name in bitmaps
+def _find_bitmap(node: BlockNode, name: str) -> dict[str, Any] | None:
+    """A persistent bitmap of the node or of a node below it in its chain."""
+    from blocklayer.core import bitmaps
+    current: BlockNode | None = node
+    while current is not None:
+        for found in bitmaps.list_bitmaps(current):
+            if found.get("name") == name:
+                return found
+        current = current.filtered_backing()
+    return None
 
 
 def _objects(daemon: Any) -> Any:

@@ -116,6 +116,7 @@ def images(work: Path) -> None:
     qemu_img("create", "-q", "-f", "qcow2", str(work / "a.qcow2"), "16M")
     qemu_img("create", "-q", "-f", "qcow2", str(work / "b.qcow2"), "16M")
     qemu_img("create", "-q", "-f", "raw", str(work / "c.raw"), "4M")
+    qemu_img("bitmap", "--add", str(work / "a.qcow2"), "b0")
 
 
 def run_both(tmp: Path, steps: list[Step], *extra: str) -> tuple[list[Any], list[Any]]:
@@ -173,6 +174,11 @@ def test_server_and_export_errors(tmp_path: Path) -> None:
                                  "description": long}),
         cmd("block-export-add", {"type": "nbd", "id": "e8", "node-name": "ro",
                                  "bitmaps": ["nob"]}),
+        cmd("block-export-add", {"type": "nbd", "id": "eb", "node-name": "a",
+                                 "name": "bm", "bitmaps": ["b0"]}),
+        cmd("block-export-add", {"type": "nbd", "id": "eb", "node-name": "a",
+                                 "name": "bm", "bitmaps": ["b0"], "writable": True}),
+        cmd("block-export-del", {"id": "eb"}),
         cmd("block-export-add", {"type": "nbd", "id": "e9", "node-name": "ro",
                                  "allocation-depth": True, "description": "d"}),
         cmd("block-export-add", {"type": "nbd", "id": "#bad", "node-name": "ro"}),
