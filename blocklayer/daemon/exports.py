@@ -13,6 +13,7 @@ mode disconnects them first).
 """
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -90,6 +91,10 @@ class BlockExport:
     nbd: Export
     shutting_down: bool = False
 
+    def node_replaced(self, node: BlockNode) -> None:
+        """The graph moved this export to ``node`` (an overlay or a filter above)."""
+        self.node = self.nbd.node = node
+
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "type": "nbd", "node-name": self.node.name,
                 "shutting-down": self.shutting_down}
@@ -103,6 +108,7 @@ class NBDExports:
         self.by_name: dict[str, Export] = {}        # what clients can still choose
         self.exports: dict[str, BlockExport] = {}   # by id, oldest first
         self.daemon: Any = None
+        self.releasing: set[asyncio.Future[Any]] = set()
 
     # -- the server ----------------------------------------------------------------------
     async def nbd_server_start(self, daemon: Any, args: dict[str, Any]) -> None:
@@ -138,6 +144,7 @@ class NBDExports:
         server, self.server = self.server, None
         await server.close()
         self._reap(server)
+        await self._released()
 
     # -- exports -------------------------------------------------------------------------
     async def nbd_server_add(self, daemon: Any, args: dict[str, Any]) -> None:
@@ -215,6 +222,7 @@ class NBDExports:
         if self.server is not None:
             self.server.drop_clients(exp.nbd)
         self._reap()
+        await self._released()
 
     def query_block_exports(self, daemon: Any) -> list[dict[str, Any]]:
         return [exp.info() for exp in reversed(self.exports.values())]
@@ -239,8 +247,22 @@ class NBDExports:
                 continue
             del self.exports[exp.id]
             exp.node.remove_user(exp)
+            self._release(exp.node)
             if self.daemon is not None:
                 self.daemon.emit("BLOCK_EXPORT_DELETED", {"id": exp.id})
+
+    def _release(self, node: BlockNode) -> None:
+        """A node only the export held (an overlay a snapshot put under it) goes."""
+        if self.daemon is None or self.daemon.owned(node) or node.parents or node.users \
+                or node.closed:
+            return
+        task = asyncio.ensure_future(node.unref())
+        self.releasing.add(task)
+        task.add_done_callback(self.releasing.discard)
+
+    async def _released(self) -> None:
+        if self.releasing:
+            await asyncio.gather(*self.releasing, return_exceptions=True)
 
     def connections(self) -> dict[str, int]:
         """Clients per export id (the metrics)."""

@@ -270,3 +270,26 @@ def test_command_line_exports(tmp_path: Path) -> None:
         "--nbd-server", "addr.type=unix,addr.path=nbd.sock,max-connections=4",
         "--export", "type=nbd,id=ex,node-name=cf,name=cx,writable=on,description=x")
     check_images(tmp_path, ["c.raw"])
+
+
+def test_export_follows_a_snapshot(tmp_path: Path) -> None:
+    """blockdev-snapshot-sync under an export with a client on it: the export moves to
+    the overlay (query-block-exports names it), the client's writes land there."""
+    data = b"\xa5" * 65536
+    same(tmp_path, NODES + [
+        cmd("nbd-server-start", unix("nbd.sock")),
+        cmd("block-export-add", {"type": "nbd", "id": "ea", "node-name": "a",
+                                 "writable": True}),
+        ("connect", "w", "a"),
+        ("write", "w", data, 0),
+        cmd("blockdev-snapshot-sync", {"node-name": "a", "snapshot-file": "s.qcow2",
+                                       "snapshot-node-name": "s", "format": "qcow2"}),
+        cmd("query-block-exports"),
+        ("write", "w", data[:4096], 1 << 20),
+        ("read", "w", 65536, 0),
+        ("close", "w"),
+        cmd("blockdev-del", {"node-name": "s"}),
+        cmd("block-export-del", {"id": "ea"}),
+        cmd("blockdev-del", {"node-name": "s"}),
+    ])
+    check_images(tmp_path, ["a.qcow2", "s.qcow2"])
