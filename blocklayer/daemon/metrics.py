@@ -24,6 +24,8 @@ from prometheus_client.metrics_core import (
 
 from blocklayer.qmp.protocol import CommandError
 
+from .nodes import flat_options
+
 MAX_REQUEST = 8192                 # request line and headers
 PREFIX = "blocklayer"
 
@@ -112,20 +114,10 @@ class DaemonCollector:
         for obj in list(self.daemon.objects.values()):
             if obj.qom_type != "throttle-group":
                 continue
-            for key, value in _flat(obj.props).items():
+            for key, value in flat_options(obj.props).items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     family.add_metric([obj.id, key], value)
         yield family
-
-
-def _flat(props: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def parse_address(text: str) -> tuple[str, int]:

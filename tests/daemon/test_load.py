@@ -57,7 +57,7 @@ class Writer(threading.Thread):
                 self._write()
                 if self.writes % 16 == 0:
                     self._flush()
-        except BaseException as exc:          # the daemon killed: reported if unexpected
+        except Exception as exc:  # noqa: BLE001 -- the daemon killed: reported if unexpected
             self.error = exc
 
     def _write(self) -> None:

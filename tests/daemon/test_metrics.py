@@ -63,6 +63,7 @@ def test_metrics_follow_nbd_io(tmp_path: Path) -> None:
     qemu_img("create", "-q", "-f", "raw", str(tmp_path / "c.raw"), "16M")
     port = free_port()
     with daemon("ours", tmp_path, "--metrics", f"127.0.0.1:{port}",
+                "--object", "throttle-group,id=tg,limits.iops-total=1000",
                 "--blockdev", "driver=file,node-name=cf,filename=c.raw",
                 "--blockdev", "driver=raw,node-name=c,file=cf",
                 "--nbd-server", f"addr.type=unix,addr.path={tmp_path}/nbd.sock",
@@ -71,6 +72,8 @@ def test_metrics_follow_nbd_io(tmp_path: Path) -> None:
         asyncio.run(blockstats(sock))            # every option is applied by now
         before = scrape(port)
         assert node(before, "write_bytes", "c") == 0
+        assert before[("blocklayer_throttle_group_limit",
+                       (("group", "tg"), ("limit", "limits.iops-total")))] == 1000
         assert before[("blocklayer_export_connections", (("export", "ex"), ("node", "c")))] == 0
         h = nbd.NBD()
         h.connect_uri(f"nbd+unix:///c?socket={tmp_path}/nbd.sock")
