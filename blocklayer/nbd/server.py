@@ -281,7 +281,8 @@ _DN_KEYS = {"countryName": "C", "stateOrProvinceName": "ST", "localityName": "L"
 
 
 def distinguished_name(cert: dict[str, Any]) -> str:
-    """A certificate subject as RFC 4514 (and QEMU's authz) writes it: CN first."""
+    """A certificate subject as QEMU 7.2's authz compares it: the names in the
+    certificate's order (``C=GB,O=Test,CN=client``; checked against QSD)."""
     parts = [f"{_DN_KEYS.get(key, key)}={value}"
              for rdn in cert.get("subject", ()) for key, value in rdn]
-    return ",".join(reversed(parts))
+    return ",".join(parts)
