@@ -185,7 +185,7 @@ class _request:
         if node.closed:
             raise BlockError(f"Node '{node.name}' is closed", errno.ENOMEDIUM)
         if external and node.state.quiesce and DRAIN_OWNER.get() is not asyncio.current_task():
-            await _wait_resumed(node)
+            await wait_resumed(node)
         if offset < 0 or length < 0 or offset > BDRV_MAX_LENGTH - length:
             node.stats.invalid(kind)
             raise InvalidArgument(f"Invalid request offset {offset} length {length}", errno.EIO)
@@ -207,7 +207,7 @@ class _request:
             state.idle.set()
 
 
-async def _wait_resumed(node: "BlockNode") -> None:
+async def wait_resumed(node: "BlockNode") -> None:
     while node.state.quiesce:
         if node.state.resumed is None:
             node.state.resumed = asyncio.Event()

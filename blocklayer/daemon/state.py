@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,8 @@ class Daemon:
         self.exports: ExportHooks = exports or make_exports()
         self.dispatcher: Dispatcher = build_dispatcher(self.schema)
         self.quit_requested = asyncio.Event()
+        #: closed first at shutdown (servers added by options: --metrics)
+        self.closing: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def version(self) -> dict[str, Any]:
@@ -102,6 +105,9 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """Close monitors and exports, then flush and close every node (images clean)."""
+        for close in self.closing:
+            with contextlib.suppress(Exception):
+                await close()
         for chardev in self.chardevs.values():
             if chardev.monitor is not None:
                 await chardev.monitor.close()
