@@ -94,7 +94,8 @@ async def _nothing() -> Any:
 async def qsd_events(tmp: Path, top: Path, commands: list[tuple[str, dict[str, Any]]],
                      until: str | None = "null",
                      after: dict[str, list[tuple[str, dict[str, Any]]]] | None = None,
-                     replies: list[tuple[str, Any]] | None = None) -> list[str]:
+                     replies: list[tuple[str, Any]] | None = None,
+                     program: tuple[str, ...] = ("qemu-storage-daemon",)) -> list[str]:
     """Run ``commands`` on a real qemu-storage-daemon with ``top`` (and its chain) open
     as node ``top``; the statuses and event names until a job reaches ``until``
     (``after``: commands sent once a status or an event is seen; ``until`` None: none
@@ -106,7 +107,7 @@ async def qsd_events(tmp: Path, top: Path, commands: list[tuple[str, dict[str, A
     from qemu.qmp import ExecuteError, QMPClient
 
     sock = tmp / "qsd.sock"
-    proc = subprocess.Popen(["qemu-storage-daemon", "--chardev",  # noqa: ASYNC220
+    proc = subprocess.Popen([*program, "--chardev",  # noqa: ASYNC220
                              f"socket,id=m,path={sock},server=on,wait=off",
                              "--monitor", "chardev=m",
                              "--blockdev", f"driver=file,filename={top},node-name=topf",
@@ -116,7 +117,7 @@ async def qsd_events(tmp: Path, top: Path, commands: list[tuple[str, dict[str, A
     seen: list[str] = []
     replies = replies if replies is not None else []
     try:
-        for _ in range(200):
+        for _ in range(400):
             if sock.exists():
                 break
             await asyncio.sleep(0.025)
