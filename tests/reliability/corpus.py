@@ -59,7 +59,7 @@ def dirty_backing_missing(d: Path) -> Path:
 def encrypted_luks(d: Path) -> Path:
     img = d / "d.qcow2"
     qemu_img("create", "-q", "--object", "secret,id=s0,data=pass", "-f", "qcow2", "-o",
-             "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", str(img), "4M")
+             "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100", str(img), "4M")
     return img
 
 

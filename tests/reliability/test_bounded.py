@@ -114,7 +114,7 @@ def test_qed_header_size_zero_opens_and_checks_as_qemu(tmp_path: Path) -> None:
 def test_info_says_encrypted(tmp_path: Path) -> None:
     img = tmp_path / "e.qcow2"
     qemu_img("create", "-q", "--object", "secret,id=s0,data=pass", "-f", "qcow2", "-o",
-             "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", str(img), "1M")
+             "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100", str(img), "1M")
     o = subprocess.run([sys.executable, "-m", "blocklayer.tools.img", "info", str(img)],
                        capture_output=True, text=True, env=_env())
     assert "encrypted: yes" in o.stdout.splitlines()
