@@ -142,7 +142,7 @@ def test_convert_to_vmdk(tmp_path: Path, source: str) -> None:
 
 HOSTILE = [
     [(0x04, "<I", 9)],                               # version
-    [(0x14, "<Q", 3)],                               # granularity not a power of two
+    [(0x14, "<Q", 3)],                               # granularity not a power of two (fine)
     [(0x14, "<Q", 1 << 40)],                         # huge granularity
     [(0x0C, "<Q", 1 << 60)],                         # huge capacity (grain count)
     [(0x2C, "<I", 0)],                               # no GTEs per GT
@@ -158,6 +158,8 @@ def test_hostile_headers(tmp_path: Path, edits: list[tuple[int, str, int]]) -> N
     assert "Traceback" not in b.stderr
     q = qemu_img("info", "-f", "vmdk", str(path), check=False)
     assert b.returncode == q.returncode
+    if "Could not open" in q.stderr:
+        assert D.ours_named(b.stderr) == q.stderr
     br = D.ours_limited("convert", "-O", "raw", str(path), str(tmp_path / "b.raw"))
     assert "Traceback" not in br.stderr
 

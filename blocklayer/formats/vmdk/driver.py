@@ -77,9 +77,9 @@ class VmdkDriver(BlockDriver):
         hw = options.get("hwversion")
         hwversion = None if hw in (None, "undefined") else str(hw)
         if adapter not in ADAPTERS:
-            raise InvalidArgument(f"Unknown adapter type: '{adapter}'")
+            raise InvalidArgument(f"invalid parameter value: {adapter}")
         if subformat not in SUBFORMATS:
-            raise InvalidArgument(f"Unknown subformat: '{subformat}'")
+            raise InvalidArgument(f"invalid parameter value: {subformat}")
         if compat6 and hwversion:
             raise InvalidArgument("compat6 cannot be enabled with hwversion set")
         if subformat != "monolithicSparse":
@@ -109,7 +109,7 @@ class VmdkDriver(BlockDriver):
         if raw[:4] != L.MAGIC:
             raise NotSupported("vmdk: only monolithicSparse images are supported yet")
         h = Header.parse(raw)
-        L.validate_header(h, file.total_bytes)
+        L.validate_header(h)
         if h.compressed:
             raise NotSupported("vmdk: streamOptimized images are not supported yet")
         self.header = h
@@ -118,13 +118,8 @@ class VmdkDriver(BlockDriver):
             n = min(h.desc_size, 2048) * L.SECTOR
             text = (await read_padded(file, h.desc_offset * L.SECTOR, n)).split(b"\0")[0]
         self.desc = L.parse_descriptor(text.decode("utf-8", "replace"))
-        count = h.gt_count
-        self.gd = L.from_le(await read_padded(file, h.gd_offset * L.SECTOR,
-                                              count * L.ENTRY), count)
-        self.rgd = None
-        if h.flags & L.FLAG_RGD:
-            self.rgd = L.from_le(await read_padded(file, h.rgd_offset * L.SECTOR,
-                                                   count * L.ENTRY), count)
+        self.gd = await self._read_gd(h.gd_offset)
+        self.rgd = await self._read_gd(h.rgd_offset) if h.flags & L.FLAG_RGD else None
         self.gts: dict[int, array] = {}
         self.next_grain = L.round_up(L.round_up(file.total_bytes, L.SECTOR),
                                      h.grain_bytes)
@@ -133,6 +128,15 @@ class VmdkDriver(BlockDriver):
 
     def limits(self) -> Limits:
         return Limits(request_alignment=L.SECTOR)
+
+    async def _read_gd(self, sector: int) -> array:
+        """The grain directory at ``sector``: the entries inside the file (those past
+        its end read as 0, unallocated, as QEMU reads them; they are not kept)."""
+        file = self.node.file
+        assert file is not None
+        at = sector * L.SECTOR
+        count = max(0, min(self.header.gt_count, (file.total_bytes - at) // L.ENTRY))
+        return L.from_le(await read_padded(file, at, count * L.ENTRY), count)
 
     # ---- grain tables ---------------------------------------------------------------------
     async def _load_gts(self, offset: int, length: int) -> None:
@@ -229,7 +233,7 @@ class VmdkDriver(BlockDriver):
         assert file is not None
         entry = value.to_bytes(L.ENTRY, "little")
         await file.write(self.gd[l1] * L.SECTOR + l2 * L.ENTRY, entry)
-        if self.rgd is not None and self.rgd[l1]:
+        if self.rgd is not None and l1 < len(self.rgd) and self.rgd[l1]:
             await file.write(self.rgd[l1] * L.SECTOR + l2 * L.ENTRY, entry)
 
     # ---- status, size, info ---------------------------------------------------------------

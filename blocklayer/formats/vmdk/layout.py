@@ -10,6 +10,7 @@ Everything here is pure.
 """
 from __future__ import annotations
 
+import errno
 import re
 import struct
 import sys
@@ -40,9 +41,8 @@ ENTRY = 4
 
 #: QEMU's limits on what it opens
 MAX_GRANULARITY = 2 * 1024 * 1024       # sectors (1 GiB grains)
-MAX_L1_ENTRIES = 32 * 1024 * 1024 // ENTRY  # the GD is read in one piece (QEMU: 512 MiB
-                                        # of GTEs); we keep the GD below 32 MiB
-MAX_CAPACITY = 0xFFFFFFFFF << 9 >> 9    # sectors in a u32 GTE's reach, times grains
+MAX_L1_ENTRIES = 512 * 1024 * 1024 // ENTRY  # QEMU's bound on the GD (read in one piece)
+INT64_MAX = (1 << 63) - 1
 
 #: version, flags, capacity, granularity, desc_offset, desc_size, num_gtes_per_gt,
 #: rgd_offset, gd_offset, grain_offset, filler, check_bytes, compress_algorithm
@@ -143,24 +143,22 @@ def from_le(buf: bytes | bytearray | memoryview, count: int) -> array:
     return table
 
 
-def validate_header(h: Header, file_bytes: int) -> None:
-    """Refuse what QEMU refuses (its wording), and tables past the end of the file."""
+def validate_header(h: Header) -> None:
+    """Refuse what QEMU refuses, in its order and words.  A grain directory past the
+    end of the file reads as zeroes (all unallocated), as QEMU's does; its size is
+    bounded by the L1 check."""
     if h.version > 3:
-        raise NotSupported(f"VMDK version {h.version}")
-    if h.num_gtes_per_gt == 0 or h.num_gtes_per_gt > 512:
+        raise NotSupported(f"Unsupported VMDK version {h.version}")
+    if h.num_gtes_per_gt > GTES_PER_GT:
         raise InvalidArgument("L2 table size too big")
-    if h.granularity == 0 or h.granularity > MAX_GRANULARITY or \
-            h.granularity & (h.granularity - 1):
-        raise InvalidArgument(f"Invalid granularity, image may be corrupt")
-    if h.capacity // h.granularity // h.num_gtes_per_gt + 1 > MAX_L1_ENTRIES:
+    if (h.num_gtes_per_gt * h.granularity) & 0xFFFFFFFF == 0:    # QEMU's u32 product
+        raise InvalidArgument("L1 entry size is invalid")
+    if h.capacity * SECTOR > INT64_MAX:
+        raise InvalidArgument("File too large", errno.EFBIG)
+    if h.gt_count > MAX_L1_ENTRIES:
         raise InvalidArgument("L1 size too big")
-    if h.check_bytes != CHECK_BYTES and h.flags & FLAG_NL_DETECT:
-        raise InvalidArgument("Invalid header (newline detection bytes are damaged)")
-    gd = h.rgd_offset if h.flags & FLAG_RGD else h.gd_offset
-    for off in (h.gd_offset, gd):
-        if off * SECTOR + h.gd_sectors * SECTOR > round_up(file_bytes, SECTOR) + SECTOR:
-            raise InvalidArgument("Invalid header (grain directory past the end of the "
-                                  "file)")
+    if h.granularity > MAX_GRANULARITY:
+        raise InvalidArgument("Invalid granularity, image may be corrupt")
 
 
 # ---------------------------------------------------------------------------------------
