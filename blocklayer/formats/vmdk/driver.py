@@ -33,7 +33,7 @@ SUBFORMATS = ("monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse",
 class VmdkDriver(BlockDriver):
     format_name = "vmdk"
     is_format = True
-    caps = Cap.BLOCK_STATUS
+    caps = Cap.BLOCK_STATUS | Cap.WRITE_ZEROES
     create_options = (
         CreateOption("size", "size", "Virtual disk size"),
         CreateOption("adapter_type", "string", "Virtual adapter type, can be one of ide "
@@ -127,7 +127,8 @@ class VmdkDriver(BlockDriver):
         self.cid_updated = False
 
     def limits(self) -> Limits:
-        return Limits(request_alignment=L.SECTOR)
+        return Limits(request_alignment=L.SECTOR,
+                      pwrite_zeroes_alignment=self.header.grain_bytes)
 
     async def _read_gd(self, sector: int) -> array:
         """The grain directory at ``sector``: the entries inside the file (those past
@@ -186,6 +187,28 @@ class VmdkDriver(BlockDriver):
                 await file.write(run.host, piece)
             else:
                 await self._allocate(run.block, run.guest, piece)
+
+    async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
+        """Whole grains become zeroed grains (GTE 1, in both tables, whether or not
+        they were allocated) when the header allows it; else the request path writes
+        zero buffers, as QEMU's does."""
+        h = self.header
+        gb = h.grain_bytes
+        if not h.zero_grain or offset % gb or length % gb or \
+                offset + length > h.capacity * L.SECTOR:
+            raise NotSupported("vmdk: zeroed grains need whole grains", errno.ENOTSUP)
+        if not self.cid_updated:
+            await self._write_cid(random.getrandbits(32))
+        await self._load_gts(offset, length)
+        async with self.lock:
+            for grain in range(offset // gb, (offset + length) // gb):
+                l1, l2 = divmod(grain, h.num_gtes_per_gt)
+                gt = self.gts.get(l1)
+                if gt is None:
+                    raise ImageCorrupt("vmdk: grain table of a written grain is missing")
+                if gt[l2] != L.GTE_ZEROED:
+                    gt[l2] = L.GTE_ZEROED
+                    await self._update_gte(l1, l2, L.GTE_ZEROED)
 
     async def _write_cid(self, cid: int) -> None:
         """A new CID in the descriptor, as QEMU writes one before an image's first
