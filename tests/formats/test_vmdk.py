@@ -127,6 +127,14 @@ def test_info_matches(tmp_path: Path, args: tuple[str, ...]) -> None:
     assert ours == theirs
 
 
+@pytest.mark.parametrize("opts", [(), ("zeroed_grain=on",)], ids=["plain", "zeroed"])
+def test_map_matches(tmp_path: Path, opts: tuple[str, ...]) -> None:
+    path = _qemu_made(tmp_path, ZERO_OPS, opts)
+    for args in ((), ("--output=json",)):
+        theirs, ours = D.both("map", *args, str(path))
+        assert ours == theirs
+
+
 def test_probe(tmp_path: Path) -> None:
     path = _qemu_made(tmp_path, [])
     theirs, ours = D.info_pair(path)

@@ -33,6 +33,7 @@ SUBFORMATS = ("monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse",
 class VmdkDriver(BlockDriver):
     format_name = "vmdk"
     is_format = True
+    supports_backing = True
     caps = Cap.BLOCK_STATUS | Cap.WRITE_ZEROES
     create_options = (
         CreateOption("size", "size", "Virtual disk size"),
@@ -261,11 +262,14 @@ class VmdkDriver(BlockDriver):
 
     # ---- status, size, info ---------------------------------------------------------------
     async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
+        """QEMU's answers, a grain at a time: unallocated grains are not allocated here
+        (the backing file's, or zeroes), zeroed grains read as zeroes."""
         run = (await self._runs(offset, length))[0]
         if run.kind is Kind.ZERO:
-            return BlockStatus(Status.ZERO, run.length)
-        return BlockStatus(Status.DATA | Status.OFFSET_VALID | Status.RECURSE, run.length,
-                           run.host, self.node.file)
+            zeroed = self._gte(run.block) == L.GTE_ZEROED
+            return BlockStatus(Status.ZERO if zeroed else Status.NONE, run.length)
+        return BlockStatus(Status.DATA | Status.OFFSET_VALID, run.length, run.host,
+                           self.node.file)
 
     async def get_length(self) -> int:
         return self.header.capacity * L.SECTOR
