@@ -152,6 +152,28 @@ def test_convert_to_vmdk(tmp_path: Path, source: str) -> None:
     assert qemu_img("check", str(dst)).returncode == 0
 
 
+# ---- check ---------------------------------------------------------------------------
+
+GT0, RGT0 = 27 * 512, 22 * 512          # the grain tables of a 3 MiB image
+
+
+@pytest.mark.parametrize("edits", [
+    [],
+    [(GT0 + 16 * 4, "<I", 0x100000), (RGT0 + 16 * 4, "<I", 0x100000),
+     (GT0 + 20 * 4, "<I", 0x100001)],                # grains past the end of the file
+    [(26 * 512, "<I", 0x100000)],                    # a grain table past the end
+    [(GT0 + 3 * 4, "<I", 1)],                        # GTE 1 without zeroed grains
+], ids=["clean", "past-eof", "gt-past-eof", "gte-1"])
+def test_check_matches(tmp_path: Path, edits: list[tuple[int, str, int]]) -> None:
+    path = D.patched(_qemu_made(tmp_path), tmp_path / "c.vmdk", edits)
+    for args in ((), ("--output=json",), ("-r", "all"), ("-r", "leaks")):
+        q = qemu_img("check", *args, str(path), check=False)
+        b = tool("img", "check", *args, str(path))
+        assert (b.returncode, b.stdout, D.ours_named(b.stderr)) == \
+            (q.returncode, q.stdout, q.stderr), args
+    assert run(D.our_read_all(path, "vmdk")) == D.qemu_raw(path, "vmdk", tmp_path)
+
+
 # ---- hostile headers -------------------------------------------------------------------
 
 HOSTILE = [

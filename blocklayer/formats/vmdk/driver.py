@@ -142,21 +142,27 @@ class VmdkDriver(BlockDriver):
 
     # ---- grain tables ---------------------------------------------------------------------
     async def _load_gts(self, offset: int, length: int) -> None:
+        """Read the grain tables of ``[offset, offset + length)`` not read yet.  They
+        are kept by their sector, so a (hostile) directory naming one table many times
+        costs it once."""
         h = self.header
         per = h.num_gtes_per_gt
         first = offset // h.grain_bytes // per
-        last = (offset + max(length, 1) - 1) // h.grain_bytes // per
+        last = min((offset + max(length, 1) - 1) // h.grain_bytes // per, len(self.gd) - 1)
         for l1 in range(first, last + 1):
-            if l1 in self.gts or l1 >= len(self.gd) or not self.gd[l1]:
-                continue
-            file = self.node.file
-            assert file is not None
-            buf = await read_padded(file, self.gd[l1] * L.SECTOR, per * L.ENTRY)
-            self.gts.setdefault(l1, L.from_le(buf, per))
+            sector = self.gd[l1]
+            if sector and sector not in self.gts:
+                file = self.node.file
+                assert file is not None
+                buf = await read_padded(file, sector * L.SECTOR, per * L.ENTRY)
+                self.gts.setdefault(sector, L.from_le(buf, per))
+
+    def _gt(self, l1: int) -> array | None:
+        return self.gts.get(self.gd[l1]) if l1 < len(self.gd) and self.gd[l1] else None
 
     def _gte(self, grain: int) -> int:
         l1, l2 = divmod(grain, self.header.num_gtes_per_gt)
-        gt = self.gts.get(l1)
+        gt = self._gt(l1)
         return gt[l2] if gt is not None else 0
 
     async def _runs(self, offset: int, length: int) -> list:
@@ -204,7 +210,7 @@ class VmdkDriver(BlockDriver):
         async with self.lock:
             for grain in range(offset // gb, (offset + length) // gb):
                 l1, l2 = divmod(grain, h.num_gtes_per_gt)
-                gt = self.gts.get(l1)
+                gt = self._gt(l1)
                 if gt is None:
                     raise ImageCorrupt("vmdk: grain table of a written grain is missing")
                 if gt[l2] != L.GTE_ZEROED:
@@ -234,7 +240,7 @@ class VmdkDriver(BlockDriver):
         assert file is not None
         async with self.lock:
             l1, l2 = divmod(grain, h.num_gtes_per_gt)
-            gt = self.gts.get(l1)
+            gt = self._gt(l1)
             if gt is None:
                 raise ImageCorrupt("vmdk: grain table of a written grain is missing")
             within = pos % h.grain_bytes
@@ -296,6 +302,26 @@ class VmdkDriver(BlockDriver):
 
     # ---- image management -------------------------------------------------------------------
     async def check(self, mode: CheckMode) -> CheckResult:
+        """QEMU's check: every allocated grain must start inside the file; the first
+        that does not is reported and ends the check with EINVAL.  It repairs nothing."""
         if mode & CheckMode.FIX_ALL:
             raise NotSupported("This image format does not support checks")
+        file, h = self.node.file, self.header
+        assert file is not None
+        span = h.grain_bytes * h.num_gtes_per_gt
+        for l1 in range(len(self.gd)):
+            await self._load_gts(l1 * span, span)
+            gt = self._gt(l1)
+            if gt is None:
+                continue
+            for l2, entry in enumerate(gt):
+                grain = l1 * h.num_gtes_per_gt + l2
+                if grain >= h.grains:
+                    break
+                if entry and not (entry == L.GTE_ZEROED and h.zero_grain) \
+                        and entry * L.SECTOR >= file.total_bytes:
+                    err = InvalidArgument("Invalid argument", errno.EINVAL)
+                    err.check_messages.append("ERROR: cluster offset for sector "
+                                              f"{grain * h.granularity} points after EOF")
+                    raise err
         return CheckResult()
