@@ -16,11 +16,29 @@ import random
 from array import array
 from typing import Any
 
-from ...core.driver import (BlockDriver, BlockStatus, Cap, CheckMode, CheckResult,
-                            CreateOption, DriverInfo, Limits, Prealloc, ReqFlag, Status)
+from ...core.driver import (
+    BlockDriver,
+    BlockStatus,
+    Cap,
+    CheckMode,
+    CheckResult,
+    CreateOption,
+    DriverInfo,
+    Limits,
+    Prealloc,
+    ReqFlag,
+    Status,
+)
 from ...core.errors import ImageCorrupt, InvalidArgument, NotSupported
 from ...core.options import OpenFlags
-from ..vdi.shared import Kind, check_prealloc, create_on, file_child, no_resize, read_padded
+from ..vdi.shared import (
+    Kind,
+    check_prealloc,
+    create_on,
+    file_child,
+    no_resize,
+    read_padded,
+)
 from . import layout as L
 from .layout import Descriptor, Header
 from .mapping import grain_runs

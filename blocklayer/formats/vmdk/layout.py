@@ -188,7 +188,7 @@ _EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)"(?:\s
 
 
 def _value(text: str, key: str) -> str | None:
-    m = re.search(rf'^\s*{key}\s*=\s*"?([^"\r\n]*)"?\s*$', text, re.M)
+    m = re.search(rf'^\s*{key}\s*=\s*"?([^"\r\n]*)"?\s*$', text, re.MULTILINE)
     return m.group(1) if m else None
 
 

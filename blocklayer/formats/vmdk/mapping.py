@@ -6,7 +6,7 @@ the grain (0: unallocated, 1: zeroed when the header allows it).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from ..vdi.shared import Kind, Run
 from .layout import GTE_ZEROED, SECTOR, Header
