@@ -152,6 +152,33 @@ def test_convert_to_vmdk(tmp_path: Path, source: str) -> None:
     assert qemu_img("check", str(dst)).returncode == 0
 
 
+# ---- backing (parent) links ------------------------------------------------------------
+
+def _overlay(tmp: Path) -> tuple[Path, Path]:
+    base, top = tmp / "base.vmdk", tmp / "top.vmdk"
+    qemu_img("create", "-q", "-f", "vmdk", str(base), str(SIZE))
+    D.qemu_apply(base, "vmdk", [("write", 0, 3 * GRAIN + 5, 0x77), ("write", SIZE - 512, 512, 9)])
+    qemu_img("create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", str(top))
+    return base, top
+
+
+def test_backing_reads_writes_and_info(tmp_path: Path) -> None:
+    base, top = _overlay(tmp_path)
+    theirs = tmp_path / "theirs.vmdk"
+    theirs.write_bytes(top.read_bytes())
+    ops: list[Op] = [("write", 100, 10, 1), ("write", GRAIN + 7, 2 * GRAIN, 2)]
+    D.qemu_apply(theirs, "vmdk", ops)
+    run(D.our_write(top, "vmdk", ops))
+    a, b = bytearray(top.read_bytes()), bytearray(theirs.read_bytes())
+    mask_cid(a)
+    mask_cid(b)
+    assert a == b
+    assert run(D.our_read_all(top, "vmdk")) == D.qemu_raw(top, "vmdk", tmp_path)
+    for args in ((), ("--backing-chain",), ("--output=json",)):
+        q, o = D.info_pair(top, *args)
+        assert o == q, args
+
+
 # ---- check ---------------------------------------------------------------------------
 
 GT0, RGT0 = 27 * 512, 22 * 512          # the grain tables of a 3 MiB image

@@ -193,10 +193,21 @@ class VmdkDriver(BlockDriver):
         assert file is not None
         out = bytearray(length)
         for run in await self._runs(offset, length):
+            rel = run.guest - offset
             if run.kind is Kind.DATA:
-                rel = run.guest - offset
                 out[rel:rel + run.length] = await read_padded(file, run.host, run.length)
+            elif self.node.backing is not None and self._gte(run.block) == 0:
+                out[rel:rel + run.length] = await self._read_backing(run.guest, run.length)
         return out
+
+    async def _read_backing(self, pos: int, length: int) -> bytes | bytearray:
+        """The backing file's bytes, zeroes where it has none (or is shorter)."""
+        backing = self.node.backing
+        if backing is None or pos >= backing.total_bytes:
+            return bytes(length)
+        n = min(length, backing.total_bytes - pos)
+        data = await backing.read(pos, n)
+        return data if n == length else bytes(data) + bytes(length - n)
 
     # ---- write --------------------------------------------------------------------------
     async def write(self, offset: int, data: bytes | bytearray | memoryview,
@@ -269,7 +280,11 @@ class VmdkDriver(BlockDriver):
             host = self.next_grain
             if host // L.SECTOR > 0xFFFFFFFF:
                 raise ImageCorrupt("vmdk: the extent is full")
-            buf = bytearray(h.grain_bytes)
+            if entry == 0 and self.node.backing is not None:
+                # the rest of the grain comes from the backing file (QEMU's COW)
+                buf = bytearray(await self._read_backing(pos - within, h.grain_bytes))
+            else:
+                buf = bytearray(h.grain_bytes)
             buf[within:within + len(piece)] = piece
             self.next_grain = host + h.grain_bytes
             await file.write(host, buf)
@@ -302,7 +317,11 @@ class VmdkDriver(BlockDriver):
         raise no_resize()
 
     def has_zero_init(self) -> bool:
-        return True
+        return not self.desc.parent_hint
+
+    def backing_file_name(self) -> tuple[str | None, str | None]:
+        hint = self.desc.parent_hint
+        return (hint, "vmdk") if hint else (None, None)
 
     def get_info(self) -> DriverInfo:
         return DriverInfo(cluster_size=self.header.grain_bytes)
