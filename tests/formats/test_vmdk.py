@@ -179,6 +179,20 @@ def test_backing_reads_writes_and_info(tmp_path: Path) -> None:
         assert o == q, args
 
 
+def test_create_with_backing_is_qemus(tmp_path: Path) -> None:
+    base, top = _overlay(tmp_path)
+    ours = tmp_path / "ours.vmdk"
+    res = tool("img", "create", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", str(ours))
+    assert res.returncode == 0, res.stderr
+    assert D.masked_file(ours, mask_cid) == D.masked_file(top, mask_cid)
+    assert re.search(rb"parentCID=[0-9a-f]+", ours.read_bytes()[DESC]).group() == \
+        re.search(rb"parentCID=[0-9a-f]+", top.read_bytes()[DESC]).group()
+    raw = tmp_path / "r.raw"
+    qemu_img("create", "-q", "-f", "raw", str(raw), "1M")
+    q, b = D.both("create", "-f", "vmdk", "-b", str(raw), "-F", "raw", str(tmp_path / "x.vmdk"))
+    assert b[0::2] == q[0::2]
+
+
 # ---- check ---------------------------------------------------------------------------
 
 GT0, RGT0 = 27 * 512, 22 * 512          # the grain tables of a 3 MiB image

@@ -103,13 +103,14 @@ class VmdkDriver(BlockDriver):
             raise InvalidArgument("compat6 cannot be enabled with hwversion set")
         if subformat != "monolithicSparse":
             raise NotSupported(f"vmdk subformat '{subformat}' is not supported yet")
-        if options.get("backing_file"):
-            raise NotSupported("vmdk backing files are not supported yet")
+        backing = options.get("backing_file")
+        parent_cid = await _parent_cid(filename, str(backing)) if backing else 0xFFFFFFFF
         heads = 16 if adapter == "ide" else 255
         header = L.new_header(size, bool(options.get("zeroed_grain", False)))
         extent = f'RW {size // L.SECTOR} SPARSE "{os.path.basename(filename)}"\n'
         desc = L.build_descriptor(
-            random.getrandbits(32), 0xFFFFFFFF, subformat, extent, None,
+            random.getrandbits(32), parent_cid, subformat, extent,
+            str(backing) if backing else None,
             "6" if compat6 else hwversion or "4", size // L.SECTOR // (heads * 63),
             heads, adapter, str(options.get("toolsversion") or "2147483647"))
 
@@ -362,3 +363,18 @@ class VmdkDriver(BlockDriver):
                                               f"{grain * h.granularity} points after EOF")
                     raise err
         return CheckResult()
+
+
+async def _parent_cid(filename: str, backing: str) -> int:
+    """The CID of the backing file a new image names (relative to the image's
+    directory), which must be a vmdk image, as QEMU's create requires."""
+    from ...core.open import open_image
+    full = backing if os.path.isabs(backing) else \
+        os.path.join(os.path.dirname(filename), backing)
+    node = await open_image(full, read_only=True, backing=False)
+    try:
+        if not isinstance(node.driver, VmdkDriver):
+            raise InvalidArgument("backing_file must be a vmdk image")
+        return node.driver.desc.cid
+    finally:
+        await node.close()

@@ -220,7 +220,8 @@ def build_descriptor(cid: int, parent_cid: int, create_type: str, extent_lines: 
                      parent_hint: str | None, hwversion: str, cylinders: int, heads: int,
                      adapter: str, toolsversion: str) -> str:
     """The descriptor text QEMU's create writes."""
-    hint = f'parentFileNameHint="{parent_hint}"\n' if parent_hint else ""
+    # QEMU's template: the hint takes the place of the blank line after createType
+    hint = f'parentFileNameHint="{parent_hint}"' if parent_hint else ""
     return ("# Disk DescriptorFile\n"
             "version=1\n"
             f"CID={cid:x}\n"
