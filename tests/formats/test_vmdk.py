@@ -154,16 +154,16 @@ def test_convert_to_vmdk(tmp_path: Path, source: str) -> None:
 
 # ---- backing (parent) links ------------------------------------------------------------
 
-def _overlay(tmp: Path) -> tuple[Path, Path]:
+def _overlay(tmp: Path) -> Path:
     base, top = tmp / "base.vmdk", tmp / "top.vmdk"
     qemu_img("create", "-q", "-f", "vmdk", str(base), str(SIZE))
     D.qemu_apply(base, "vmdk", [("write", 0, 3 * GRAIN + 5, 0x77), ("write", SIZE - 512, 512, 9)])
     qemu_img("create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", str(top))
-    return base, top
+    return top
 
 
 def test_backing_reads_writes_and_info(tmp_path: Path) -> None:
-    base, top = _overlay(tmp_path)
+    top = _overlay(tmp_path)
     theirs = tmp_path / "theirs.vmdk"
     theirs.write_bytes(top.read_bytes())
     ops: list[Op] = [("write", 100, 10, 1), ("write", GRAIN + 7, 2 * GRAIN, 2)]
@@ -180,7 +180,7 @@ def test_backing_reads_writes_and_info(tmp_path: Path) -> None:
 
 
 def test_create_with_backing_is_qemus(tmp_path: Path) -> None:
-    base, top = _overlay(tmp_path)
+    top = _overlay(tmp_path)
     ours = tmp_path / "ours.vmdk"
     res = tool("img", "create", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", str(ours))
     assert res.returncode == 0, res.stderr
