@@ -193,6 +193,37 @@ def test_create_with_backing_is_qemus(tmp_path: Path) -> None:
     assert b[0::2] == q[0::2]
 
 
+# ---- descriptor files with flat extents -----------------------------------------------
+
+@pytest.mark.parametrize("sub", ["monolithicFlat", "twoGbMaxExtentFlat"])
+def test_flat_extents(tmp_path: Path, sub: str) -> None:
+    path = _qemu_made(tmp_path, OPS, (f"subformat={sub}",))
+    model = bytearray(SIZE)
+    D.apply_model(model, OPS)
+    assert run(D.our_read_all(path, "vmdk")) == model
+    ops: list[Op] = [("write", 7, 70000, 0x61), ("zero", MIB, 1000, 0)]
+    run(D.our_write(path, "vmdk", ops))
+    D.apply_model(model, ops)
+    assert D.qemu_raw(path, "vmdk", tmp_path) == model
+    for args in ((), ("--output=json",)):
+        q, b = D.info_pair(path, *args)
+        assert b == q, args
+    D.check_convert_from(path, "vmdk", "qcow2", tmp_path)
+
+
+def test_flat_extents_are_external_files(tmp_path: Path) -> None:
+    from blocklayer.core.errors import BlockError
+    from blocklayer.core.open import open_image
+    from blocklayer.core.options import OpenFlags
+    path = _qemu_made(tmp_path, [], ("subformat=monolithicFlat",))
+
+    async def main() -> None:
+        with pytest.raises(BlockError, match="not allowed"):
+            await open_image(str(path), fmt="vmdk",
+                             flags=OpenFlags(allow_external_files=False))
+    run(main())
+
+
 # ---- check ---------------------------------------------------------------------------
 
 GT0, RGT0 = 27 * 512, 22 * 512          # the grain tables of a 3 MiB image

@@ -39,6 +39,7 @@ from ..vdi.shared import (
     no_resize,
     read_padded,
 )
+from . import flat as F
 from . import layout as L
 from .layout import Descriptor, Header
 from .mapping import grain_runs
@@ -74,6 +75,7 @@ class VmdkDriver(BlockDriver):
     desc: Descriptor
     gd: array
     rgd: array | None
+    flat: list[F.FlatExtent] | None = None
     next_grain = 0              # QEMU's next_cluster_sector, in bytes
 
     # ---- probe and create -------------------------------------------------------------
@@ -126,8 +128,14 @@ class VmdkDriver(BlockDriver):
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
         file = file_child(self.node, "vmdk")
         raw = await read_padded(file, 0, L.SECTOR)
+        self.lock = asyncio.Lock()
+        self.cid_updated = False
+        if raw[:4] != L.MAGIC and L.probe_text(raw):
+            await self._open_descriptor_file(file, flags)
+            return
         if raw[:4] != L.MAGIC:
-            raise NotSupported("vmdk: only monolithicSparse images are supported yet")
+            raise NotSupported("vmdk: only sparse extents and descriptor files are "
+                               "supported")
         h = Header.parse(raw)
         L.validate_header(h)
         if h.compressed:
@@ -143,10 +151,18 @@ class VmdkDriver(BlockDriver):
         self.gts: dict[int, array] = {}
         self.next_grain = L.round_up(L.round_up(file.total_bytes, L.SECTOR),
                                      h.grain_bytes)
-        self.lock = asyncio.Lock()
-        self.cid_updated = False
+
+    async def _open_descriptor_file(self, file: Any, flags: OpenFlags) -> None:
+        """A descriptor file naming flat extents (monolithicFlat, twoGbMaxExtentFlat)."""
+        text = (await read_padded(file, 0, min(file.total_bytes, L.DESC_BYTES)))
+        self.desc = L.parse_descriptor(text.split(b"\0")[0].decode("utf-8", "replace"))
+        self.flat = await F.open_extents(self.node, self.desc, flags)
+        total = sum(e.length for e in self.flat) // L.SECTOR
+        self.header = Header(capacity=total)
 
     def limits(self) -> Limits:
+        if self.flat is not None:
+            return Limits(request_alignment=L.SECTOR)
         return Limits(request_alignment=L.SECTOR,
                       pwrite_zeroes_alignment=self.header.grain_bytes)
 
@@ -190,6 +206,8 @@ class VmdkDriver(BlockDriver):
 
     # ---- read ---------------------------------------------------------------------------
     async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes | bytearray:
+        if self.flat is not None:
+            return await F.read(self.flat, offset, length)
         file = self.node.file
         assert file is not None
         out = bytearray(length)
@@ -215,6 +233,8 @@ class VmdkDriver(BlockDriver):
                     flags: ReqFlag) -> None:
         file = self.node.file
         assert file is not None
+        if self.flat is not None:
+            return await F.write(self.flat, offset, data)
         view = memoryview(data)
         if not self.cid_updated:
             await self._write_cid(random.getrandbits(32))
@@ -231,7 +251,7 @@ class VmdkDriver(BlockDriver):
         zero buffers, as QEMU's does."""
         h = self.header
         gb = h.grain_bytes
-        if not h.zero_grain or offset % gb or length % gb or \
+        if self.flat is not None or not h.zero_grain or offset % gb or length % gb or \
                 offset + length > h.capacity * L.SECTOR:
             raise NotSupported("vmdk: zeroed grains need whole grains", errno.ENOTSUP)
         if not self.cid_updated:
@@ -304,6 +324,8 @@ class VmdkDriver(BlockDriver):
     async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
         """QEMU's answers, a grain at a time: unallocated grains are not allocated here
         (the backing file's, or zeroes), zeroed grains read as zeroes."""
+        if self.flat is not None:
+            return F.status(self.flat, offset, length)
         run = (await self._runs(offset, length))[0]
         if run.kind is Kind.ZERO:
             zeroed = self._gte(run.block) == L.GTE_ZEROED
@@ -313,6 +335,15 @@ class VmdkDriver(BlockDriver):
 
     async def get_length(self) -> int:
         return self.header.capacity * L.SECTOR
+
+    async def get_allocated_file_size(self) -> int:
+        """The descriptor's file and every extent file, as QEMU sums them."""
+        total = 0
+        nodes = [self.node.file] + [e.node for e in self.flat or []]
+        for n in nodes:
+            if n is not None:
+                total += await n.allocated_file_size()
+        return total
 
     async def truncate(self, size: int, exact: bool, prealloc: Prealloc) -> None:
         raise no_resize()
@@ -325,18 +356,23 @@ class VmdkDriver(BlockDriver):
         return (hint, "vmdk") if hint else (None, None)
 
     def get_info(self) -> DriverInfo:
-        return DriverInfo(cluster_size=self.header.grain_bytes)
+        return DriverInfo(cluster_size=0 if self.flat is not None else self.header.grain_bytes)
 
     def get_specific_info(self) -> dict[str, Any] | None:
         h = self.header
         file = self.node.file
         name = file.filename if file is not None else ""
-        extent: dict[str, Any] = {"virtual-size": h.capacity * L.SECTOR,
-                                  "filename": name, "cluster-size": h.grain_bytes,
-                                  "format": ""}
+        extents: list[dict[str, Any]]
+        if self.flat is not None:
+            extents = [{"virtual-size": e.length,
+                        "filename": e.node.filename if e.node is not None else "",
+                        "format": e.kind} for e in self.flat]
+        else:
+            extents = [{"virtual-size": h.capacity * L.SECTOR, "filename": name,
+                        "cluster-size": h.grain_bytes, "format": ""}]
         return {"type": "vmdk",
                 "data": {"cid": self.desc.cid, "parent-cid": self.desc.parent_cid,
-                         "create-type": self.desc.create_type, "extents": [extent]}}
+                         "create-type": self.desc.create_type, "extents": extents}}
 
     # ---- image management -------------------------------------------------------------------
     async def check(self, mode: CheckMode) -> CheckResult:
@@ -346,6 +382,8 @@ class VmdkDriver(BlockDriver):
             raise NotSupported("This image format does not support checks")
         file, h = self.node.file, self.header
         assert file is not None
+        if self.flat is not None:
+            return CheckResult()
         span = h.grain_bytes * h.num_gtes_per_gt
         for l1 in range(len(self.gd)):
             await self._load_gts(l1 * span, span)
