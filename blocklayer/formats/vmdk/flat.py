@@ -26,13 +26,13 @@ if TYPE_CHECKING:
 class FlatExtent:
     start: int                  # guest byte offset
     length: int                 # bytes
-    node: "BlockNode | None"    # None: a ZERO extent
+    node: BlockNode | None    # None: a ZERO extent
     host: int                   # byte offset in ``node``
     filename: str
     kind: str
 
 
-async def open_extents(node: "BlockNode", desc: Descriptor, flags: OpenFlags
+async def open_extents(node: BlockNode, desc: Descriptor, flags: OpenFlags
                        ) -> list[FlatExtent]:
     from ...core.open import open_node
     base = os.path.dirname(node.file.filename) if node.file is not None else ""
