@@ -70,3 +70,19 @@ def half_allocated(path: str, fmt: str, size_gib: int, extra: list[str] | None =
     for i in range(0, size_gib * 16, 2):
         cmds += ["-c", f"write -P {i % 250 + 1} {i * 64}M 64M"]
     subprocess.run(["qemu-io", "-f", fmt, *cmds, path], check=True, stdout=subprocess.DEVNULL)
+
+
+def timed_cpu(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one command, which must succeed;
+    dirty pages are written back first (not timed), as :func:`timed`."""
+    os.sync()
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    took = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 1):      # compare: 1 is "images differ"
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err.decode()[-500:]}")
+    return took, usage.ru_utime + usage.ru_stime

@@ -10,7 +10,7 @@ import os
 from typing import Iterator
 
 from .driver import ChildRole
-from .errors import InvalidArgument, NodeNotFound, PermissionConflict
+from .errors import InvalidArgument, PermissionConflict
 from .node import BlockNode
 
 

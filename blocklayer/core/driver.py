@@ -141,6 +141,7 @@ class DriverInfo:
     is_dirty: bool = False
     needs_compressed_writes: bool = False
     encrypted: bool = False
+    is_corrupt: bool = False       # marked corrupt (qcow2's corrupt bit)
 
 
 @dataclass(slots=True)
@@ -271,6 +272,19 @@ class BlockDriver:
         return 0
 
     @classmethod
+    def parse_filename(cls, filename: str) -> tuple[dict[str, Any], str] | None:
+        """A driver with a filename syntax of its own (``blkdebug:CONFIG:IMAGE``) turns
+        ``filename`` (which starts with ``format_name:``) into options and the filename
+        left for its file child.  Default None: the filename is passed on as it is."""
+        return None
+
+    @classmethod
+    def exact_filename(cls, options: dict[str, Any]) -> str | None:
+        """The plain filename QEMU would refresh a protocol node opened with ``options``
+        and no filename to (``null-co://``); None: a ``json:`` name is made."""
+        return None
+
+    @classmethod
     async def create(cls, filename: str, options: dict[str, Any], *,
                      open_file: Any = None) -> None:
         """Create an image.  ``options`` has the ``-o`` options parsed (``size`` an int).
@@ -296,6 +310,11 @@ class BlockDriver:
 
     async def close(self) -> None:
         """Release everything; flush what must reach the disk."""
+
+    async def release(self) -> None:
+        """Release everything after a failed open, writing nothing (formats override
+        :meth:`close` writes; drivers without them release by closing)."""
+        await self.close()
 
     def limits(self) -> Limits:
         return Limits()
@@ -328,6 +347,13 @@ class BlockDriver:
     # ---- I/O ---------------------------------------------------------------------
     async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes | bytearray:
         raise NotSupported(f"Driver '{self.format_name}' cannot read")
+
+    def try_read(self, offset: int, length: int) -> bytes | bytearray | None:
+        """The synchronous fast path of :meth:`read` (no flags): the data, if it can be
+        had without blocking or waiting for anything (a page-cache hit; a mapping in
+        cache), else ``None`` having changed nothing (the request path then calls
+        :meth:`read`).  Errors too give ``None``: :meth:`read` reports them."""
+        return None
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview,
                     flags: ReqFlag) -> None:

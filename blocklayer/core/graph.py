@@ -24,8 +24,12 @@ def replace_node(old: BlockNode, new: BlockNode) -> None:
         new.parents.append(edge)
         new.refcount += 1
         old.refcount -= 1
-    new.users.extend(old.users)
-    old.users = []
+    users, old.users = old.users, []
+    new.users.extend(users)
+    for owner, _perm, _shared in users:        # an export follows, as a BlockBackend does
+        moved = getattr(owner, "node_replaced", None)
+        if moved is not None:
+            moved(new)
     try:
         new.refresh_perms()
     finally:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import contextvars
 import errno
+from time import monotonic_ns
 from typing import TYPE_CHECKING, Iterator
 
 from .driver import BlockStatus, Cap, Prealloc, ReqFlag, Status
@@ -114,6 +115,8 @@ class Tracked:
         self.serial = state.serial
         tracked_list = state.tracked
         tracked_list.append(self)
+        if self.serialising:
+            state.serialising += 1      # synchronous fast paths stay off while > 0
         if len(tracked_list) > 1 and (self.serialising
                                       or any(t.serialising for t in tracked_list)):
             try:
@@ -127,7 +130,10 @@ class Tracked:
         self._leave()
 
     def _leave(self) -> None:
-        self.node.state.tracked.remove(self)
+        state = self.node.state
+        state.tracked.remove(self)
+        if self.serialising:
+            state.serialising -= 1
         if self.done is not None:
             self.done.set()
 
@@ -179,7 +185,7 @@ class _request:
         if node.closed:
             raise BlockError(f"Node '{node.name}' is closed", errno.ENOMEDIUM)
         if external and node.state.quiesce and DRAIN_OWNER.get() is not asyncio.current_task():
-            await _wait_resumed(node)
+            await wait_resumed(node)
         if offset < 0 or length < 0 or offset > BDRV_MAX_LENGTH - length:
             node.stats.invalid(kind)
             raise InvalidArgument(f"Invalid request offset {offset} length {length}", errno.EIO)
@@ -201,7 +207,7 @@ class _request:
             state.idle.set()
 
 
-async def _wait_resumed(node: "BlockNode") -> None:
+async def wait_resumed(node: "BlockNode") -> None:
     while node.state.quiesce:
         if node.state.resumed is None:
             node.state.resumed = asyncio.Event()
@@ -212,9 +218,46 @@ async def _wait_resumed(node: "BlockNode") -> None:
 # Read
 # ---------------------------------------------------------------------------------------
 
+def node_try_read(node: "BlockNode", offset: int, length: int) -> bytes | bytearray | None:
+    """The fast path of a read: done synchronously, or ``None`` having done nothing.
+
+    Taken when nothing asks for the full path: an aligned read inside the node, no
+    serialising request in flight (so the read needs no tracking: it cannot overlap
+    anything in time), no copy-on-read, and a driver whose ``try_read`` can serve it
+    without blocking (page-cache hits of a file, and formats that only map the range
+    onto a child that can).  Accounted as the full path accounts it.  Drain is the
+    caller's check (:func:`node_read`); a driver's nested call makes none, as in the
+    full path.
+    """
+    if node.closed or node.state.serialising \
+            or node.flags.copy_on_read or length <= 0 or offset < 0 \
+            or offset + length > node.total_bytes:
+        return None
+    limits = node.limits
+    align = limits.request_alignment
+    if offset % align or length % align or (limits.max_transfer and length > limits.max_transfer):
+        return None
+    start_ns = monotonic_ns()
+    data = node.driver.try_read(offset, length)
+    if data is None:
+        return None
+    now = monotonic_ns()
+    stats = node.stats
+    op = stats.read
+    op.ops += 1
+    op.bytes += length
+    op.total_time_ns += now - start_ns
+    stats.last_access_ns = now
+    return data
+
+
 async def node_read(node: "BlockNode", offset: int, length: int,
                     flags: ReqFlag = ReqFlag.NONE) -> bytes | bytearray:
     """Read ``length`` bytes at ``offset`` (a bytes-like object the caller owns)."""
+    if not flags and not node.state.quiesce:
+        data = node_try_read(node, offset, length)
+        if data is not None:
+            return data
     async with _request(node, "read", offset, length, write=False):
         start_ns = node.stats.start()
         try:
@@ -252,15 +295,20 @@ async def _aligned_read(node: "BlockNode", offset: int, length: int,
 
 async def _read_split(node: "BlockNode", offset: int, length: int,
                       flags: ReqFlag) -> bytes | bytearray:
-    """Split at max transfer and zero-fill beyond the end of the node."""
+    """Split at max transfer and zero-fill beyond the end of the node.
+
+    Protocols too: a read never goes past the size the file reported (at open, or
+    grown since by our own writes), so a file that says it is empty (``/proc/...``)
+    reads as zeroes, as QEMU's bdrv_aligned_preadv makes it."""
     total = node.total_bytes
-    if offset >= total and not node.driver.is_protocol:
+    if offset >= total:
         return _zeros(length) if length <= ZERO_BUFFER_MAX else bytes(length)
     limits = node.limits
-    if node.driver.is_protocol or offset + length <= total:
+    if offset + length <= total:
         readable = length
     else:   # as QEMU: up to the end rounded up to the alignment (the last block of a
-        # filter over a file whose length is not aligned is read whole)
+        # filter over a file whose length is not aligned is read whole; O_DIRECT reads
+        # whole blocks and the tail reads short)
         readable = min(length, align_up(total - offset, limits.request_alignment))
     max_xfer = limits.max_transfer or readable
     if readable <= max_xfer:
@@ -620,11 +668,18 @@ async def node_truncate(node: "BlockNode", size: int, exact: bool = False,
     """Resize the node to ``size`` bytes."""
     if size < 0:
         raise InvalidArgument("Invalid size")
+    old = node.total_bytes
+    backing = node.backing
     async with _request(node, "write", 0, 0, write=True):
         async with tracked(node, min(size, node.total_bytes), BDRV_MAX_LENGTH,
                            serialising=True):
             await node.driver.truncate(size, exact, prealloc)
             await node_refresh_total_bytes(node)
+    # QEMU: growing over a longer backing file zeroes the new area (no backing data
+    # may show through; preallocated clusters already read as zeroes)
+    if size > old and backing is not None and backing.total_bytes > old \
+            and prealloc is Prealloc.OFF:
+        await node_write_zeroes(node, old, size - old)
 
 
 async def node_length(node: "BlockNode") -> int:

@@ -80,6 +80,8 @@ class NodeState:
 
     tracked: list["Tracked"] = field(default_factory=list)
     serial: int = 0
+    #: how many of ``tracked`` are serialising (0: the synchronous fast paths may run)
+    serialising: int = 0
     in_flight: int = 0
     quiesce: int = 0
     idle: asyncio.Event | None = None
@@ -116,6 +118,9 @@ class BlockNode:
         self.stats = BlockStats()
         self.before_write: list[BeforeWrite] = []
         self.write_observers: list[WriteObserver] = []
+        #: called with True when a drained section over this node begins, False when it
+        #: ends (a block job pauses while a node it works on is drained)
+        self.drain_handlers: list[Callable[[bool], None]] = []
         self.write_threshold = 0
         self.on_write_threshold: ThresholdHandler | None = None
         self.on_read_error = "report"
@@ -298,6 +303,8 @@ class BlockNode:
             n.state.quiesce += 1
             if n.state.resumed is not None:
                 n.state.resumed.clear()
+            for handler in list(n.drain_handlers):
+                handler(True)
         token = _io.DRAIN_OWNER.set(asyncio.current_task())
         try:
             for n in nodes:
@@ -309,6 +316,8 @@ class BlockNode:
                 n.state.quiesce -= 1
                 if n.state.quiesce == 0 and n.state.resumed is not None:
                     n.state.resumed.set()
+                for handler in list(n.drain_handlers):
+                    handler(False)
 
     async def wait_idle(self) -> None:
         while self.state.in_flight:
@@ -338,20 +347,23 @@ class BlockNode:
         if self.refcount <= 0 and not self.closed:
             await self.close()
 
-    async def close(self) -> None:
-        """Flush, close this node and release its children (they close when unreferenced)."""
+    async def close(self, *, failed_open: bool = False) -> None:
+        """Flush, close this node and release its children (they close when unreferenced).
+
+        ``failed_open``: the node's open did not complete; nothing is flushed and the
+        driver releases what it took without writing (:meth:`BlockDriver.release`)."""
         if self.closed or self.closing:
             return
         self.closing = True
         try:
             await self.wait_idle()
-            if not self.read_only and not self.driver.is_protocol:
+            if not self.read_only and not self.driver.is_protocol and not failed_open:
                 try:
                     await self.flush()       # as QEMU's bdrv_close: data durable first
                 except Exception:
                     pass                      # the driver's close reports what matters
             self.closed = True
-            await self.driver.close()
+            await (self.driver.release() if failed_open else self.driver.close())
         finally:
             self.closed = True
             self.graph.remove(self)

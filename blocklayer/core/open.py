@@ -8,23 +8,23 @@
    when no format was named, probes the first bytes of it (raw is the fallback, with
    QEMU's warning when opened writable);
 4. the format driver opens; then its backing file, named in the header and resolved
-   relative to the image, opens read-only with the format the header records (a chain
-   has a depth limit and a loop is an error);
+   relative to the image, opens read-only with the format the header records (the
+   chain opens in a loop, of any depth as in QEMU; a loop is an error);
 5. the caller's permissions are applied from the top, which takes the image locks.
 """
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
-from . import registry
+from . import registry, safety
 from .driver import BlockDriver, ChildRole, Perm
 from .errors import BlockError, InvalidArgument, NodeNotFound
 from ..host.memory import tune_malloc
 from .node import BlockGraph, BlockNode
 from .options import (CacheMode, OpenFlags, extract_prefix, parse_bool, parse_json_filename)
 
-MAX_CHAIN_DEPTH = 256
 GENERIC_KEYS = ("driver", "node-name", "read-only", "auto-read-only", "cache.direct",
                 "cache.no-flush", "discard", "detect-zeroes", "force-share", "filename")
 
@@ -55,17 +55,20 @@ async def open_image(filename: str | None = None, options: dict[str, Any] | None
     tune_malloc()
     graph = graph or BlockGraph()
     flags = (flags or OpenFlags()).with_(read_only=read_only or (flags.read_only if flags else False))
+    flags = safety.apply(flags)          # untrusted mode: nothing an image names opens
     if not backing:
         flags = flags.with_(no_backing=True)
     if flags.force_share and not flags.read_only:
         raise InvalidArgument("force-share=on can only be used with read-only images")
     if snapshot:
-        base = await open_node(graph, filename, dict(options or {}), fmt=fmt,
-                               flags=flags.with_(read_only=True), node_name=node_name)
+        base = await safety.bounded_open(open_node(
+            graph, filename, dict(options or {}), fmt=fmt,
+            flags=flags.with_(read_only=True), node_name=node_name), filename)
         node = await _temporary_overlay(graph, base, flags)
     else:
-        node = await open_node(graph, filename, dict(options or {}), fmt=fmt, flags=flags,
-                               node_name=node_name)
+        node = await safety.bounded_open(open_node(
+            graph, filename, dict(options or {}), fmt=fmt, flags=flags,
+            node_name=node_name), filename)
     perm = Perm.CONSISTENT_READ
     if not flags.read_only:
         perm |= Perm.WRITE
@@ -102,13 +105,20 @@ async def _temporary_overlay(graph: BlockGraph, base: BlockNode, flags: OpenFlag
 async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, Any], *,
                     fmt: str | None = None, flags: OpenFlags = OpenFlags(),
                     node_name: str | None = None, chain: tuple[str, ...] = (),
-                    role: ChildRole | None = None) -> BlockNode:
-    """Open one node (and, for a format, its file child and backing chain)."""
+                    role: ChildRole | None = None,
+                    deferred: list[Any] | None = None) -> BlockNode:
+    """Open one node (and, for a format, its file child and backing chain).
+
+    ``deferred`` (a chain member opened by :func:`_open_backing`): the node's own
+    backing is not opened but its options are appended there, so a chain of any depth
+    opens in a loop, never by recursion."""
     options = dict(options)
     if filename and filename.startswith("json:"):
         options = {**parse_json_filename(filename), **options}
         filename = options.pop("filename", None)
     flags = _apply_generic_options(options, flags)
+    if flags.copy_on_read and flags.read_only:
+        raise InvalidArgument("Can't use copy-on-read on read-only device")
     node_name = options.pop("node-name", node_name)
     driver_name = options.pop("driver", None) or fmt
     if fmt and driver_name != fmt:
@@ -119,6 +129,7 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
 
     if driver_name is not None:
         cls = registry.get_driver(driver_name)
+        filename = _parse_driver_filename(cls, filename, options)
         if cls.is_protocol:
             return await _open_protocol(graph, cls, filename, options, flags, node_name)
 
@@ -134,12 +145,12 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
             if driver_name == "raw":
                 options["x-probed"] = True
                 if not flags.read_only:
-                    warn(graph, RAW_PROBE_WARNING.format(filename or file_node.filename))
+                    warn(graph, RAW_PROBE_WARNING.format(_format_filename(filename, "raw", options, file_node)))
         cls = registry.get_driver(driver_name)
         if cls.is_protocol:
             raise InvalidArgument(f"'{driver_name}' is not a format driver")
         node = BlockNode(graph, cls, name=node_name, flags=flags, options=options,
-                         filename=filename or file_node.filename)
+                         filename=_format_filename(filename, driver_name, options, file_node))
         node.probed = probed  # type: ignore[attr-defined]
     except BaseException:
         await file_node.close()
@@ -153,14 +164,34 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
         await node.driver.open(_driver_options(options), flags)
         node.refresh_limits()
         await node.refresh_total_bytes()
-        await _open_backing(node, backing_opts, backing_ref, flags, chain)
+        if deferred is not None:
+            deferred.append((backing_opts, backing_ref))
+        else:
+            await _open_backing(node, backing_opts, backing_ref, flags, chain)
     except BaseException:
-        await node.close()
+        await node.close(failed_open=True)      # a failed open writes nothing more
         raise
     return node
 
 
 _UNSET = object()
+
+
+def _format_filename(filename: str | None, driver: str, options: dict[str, Any],
+                     file_node: BlockNode) -> str:
+    """A format node is named after its file; a protocol that names itself on open
+    (nbd's pseudo-filename, as QEMU refreshes it) names the format node too; a file
+    with a ``json:`` name gives the format node a ``json:`` name from its own options,
+    as QEMU refreshes it."""
+    if filename is not None and filename != file_node.options.get("filename"):
+        return filename
+    if not file_node.filename.startswith("json:"):
+        return file_node.filename
+    from .options import to_json_filename
+    own = {k: v for k, v in options.items() if not k.startswith("x-")}
+    child = {"driver": file_node.format_name, **dict(file_node.options or {})}
+    return to_json_filename({"driver": driver, **own,
+                             **{f"file.{k}": v for k, v in child.items()}})
 
 
 CHILD_PREFIXES = ("file", "backing", "data-file", "image")
@@ -217,12 +248,29 @@ def _apply_generic_options(options: dict[str, Any], flags: OpenFlags) -> OpenFla
     return flags
 
 
+def _parse_driver_filename(cls: type[BlockDriver], filename: str | None,
+                           options: dict[str, Any]) -> str | None:
+    """A driver that has its own filename syntax (``blkdebug:CONFIG:IMAGE``) turns it into
+    options (explicit ones win); what is left is the filename of its file child."""
+    if not filename or not filename.startswith(cls.format_name + ":"):
+        return filename
+    answer = cls.parse_filename(filename)
+    if answer is None:
+        return filename
+    parsed, rest = answer
+    for key, value in parsed.items():
+        options.setdefault(key, value)
+    return rest
+
+
 async def _open_protocol(graph: BlockGraph, cls: type[BlockDriver], filename: str | None,
                          options: dict[str, Any], flags: OpenFlags,
                          node_name: str | None) -> BlockNode:
     if filename is not None and "filename" not in options:
         options["filename"] = filename
     name = str(options.get("filename") or "")
+    if not name:
+        name = cls.exact_filename(options) or ""    # QEMU's refreshed name: "null-co://"
     if not name:
         from .options import to_json_filename
         name = to_json_filename({"driver": cls.format_name, **options})
@@ -258,49 +306,73 @@ async def _open_file_child(graph: BlockGraph, filename: str | None, options: dic
 
 async def _open_backing(node: BlockNode, backing_opts: dict[str, Any], backing_ref: Any,
                         flags: OpenFlags, chain: tuple[str, ...]) -> None:
-    """Open the backing file named in the image (or given in options), read-only."""
+    """Open the backing chain named in the image (or given in options), read-only.
+
+    A loop, not a recursion: each member opens with its own backing deferred, and the
+    chain is linked bottom-up once every member is open (QEMU 7.2 reads chains of a
+    thousand images and has no depth limit; a loop is an error).  A member that fails
+    closes the members opened before it and reports with one "Could not open backing
+    file: " per level, as QEMU's nested opens do."""
+    opened: list[tuple[BlockNode, BlockNode]] = []
+    seen = set(chain)
+    cur, depth = node, 0
+    try:
+        while True:
+            step = await _backing_step(cur, backing_opts, backing_ref, flags, seen, depth)
+            if step is None:
+                break
+            backing, (backing_opts, backing_ref) = step
+            opened.append((cur, backing))
+            cur, depth = backing, depth + 1
+        for overlay, backing in reversed(opened):
+            overlay.attach_child("backing", ChildRole.BACKING, backing)
+            await _after_backing_change(overlay)
+    except BaseException:
+        for _overlay, backing in reversed(opened):
+            if not backing.parents:
+                await backing.close()
+        raise
+
+
+async def _backing_step(node: BlockNode, backing_opts: dict[str, Any], backing_ref: Any,
+                        flags: OpenFlags, seen: set[str],
+                        depth: int) -> tuple[BlockNode, Any] | None:
+    """Open the backing file of one chain member, its own backing deferred; None when
+    it has none (or it was given as a node, attached here)."""
     name, fmt = node.driver.backing_file_name()
     node.backing_file, node.backing_format = name, fmt
     if not node.driver.supports_backing or flags.no_backing:
-        return
+        return None
     if backing_ref is None:              # "backing": null
-        return
+        return None
     if isinstance(backing_ref, str):
         target = node.graph.find(backing_ref)
         node.attach_child("backing", ChildRole.BACKING, target.ref())
         await _after_backing_change(node)
-        return
+        return None
     if not name and not backing_opts:
-        return
+        return None
+    prefix = "Could not open backing file: " * (depth + 1)
     if not flags.allow_external_files and not backing_opts:
-        raise BlockError(f"Could not open backing file: opening '{name}' named by the "
-                         f"image is not allowed")
+        raise BlockError(f"{prefix}opening '{name}' named by the image is not allowed",
+                         errno.EPERM)
     path = backing_opts.pop("filename", None) or backing_opts.pop("file.filename", None) \
         or full_backing_filename(node.filename, name or "")
     fmt = backing_opts.pop("driver", None) or fmt
-    me = _canonical(node.filename)
-    chain = (*chain, me)
-    if len(chain) > MAX_CHAIN_DEPTH:
-        raise BlockError(f"Could not open backing file: backing chain of '{node.filename}' "
-                         f"is deeper than {MAX_CHAIN_DEPTH}")
-    if _canonical(path) in chain:
-        raise BlockError(f"Could not open backing file: backing file '{path}' "
-                         "creates an infinite loop")
+    seen.add(_canonical(node.filename))
+    if _canonical(path) in seen:
+        raise BlockError(f"{prefix}backing file '{path}' creates an infinite loop")
     bflags = flags.with_(read_only=True, copy_on_read=False, detect_zeroes="off",
                          discard_unmap=False)
+    deferred: list[Any] = []
     try:
         backing = await open_node(node.graph, path, backing_opts, fmt=fmt, flags=bflags,
-                                  chain=chain, role=ChildRole.BACKING)
+                                  role=ChildRole.BACKING, deferred=deferred)
     except NodeNotFound:
         raise
     except BlockError as exc:
-        raise exc.with_prefix("Could not open backing file: ")
-    try:
-        node.attach_child("backing", ChildRole.BACKING, backing)
-    except BaseException:
-        await backing.close()
-        raise
-    await _after_backing_change(node)
+        raise exc.with_prefix(prefix)
+    return backing, deferred[0] if deferred else ({}, _UNSET)
 
 
 async def _after_backing_change(node: BlockNode) -> None:

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from . import qjson
 from .errors import InvalidArgument
 
 SIZE_SUFFIXES = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
@@ -146,8 +147,8 @@ def extract_prefix(options: dict[str, Any], prefix: str) -> dict[str, Any]:
 def parse_json_filename(filename: str) -> dict[str, Any]:
     """``json:{...}`` -> flat options."""
     try:
-        tree = json.loads(filename[5:])
-    except ValueError as exc:
+        tree = qjson.loads(filename[5:])
+    except qjson.QJSONError as exc:
         raise InvalidArgument(f"Could not parse the JSON options: {exc}") from None
     if not isinstance(tree, dict):
         raise InvalidArgument("Invalid JSON object given")

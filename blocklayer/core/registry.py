@@ -12,10 +12,13 @@ from .errors import InvalidArgument
 DRIVERS: dict[str, str] = {
     "file": "blocklayer.protocols.file:FileDriver",
     "host_device": "blocklayer.protocols.file:HostDeviceDriver",
+    "host_cdrom": "blocklayer.protocols.file:HostCdromDriver",
     "null-co": "blocklayer.protocols.null:NullDriver",
     "null-aio": "blocklayer.protocols.null:NullAioDriver",
+    "nbd": "blocklayer.protocols.nbd:NBDDriver",
     "raw": "blocklayer.formats.raw:RawDriver",
     "blkdebug": "blocklayer.filters.blkdebug:BlkdebugDriver",
+    "throttle": "blocklayer.filters.throttle:ThrottleDriver",
     "qcow2": "blocklayer.formats.qcow2.driver:Qcow2Driver",
     "qed": "blocklayer.formats.qed.driver:QedDriver",
     "vdi": "blocklayer.formats.vdi.driver:VdiDriver",
@@ -40,8 +43,11 @@ PROBE_MAGIC: dict[str, bytes] = {
 PROTOCOL_PREFIXES: dict[str, str] = {
     "file": "file",
     "host_device": "host_device",
+    "host_cdrom": "host_cdrom",
     "null-co": "null-co",
     "null-aio": "null-aio",
+    "nbd": "nbd", "nbd+tcp": "nbd", "nbd+unix": "nbd",
+    "blkdebug": "blkdebug",
 }
 
 PROBE_BUF_SIZE = 2048
@@ -101,4 +107,18 @@ def protocol_for(filename: str) -> str:
         return PROTOCOL_PREFIXES[head]
     if head.startswith("nbd"):
         return "nbd"
-    return "file"
+    return _host_protocol(filename)
+
+
+def _host_protocol(path: str) -> str:
+    """QEMU's probe of host devices: ``/dev/cdrom*`` is a CD-ROM, another character or
+    block device a ``host_device``, anything else a ``file``."""
+    import os
+    import stat
+    if path.startswith("/dev/cdrom"):
+        return "host_cdrom"
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return "file"
+    return "host_device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "file"

@@ -6,8 +6,19 @@ from blocklayer.qmp.schema import Schema
 
 
 def build_dispatcher(schema: Schema) -> Dispatcher:
-    from . import control, exportcmds, nodes, objects, query, snapshots
+    from . import (
+        bitmapcmds,
+        control,
+        exportcmds,
+        jobcmds,
+        nodes,
+        objects,
+        query,
+        snapshots,
+        transaction,
+    )
     dispatcher = Dispatcher(schema)
-    for module in (control, nodes, snapshots, query, objects, exportcmds):
+    for module in (bitmapcmds, control, nodes, snapshots, query, objects, exportcmds,
+                   transaction, jobcmds):
         dispatcher.add(module.HANDLERS)
     return dispatcher

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from blocklayer.core import dirty
 from blocklayer.core.driver import Perm
 from blocklayer.core.node import BlockNode
 from blocklayer.qmp import qjson
@@ -68,6 +69,9 @@ async def block_device_info(node: BlockNode, nested: bool) -> dict[str, Any]:
                           "direct": node.flags.cache.direct,
                           "no-flush": node.flags.cache.no_flush},
                 "write_threshold": node.write_threshold})
+    bitmaps = dirty.bitmaps(node)
+    if bitmaps:
+        out["dirty-bitmaps"] = [dirty.info(bm) for bm in bitmaps]
     return out
 
 

@@ -16,42 +16,107 @@ from blocklayer.qmp.protocol import CommandError
 from .lookup import lookup_bs, node_by_name, root_bs
 
 
-async def blockdev_snapshot_sync(ctx: Context, args: dict[str, Any]) -> None:
-    from blocklayer.core.create import create_image
-    from blocklayer.core.graph import append_overlay
-    from blocklayer.core.open import open_node
-    daemon = ctx.app
-    top = lookup_bs(daemon, args.get("device"), args.get("node-name"))
-    fmt = args.get("format", "qcow2")
-    new_name = args.get("snapshot-node-name")
-    if new_name is not None and new_name in daemon.graph.nodes:
-        raise CommandError(f"Duplicate nodes with node-name='{new_name}'")
-    if top.read_only:
-        raise CommandError(f"Node '{top.name}' is read only")
-    path = args["snapshot-file"]
-    if args.get("mode", "absolute-paths") == "absolute-paths":
-        await create_image(path, fmt, top.total_bytes, {"backing_file": top.filename,
-                                                         "backing_fmt": top.format_name})
-    elif not os.path.exists(path):
-        raise CommandError(f"Could not open '{path}': No such file or directory")
-    opts: dict[str, Any] = {"driver": fmt, "file.driver": "file", "file.filename": path,
-                            "backing": None}
-    if new_name is not None:
-        opts["node-name"] = new_name
-    overlay = await open_node(daemon.graph, None, opts)
-    try:
-        async with top.drained():
-            append_overlay(top, overlay)
-    except BlockError:
-        await overlay.close()
-        raise
-    overlay.backing_file, overlay.backing_format = overlay.driver.backing_file_name()
-    daemon.watch_threshold(overlay)
-    await _old_top_read_only(daemon, top)
-    if not overlay.parents and not overlay.users:
-        # QEMU: only the transaction held the new overlay; nothing moved onto it, so it
-        # goes away again (the image file stays, the old top stays read-only)
+class ExternalSnapshot:
+    """blockdev-snapshot and blockdev-snapshot-sync as a transaction action: prepare
+    puts the overlay on top (QEMU does it there too, so later actions see it), abort
+    takes it off again, commit makes the old top read-only."""
+
+    def __init__(self, daemon: Any, args: dict[str, Any]) -> None:
+        self.daemon, self.args = daemon, args
+        self.top: BlockNode | None = None
+        self.overlay: BlockNode | None = None
+
+    async def open_overlay(self) -> tuple[BlockNode, BlockNode]:
+        """The existing overlay of blockdev-snapshot (checked, as QEMU checks it)."""
+        daemon, args = self.daemon, self.args
+        top = node_by_name(daemon, args["node"], "Cannot find device='' nor node-name='{}'")
+        overlay = node_by_name(daemon, args["overlay"],
+                               "Cannot find device='' nor node-name='{}'")
+        if overlay.parents or overlay.users:
+            raise CommandError("The overlay is already in use")
+        if not overlay.driver.supports_backing:
+            raise CommandError("The overlay does not support backing images")
+        if overlay.backing is not None:
+            raise CommandError("The overlay already has a backing image")
+        return top, overlay.ref()
+
+    async def prepare(self) -> None:
+        from blocklayer.core.graph import append_overlay
+        top, overlay = await self.open_overlay()
+        try:
+            async with top.drained():
+                append_overlay(top, overlay)
+        except BlockError:
+            await overlay.unref()
+            raise
+        self.top, self.overlay = top, overlay
+
+    async def abort(self) -> None:
+        from blocklayer.core.graph import replace_node
+        top, overlay = self.top, self.overlay
+        if top is None or overlay is None:
+            return
+        async with overlay.drained():
+            replace_node(overlay, top)
+            overlay.detach_child("backing")
         await overlay.unref()
+
+    async def commit(self) -> None:
+        assert self.top is not None and self.overlay is not None
+        await _old_top_read_only(self.daemon, self.top)
+        await self.release(self.overlay)
+
+    async def release(self, overlay: BlockNode) -> None:
+        """Drop the transaction's reference to the overlay."""
+        await overlay.unref()
+
+
+class ExternalSnapshotSync(ExternalSnapshot):
+    async def open_overlay(self) -> tuple[BlockNode, BlockNode]:
+        from blocklayer.core.create import create_image
+        from blocklayer.core.open import open_node
+        daemon, args = self.daemon, self.args
+        top = lookup_bs(daemon, args.get("device"), args.get("node-name"))
+        fmt = args.get("format", "qcow2")
+        new_name = args.get("snapshot-node-name")
+        if new_name is not None and new_name in daemon.graph.nodes:
+            raise CommandError(f"Duplicate nodes with node-name='{new_name}'")
+        if top.read_only:
+            raise CommandError(f"Node '{top.name}' is read only")
+        path = args["snapshot-file"]
+        if args.get("mode", "absolute-paths") == "absolute-paths":
+            await create_image(path, fmt, top.total_bytes, {"backing_file": top.filename,
+                                                             "backing_fmt": top.format_name})
+        elif not os.path.exists(path):
+            raise CommandError(f"Could not open '{path}': No such file or directory")
+        opts: dict[str, Any] = {"driver": fmt, "file.driver": "file", "file.filename": path,
+                                "backing": None}
+        if new_name is not None:
+            opts["node-name"] = new_name
+        return top, await open_node(daemon.graph, None, opts)
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        overlay = self.overlay
+        assert overlay is not None
+        overlay.backing_file, overlay.backing_format = overlay.driver.backing_file_name()
+        self.daemon.watch_threshold(overlay)
+
+    async def release(self, overlay: BlockNode) -> None:
+        # QEMU: when only the transaction held the new overlay (nothing moved onto it)
+        # it goes away again (the image file stays, the old top stays read-only)
+        if not overlay.parents and not overlay.users:
+            await overlay.unref()
+
+
+async def blockdev_snapshot_sync(ctx: Context, args: dict[str, Any]) -> None:
+    await run_action(ExternalSnapshotSync(ctx.app, args))
+
+
+async def run_action(action: Any) -> None:
+    """A transaction action run alone: prepared, then committed."""
+    await action.prepare()
+    await action.commit()
 
 
 async def _old_top_read_only(daemon: Any, top: BlockNode) -> None:
@@ -69,19 +134,7 @@ async def _old_top_read_only(daemon: Any, top: BlockNode) -> None:
 
 
 async def blockdev_snapshot(ctx: Context, args: dict[str, Any]) -> None:
-    from blocklayer.core.graph import append_overlay
-    daemon = ctx.app
-    top = node_by_name(daemon, args["node"], "Cannot find device='' nor node-name='{}'")
-    overlay = node_by_name(daemon, args["overlay"], "Cannot find device='' nor node-name='{}'")
-    if overlay.parents or overlay.users:
-        raise CommandError("The overlay is already in use")
-    if not overlay.driver.supports_backing:
-        raise CommandError("The overlay does not support backing images")
-    if overlay.backing is not None:
-        raise CommandError("The overlay already has a backing image")
-    async with top.drained():
-        append_overlay(top, overlay)
-    await _old_top_read_only(daemon, top)
+    await run_action(ExternalSnapshot(ctx.app, args))
 
 
 def _snapshot_json(s: SnapshotInfo) -> dict[str, Any]:
@@ -99,26 +152,47 @@ def _internal_snapshots(node: BlockNode, device: str) -> Iterator[None]:
                            "does not support internal snapshots") from None
 
 
-async def snapshot_internal_sync(ctx: Context, args: dict[str, Any]) -> None:
-    device, name = args["device"], args["name"]
-    node = root_bs(ctx.app, device)
-    if not name:
-        raise CommandError("Name is empty")
-    if node.read_only:
-        raise CommandError(f"Device '{device}' is read only")
-    drv = node.driver
-    with _internal_snapshots(node, device):
-        snaps = await drv.snapshot_list()
-    if any(s.name == name for s in snaps):
-        raise CommandError(f"Snapshot with name '{name}' already exists on device '{device}'")
-    now = time.time_ns()
-    # QSD has no guest: its virtual clock reads the host's wall clock, no icount
-    info = SnapshotInfo(id="", name=name, date_sec=now // 10**9,
-                        date_nsec=now % 10**9 // 1000 * 1000, vm_clock_nsec=time.time_ns(),
-                        icount=None)
-    async with node.drained():
+class InternalSnapshot:
+    """blockdev-snapshot-internal-sync: prepare takes the snapshot, abort deletes it."""
+
+    def __init__(self, daemon: Any, args: dict[str, Any]) -> None:
+        self.daemon, self.args = daemon, args
+        self.node: BlockNode | None = None
+
+    async def prepare(self) -> None:
+        device, name = self.args["device"], self.args["name"]
+        node = root_bs(self.daemon, device)
+        if not name:
+            raise CommandError("Name is empty")
+        if node.read_only:
+            raise CommandError(f"Device '{device}' is read only")
+        drv = node.driver
         with _internal_snapshots(node, device):
-            await drv.snapshot_create(info)
+            snaps = await drv.snapshot_list()
+        if any(s.name == name for s in snaps):
+            raise CommandError(f"Snapshot with name '{name}' already exists on device "
+                               f"'{device}'")
+        now = time.time_ns()
+        # QSD has no guest: its virtual clock reads the host's wall clock, no icount
+        info = SnapshotInfo(id="", name=name, date_sec=now // 10**9,
+                            date_nsec=now % 10**9 // 1000 * 1000,
+                            vm_clock_nsec=time.time_ns(), icount=None)
+        async with node.drained():
+            with _internal_snapshots(node, device):
+                await drv.snapshot_create(info)
+        self.node = node
+
+    async def commit(self) -> None:
+        pass
+
+    async def abort(self) -> None:
+        if self.node is not None:
+            async with self.node.drained():
+                await self.node.driver.snapshot_delete(None, self.args["name"])
+
+
+async def snapshot_internal_sync(ctx: Context, args: dict[str, Any]) -> None:
+    await run_action(InternalSnapshot(ctx.app, args))
 
 
 async def snapshot_delete_internal_sync(ctx: Context, args: dict[str, Any]) -> Any:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from blocklayer import __version__
 from blocklayer.core.node import BlockGraph, BlockNode
+from blocklayer.jobs.manager import JobManager
 from blocklayer.qmp.dispatch import Dispatcher
 from blocklayer.qmp.schema import Schema, qsd_schema
 from blocklayer.qmp.server import MonitorServer
@@ -55,10 +57,13 @@ class Daemon:
         self.monitor_owned: list[BlockNode] = []
         self.objects: dict[str, QomObject] = {}
         self.chardevs: dict[str, Chardev] = {}
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, Job] = {}          # finished blockdev-create jobs
+        self.job_manager = JobManager(self.graph)
         self.exports: ExportHooks = exports or make_exports()
         self.dispatcher: Dispatcher = build_dispatcher(self.schema)
         self.quit_requested = asyncio.Event()
+        #: closed first at shutdown (servers added by options: --metrics)
+        self.closing: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def version(self) -> dict[str, Any]:
@@ -100,11 +105,16 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """Close monitors and exports, then flush and close every node (images clean)."""
+        for close in self.closing:
+            with contextlib.suppress(Exception):
+                await close()
         for chardev in self.chardevs.values():
             if chardev.monitor is not None:
                 await chardev.monitor.close()
         with contextlib.suppress(Exception):
             await self.exports.shutdown(self)
+        with contextlib.suppress(Exception):
+            await self.job_manager.shutdown()
         self.monitor_owned.clear()
         while self.graph.nodes:
             roots = [n for n in self.graph.nodes.values() if not n.parents] \

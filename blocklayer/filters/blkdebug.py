@@ -52,6 +52,14 @@ class BlkdebugDriver(FilterDriver):
                     "max-write-zero", "opt-discard", "max-discard", "inject-error",
                     "set-state", "take-child-perms", "unshare-child-perms")
 
+    @classmethod
+    def parse_filename(cls, filename: str) -> tuple[dict[str, Any], str]:
+        """``blkdebug:[CONFIG]:IMAGE`` -> the ``config`` option and the image's filename."""
+        config, sep, image = filename[len("blkdebug:"):].partition(":")
+        if not sep:
+            raise InvalidArgument("blkdebug requires both config file and image path")
+        return ({"config": config} if config else {}), image
+
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:
         inner = self.child.limits
 

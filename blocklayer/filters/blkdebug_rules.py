@@ -15,9 +15,9 @@ from __future__ import annotations
 import errno as errnos
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
 
+from ..core.bounded import FileTooLarge, read_named_text
 from ..core.errors import InvalidArgument
 from ..core.options import flatten
 
@@ -280,10 +280,13 @@ _ASSIGN = re.compile(r'(\S+)\s*=\s*(?:"([^"]*)"?)?')
 def read_config(filename: str) -> list[tuple[str, Section]]:
     """``[inject-error]`` / ``[set-state]`` groups of ``key = "value"`` lines."""
     try:
-        text = Path(filename).read_text()
+        text = read_named_text(filename)
     except OSError as exc:
         raise InvalidArgument(f"Could not read blkdebug config file: "
                               f"{exc.strerror}", exc.errno or errnos.EIO) from None
+    except FileTooLarge as exc:
+        raise InvalidArgument(f"Could not read blkdebug config file: {exc.message}",
+                              exc.errno) from None
     found: list[tuple[str, dict[str, Any]]] = []
     for line in text.splitlines():
         line = line.strip()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.driver import Cap, CreateOption, DriverInfo, Prealloc, ReqFlag
 from ..core.errors import BlockError, InvalidArgument, NotSupported
 from ..core.filter import FilterDriver
+from ..core.io import node_try_read
 from ..core.options import OpenFlags, parse_size
 
 if TYPE_CHECKING:
@@ -39,8 +40,8 @@ class RawDriver(FilterDriver):
     @classmethod
     async def create(cls, filename: str, options: dict[str, Any], *,
                      open_file: Any = None) -> None:
-        from ..protocols.file import FileDriver
-        await FileDriver.create(filename, options)
+        from ..core.registry import get_driver, protocol_for
+        await get_driver(protocol_for(filename)).create(filename, options)
 
     @classmethod
     async def measure(cls, options: dict[str, Any], source: Any = None) -> dict[str, int]:
@@ -64,6 +65,13 @@ class RawDriver(FilterDriver):
     def capabilities(self) -> Cap:
         # QEMU's raw neither compresses nor stores bitmaps, whatever its file can do
         return super().capabilities() & ~(Cap.COMPRESSED_WRITE | Cap.PERSISTENT_BITMAPS)
+
+    def try_read(self, offset: int, length: int) -> bytes | bytearray | None:
+        """The synchronous fast path (see ``node_try_read``): the slice's child's."""
+        child = self.node.children.get("file")     # not ``self.child``: per request
+        if child is None:
+            return None
+        return node_try_read(child.node, self.child_offset + offset, length)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview,
                     flags: ReqFlag) -> None:

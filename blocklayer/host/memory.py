@@ -35,7 +35,8 @@ def _bytearray_factory():  # type: ignore[no-untyped-def]
         make = ctypes.pythonapi.PyByteArray_FromStringAndSize
         make.restype = ctypes.py_object
         make.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
-        return lambda n: make(None, n)
+        # below 64 KiB zeroing costs less than the foreign call
+        return lambda n: make(None, n) if n > 65536 else bytearray(n)
     except (ImportError, AttributeError):        # not CPython: zeroed is fine too
         return bytearray
 

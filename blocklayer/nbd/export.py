@@ -38,6 +38,14 @@ class Export:
     allocation_depth: bool = False          # -A
     bitmaps: tuple[str, ...] = ()           # -B NAME: bitmaps exported by name
 
+    async def ready(self) -> None:
+        """Wait while the node is drained: requests from clients are held at the export
+        (QEMU holds them at the BlockBackend) so that a graph change made in the drained
+        section, which may move the export to another node, is seen by them."""
+        from ..core.io import wait_resumed
+        while self.node.state.quiesce:
+            await wait_resumed(self.node)
+
     @property
     def size(self) -> int:
         return self.node.total_bytes

@@ -53,6 +53,7 @@ class NBDServer:
         self.clients: set[asyncio.Task[None]] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.served = 0                       # clients that got a session so far
+        self.connections: set[_Client] = set()   # clients in their session now
 
     # -- listening --------------------------------------------------------------------
 
@@ -91,6 +92,15 @@ class NBDServer:
         for server in self.servers:
             await server.wait_closed()
 
+    def clients_of(self, export: Export) -> list[_Client]:
+        """The clients in transmission on ``export``."""
+        return [c for c in self.connections if c.session.export is export]
+
+    def drop_clients(self, export: Export) -> None:
+        """Disconnect every client of ``export`` (block-export-del mode=hard)."""
+        for client in self.clients_of(export):
+            client._break("")
+
     # -- one client -------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader,
@@ -117,6 +127,7 @@ class NBDServer:
             self.on_client_change(len(self.clients))
         client = _Client(self, ServerSession(self.exports, tls=self.tls is not None),
                          reader, writer)
+        self.connections.add(client)
         try:
             await client.run()
         except ProtocolError as exc:
@@ -125,6 +136,8 @@ class NBDServer:
             log.info("nbd client connection failed: %s", exc)
         except Exception:                       # a bug: this client only
             log.exception("nbd client failed")
+        finally:
+            self.connections.discard(client)
 
 
 class _Client:
@@ -268,7 +281,8 @@ _DN_KEYS = {"countryName": "C", "stateOrProvinceName": "ST", "localityName": "L"
 
 
 def distinguished_name(cert: dict[str, Any]) -> str:
-    """A certificate subject as RFC 4514 (and QEMU's authz) writes it: CN first."""
+    """A certificate subject as QEMU 7.2's authz compares it: the names in the
+    certificate's order (``C=GB,O=Test,CN=client``; checked against QSD)."""
     parts = [f"{_DN_KEYS.get(key, key)}={value}"
              for rdn in cert.get("subject", ()) for key, value in rdn]
-    return ",".join(reversed(parts))
+    return ",".join(parts)

@@ -162,6 +162,8 @@ class ServerSession:
         export = self.export
         assert export is not None
         handler = _HANDLERS[req.command]
+        if export.node.state.quiesce:
+            await export.ready()
         try:
             async for reply in handler(self, export, req):
                 yield reply

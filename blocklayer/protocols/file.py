@@ -22,6 +22,7 @@ from ..core.driver import (BlockDriver, BlockStatus, Cap, CreateOption, Limits, 
                       ReqFlag, Status)
 from ..core.errors import BlockError, HostIOError, InvalidArgument, NotSupported
 from ..core.io import OVERLAPPED
+from ..host.extents import Extents, extents_of, walk
 from ..host.libc import LIBC as _libc
 from ..core.locking import ImageLock, ofd_supported
 from ..host.memory import uninitialized
@@ -85,6 +86,7 @@ class FileDriver(BlockDriver):
     inline_writes: bool = True
     zero_range_ok: bool = True
     writer: Writer | None = None
+    extents: Extents             # where the file holds data, from the last walk
     preallocate_ok: bool = True
 
     # ---- create -------------------------------------------------------------------------
@@ -132,11 +134,14 @@ class FileDriver(BlockDriver):
                                  exc.errno) from None
             raise HostIOError.from_oserror(exc, f"Could not open '{path}'") from None
         st = os.fstat(self.fd)
-        if stat.S_ISDIR(st.st_mode):
+        problem = self.file_type_problem(path, st.st_mode)
+        if problem:
             os.close(self.fd)
             self.fd = -1
-            raise BlockError(f"Could not open '{path}': Is a directory", errno.EISDIR)
+            raise BlockError(problem, errno.EINVAL)
         self.is_block_device = stat.S_ISBLK(st.st_mode)
+        self.extents = extents_of(self.fd)
+        self.extents.changed()      # whatever was walked before this open may be stale
         aio = str(options.get("aio", "threads"))
         if aio not in ("threads", "native", "io_uring"):
             raise InvalidArgument(f"Invalid parameter 'aio': {aio}")
@@ -154,6 +159,13 @@ class FileDriver(BlockDriver):
         if self.direct:
             self.alignment = await asyncio.get_running_loop().run_in_executor(
                 None, _probe_alignment, self.fd)
+
+    def file_type_problem(self, path: str, mode: int) -> str | None:
+        """QEMU's check of the file type each driver accepts (a read-write open of a
+        directory has already failed with "Is a directory")."""
+        if stat.S_ISREG(mode):
+            return None
+        return f"'{self.format_name}' driver requires '{path}' to be a regular file"
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -181,27 +193,35 @@ class FileDriver(BlockDriver):
         if self.direct:
             return await _run(lambda: _direct_read(fd, offset, length), "read")
         if self.inline_reads:
-            # Page-cache hits are served on the loop thread: a thread hop costs more
-            # than the copy.  RWF_NOWAIT fails instead of blocking on the disk.
-            buf = uninitialized(length)     # read whole or thrown away
-            try:
-                got = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
-            except BlockingIOError:
-                got = 0
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise HostIOError.from_oserror(exc, "read failed") from None
-                self.inline_reads = False
-                got = 0
-            if got == length:
+            buf = self.try_read(offset, length)
+            if buf is not None:
                 return buf
         return await _run(lambda: _pread_full(fd, offset, length), "read")
+
+    def try_read(self, offset: int, length: int) -> bytearray | None:
+        """A page-cache hit, served on the loop thread (a thread hop costs more than the
+        copy); ``None`` when the data is not all cached (RWF_NOWAIT fails instead of
+        blocking on the disk) or on any error, which the full path then reports."""
+        if not self.inline_reads:
+            return None
+        buf = uninitialized(length)     # read whole or thrown away
+        try:
+            got = os.preadv(self.fd, [buf], offset, os.RWF_NOWAIT)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self.inline_reads = False
+            return None
+        return buf if got == length else None
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview,
                     flags: ReqFlag) -> None:
         fd = self.fd
+        self.extents.changed()
         if self.direct:
-            await _run(lambda: _direct_write(fd, offset, data), "write")
+            try:
+                await _run(lambda: _direct_write(fd, offset, data), "write")
+            finally:
+                self.extents.changed()
         elif self.inline_writes and (len(data) <= INLINE_WRITE_SMALL or (
                 len(data) <= INLINE_WRITE_MAX and self.node.state.in_flight <= 1
                 and not OVERLAPPED.get())):
@@ -220,6 +240,8 @@ class FileDriver(BlockDriver):
                 await self.writer.run(lambda: self._write_sync(offset, data))
             except OSError as exc:
                 raise HostIOError.from_oserror(exc, "write failed") from None
+            finally:
+                self.extents.changed()
 
     def _write_sync(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """A buffered write; a long one first allocates its range (fallocate, keeping
@@ -236,7 +258,17 @@ class FileDriver(BlockDriver):
         _pwrite_full(self.fd, offset, data)
 
     async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
-        await _run(lambda: self._write_zeroes_sync(offset, length, flags), "write zeroes")
+        await self._changing(lambda: self._write_zeroes_sync(offset, length, flags),
+                             "write zeroes")
+
+    async def _changing(self, fn: Callable[[], T], what: str) -> T:
+        """Run ``fn`` (which changes the file's extents) in a thread; the extents
+        walked before it, or while it runs, are not used again."""
+        self.extents.changed()
+        try:
+            return await _run(fn, what)
+        finally:
+            self.extents.changed()
 
     def _write_zeroes_sync(self, offset: int, length: int, flags: ReqFlag) -> None:
         size = os.fstat(self.fd).st_size
@@ -277,7 +309,7 @@ class FileDriver(BlockDriver):
                 if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
                     raise NotSupported("discard not supported") from None
                 raise
-        await _run(punch, "discard")
+        await self._changing(punch, "discard")
 
     # ---- copy offloading ----------------------------------------------------------------
     async def copy_range_from(self, offset: int, dst: "BlockNode", dst_offset: int,
@@ -291,8 +323,8 @@ class FileDriver(BlockDriver):
             raise NotSupported(f"Cannot offload a copy from a '{src.format_name}' node "
                                f"to a file")
         src_fd, dst_fd = source.fd, self.fd
-        await _run(lambda: _copy_file_range(src_fd, src_offset, dst_fd, offset, length),
-                   "copy range")
+        await self._changing(lambda: _copy_file_range(src_fd, src_offset, dst_fd, offset,
+                                                      length), "copy range")
 
     async def flush_to_disk(self) -> None:
         fd = self.fd
@@ -301,29 +333,22 @@ class FileDriver(BlockDriver):
     async def block_status(self, offset: int, length: int, want_zero: bool) -> BlockStatus:
         if not want_zero:
             return BlockStatus(Status.DATA | Status.OFFSET_VALID, length, offset, self.node)
-        fd = self.fd
-
-        def find() -> tuple[Status, int]:
-            try:
-                data = os.lseek(fd, offset, SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:       # trailing hole
-                    return Status.ZERO, length
-                return Status.DATA, length
-            if data > offset:
-                return Status.ZERO, min(data - offset, length)
-            try:
-                hole = os.lseek(fd, offset, SEEK_HOLE)
-            except OSError:
-                return Status.DATA, length
-            n = hole - offset
+        found = self.extents.lookup(offset)
+        if found is None:       # one thread hop walks many extents (host/extents.py)
+            fd, end = self.fd, offset + length
+            generation, budget = self.extents.start_walk()
+            bounds, kinds = await _run(lambda: walk(fd, offset, end, budget), "block status")
+            self.extents.store(generation, bounds, kinds)
+            found = kinds[0], bounds[1]
+        data, extent_end = found
+        n = extent_end - offset
+        if data:
             align = self.alignment
             if n % align:
                 n += align - n % align
-            return Status.DATA, max(min(n, length), 1)
-
-        kind, n = await _run(find, "block status")
-        return BlockStatus(kind | Status.OFFSET_VALID, n, offset, self.node)
+        n = max(min(n, length), 1)
+        return BlockStatus((Status.DATA if data else Status.ZERO) | Status.OFFSET_VALID,
+                           n, offset, self.node)
 
     async def truncate(self, size: int, exact: bool, prealloc: Prealloc) -> None:
         fd = self.fd
@@ -341,14 +366,14 @@ class FileDriver(BlockDriver):
                 os.ftruncate(fd, size)
             else:
                 _grow(fd, cur, size, prealloc)
-        await _run(work, "truncate")
+        await self._changing(work, "truncate")
 
     async def get_length(self) -> int:
         if self.fd < 0:
             return 0
         if self.is_block_device:
             return os.lseek(self.fd, 0, os.SEEK_END)
-        return os.fstat(self.fd).st_size
+        return -(-os.fstat(self.fd).st_size // 512) * 512    # whole sectors, as QEMU counts
 
     async def get_allocated_file_size(self) -> int:
         st = os.fstat(self.fd)
@@ -388,6 +413,17 @@ class FileDriver(BlockDriver):
 class HostDeviceDriver(FileDriver):
     format_name = "host_device"
 
+    def file_type_problem(self, path: str, mode: int) -> str | None:
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            return None
+        return (f"'{self.format_name}' driver requires '{path}' to be either a character "
+                "or block device")
+
+
+class HostCdromDriver(HostDeviceDriver):
+    """``host_cdrom``: a host device opened as QEMU opens a CD-ROM (no media handling)."""
+    format_name = "host_cdrom"
+
 
 # ---------------------------------------------------------------------------------------
 # Helpers (run in worker threads)
@@ -401,21 +437,24 @@ async def _run(fn: Callable[[], T], what: str) -> T:
 
 
 def _strip_prefix(filename: str) -> str:
-    for prefix in ("file:", "host_device:"):
+    for prefix in ("file:", "host_device:", "host_cdrom:"):
         if filename.startswith(prefix):
             return filename[len(prefix):]
     return filename
 
 
 def _pread_full(fd: int, offset: int, length: int) -> bytes:
+    """Read ``length`` bytes; past the end of the file they read as zeroes (the node's
+    size is the file's rounded up to whole sectors, as QEMU's file-posix reads)."""
     data = os.pread(fd, length, offset)
-    if len(data) == length or not data:
+    if len(data) == length:
         return data
     parts = [data]
     got = len(data)
     while got < length:
-        more = os.pread(fd, length - got, offset + got)
+        more = os.pread(fd, length - got, offset + got) if data else b""
         if not more:
+            parts.append(bytes(length - got))
             break
         parts.append(more)
         got += len(more)

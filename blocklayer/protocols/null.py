@@ -18,6 +18,14 @@ class NullDriver(BlockDriver):
 
     size = 1 << 30
     latency_ns = 0
+
+    @classmethod
+    def exact_filename(cls, options: dict[str, Any]) -> str | None:
+        """``null-co://`` while no option that changes what it reads is given (QEMU's
+        strong run-time options: size and read-zeroes), else None (a ``json:`` name)."""
+        if any(k in options for k in ("size", "read-zeroes")):
+            return None
+        return f"{cls.format_name}://"
     read_zeroes = False
 
     async def open(self, options: dict[str, Any], flags: OpenFlags) -> None:

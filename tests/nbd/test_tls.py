@@ -18,7 +18,7 @@ TEMPLATES = {
     "client": "country = GB\norganization = Test\ncn = client\ntls_www_client\n"
               "encryption_key\nsigning_key\n",
 }
-CLIENT_DN = "CN=client,,O=Test,,C=GB"          # ',' doubled inside an --object value
+CLIENT_DN = "C=GB,,O=Test,,CN=client"          # ',' doubled inside an --object value
 
 
 @pytest.fixture

@@ -59,6 +59,8 @@ class Bitmap:
     persistent: bool = True
     enabled: bool = True
     inconsistent: bool = False
+    busy: bool = False              # a job or export uses it
+    readonly: bool = False          # loaded from a read-only image
     bits: np.ndarray | None = field(default=None, repr=False)   # uint8, packed LSB first
 
     @property
@@ -89,10 +91,17 @@ class Bitmap:
         last = min((offset + length - 1) >> self.granularity_bits, len(self.bits) * 8 - 1)
         if first > last:
             return
-        import numpy as np
-        view = np.unpackbits(self.bits, bitorder="little")
-        view[first:last + 1] = 1 if value else 0
-        self.bits[:] = np.packbits(view, bitorder="little")
+        fb, lb = first >> 3, last >> 3
+        lo, hi = (0xFF << (first & 7)) & 0xFF, 0xFF >> (7 - (last & 7))
+        b = self.bits
+        for i, mask in ((fb, lo & hi),) if fb == lb else ((fb, lo), (lb, hi)):
+            b[i] = (int(b[i]) | mask) if value else (int(b[i]) & ~mask & 0xFF)
+        if lb > fb + 1:
+            b[fb + 1:lb] = 0xFF if value else 0
+
+    def packed(self) -> bytes:
+        """The bits, packed LSB first."""
+        return b"" if self.bits is None else self.bits.tobytes()
 
     def count(self) -> int:
         import numpy as np
@@ -210,19 +219,17 @@ async def load(drv: "Qcow2State") -> None:
                                         "inconsistent"})
     if not ext_valid(drv):
         return
-    if drv.flags.check:
-        try:
-            drv.bitmaps = await load_directory(drv)
-        except BlockError:
-            return
-    else:
-        drv.bitmaps = await load_directory(drv)
+    drv.bitmaps = await load_directory(drv)      # qemu-img check refuses one too
     drv.bitmap_info = [bm.info() for bm in drv.bitmaps]
     if drv.flags.no_io:
         return
     for bm in drv.bitmaps:
+        bm.readonly = drv.node.read_only
         if not bm.inconsistent:
             bm.bits = await _read_bits(drv, bm)
+        else:                   # QEMU: not recording, all bits clear
+            bm.enabled = False
+            bm.resize(drv.header.size)
 
 
 async def open_writable(drv: "Qcow2State") -> bool:

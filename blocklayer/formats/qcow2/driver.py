@@ -22,7 +22,7 @@ from ...core.driver import (BlockDriver, BlockStatus, Cap, CheckMode, CheckResul
                             CreateOption, DriverInfo, Limits, Prealloc, ReqFlag,
                             SnapshotInfo, Status, StatusShape)
 from ...core.errors import BlockError, InvalidArgument, NotSupported
-from ...core.io import metadata_io
+from ...core.io import metadata_io, node_try_read
 from ...core.options import OpenFlags, parse_bool
 from . import layout as L
 from . import snapshot
@@ -148,6 +148,8 @@ class Qcow2Driver(Qcow2State, BlockDriver):
         self.geo = geo = Geometry(h)
         self.cluster_size = cs = h.cluster_size
         if h.crypt_method and not flags.no_io:
+            if "encrypt.key-secret" not in options:         # QEMU's words first
+                raise InvalidArgument("Parameter 'encrypt.key-secret' is required for cipher")
             raise NotSupported("qcow2: encrypted images are not supported")
         self.lock = asyncio.Lock()
         self.ranges = RangeLock()
@@ -269,6 +271,9 @@ class Qcow2Driver(Qcow2State, BlockDriver):
                 await self.update_header()
                 await self.file.flush()
 
+    async def release(self) -> None:
+        """After a failed open: nothing is written (what the open repaired is on disk)."""
+
     async def flush_to_os(self) -> None:
         if not self.node.read_only:
             await self.flush_caches()
@@ -298,7 +303,9 @@ class Qcow2Driver(Qcow2State, BlockDriver):
         l1_vm = L.size_to_l1(h.size, h.cluster_bits, h.l2_entries)
         return DriverInfo(cluster_size=self.cluster_size,
                           vm_state_offset=l1_vm << (h.cluster_bits + self.geo.l2_bits),
-                          is_dirty=bool(h.incompatible_features & L.INCOMPAT_DIRTY))
+                          is_dirty=bool(h.incompatible_features & L.INCOMPAT_DIRTY),
+                          encrypted=bool(h.crypt_method),
+                          is_corrupt=bool(h.incompatible_features & L.INCOMPAT_CORRUPT))
 
     def get_specific_info(self) -> dict[str, Any] | None:
         h = self.header
@@ -339,6 +346,23 @@ class Qcow2Driver(Qcow2State, BlockDriver):
         start, end = offset - offset % cs, -(-(offset + length) // cs) * cs
         async with self.ranges.shared(start, end):
             return await self.read_unlocked(offset, length)
+
+    def try_read(self, offset: int, length: int) -> bytes | bytearray | None:
+        """The synchronous fast path: one normal cluster mapped by a cached table, while
+        no metadata update is under way and no exclusive hold covers the cluster."""
+        data = self.data_node
+        if data is None or self.lock.locked():
+            return None
+        if self.ranges.holds:
+            cs = self.cluster_size
+            start = offset - offset % cs
+            end = start + cs
+            if any(h.exclusive and h.start < end and start < h.end for h in self.ranges.holds):
+                return None
+        host = self.mapping.cached_host(offset, length)
+        if host is None:
+            return None
+        return node_try_read(data, host, length)
 
     # ---- block status -----------------------------------------------------------------------
     def set_status_shape(self, shape: StatusShape) -> None:

@@ -191,6 +191,30 @@ class Mapping:
                                f"{l1_index:#x})", off, self.geo.cluster_size)
         return off
 
+    def cached_host(self, offset: int, length: int) -> int | None:
+        """The host offset of ``[offset, offset+length)`` when it lies in one normal,
+        well-formed cluster whose standard L2 table is in cache (synchronous: the read
+        fast path); else ``None``, and :meth:`lookup` answers (and reports corruption)."""
+        geo = self.geo
+        cs = geo.cluster_size
+        in_cluster = offset & (cs - 1)
+        if in_cluster + length > cs or geo.extended_l2:
+            return None
+        l1_index = offset >> (geo.cluster_bits + geo.l2_bits)
+        l1 = self.l1
+        if l1_index >= len(l1):
+            return None
+        l2_off = l1[l1_index] & L1E_OFFSET_MASK
+        entries = self.cache.entries
+        entry = entries.get(l2_off) if l2_off and not l2_off & (cs - 1) else None
+        if entry is None:
+            return None
+        e = entry.table[(offset >> geo.cluster_bits) & (geo.l2_entries - 1)]
+        if geo.standard_type(e) is not SC.NORMAL or e & L2E_OFFSET_MASK & (cs - 1):
+            return None
+        entries.move_to_end(l2_off)
+        return (e & L2E_OFFSET_MASK) + in_cluster
+
     async def lookup(self, offset: int, length: int) -> Run:
         """The run starting at guest ``offset`` (at most ``length`` bytes, at least one
         subcluster's worth of what is left in it)."""

@@ -157,6 +157,10 @@ class QedDriver(BlockDriver):
             async with self.queue.turn():
                 await self._clear_need_check()
 
+    async def release(self) -> None:
+        """After a failed open: stop the timer, write nothing."""
+        self._cancel_timer()
+
     def limits(self) -> Limits:
         cs = self.img.geo.cluster_size
         return Limits(request_alignment=1, pwrite_zeroes_alignment=cs,

@@ -209,8 +209,7 @@ def validate_header(h: Header, file_bytes: int) -> int:
         raise _bad("QED table size is invalid")
     if not image_size_valid(h.image_size, h.cluster_size, h.table_size):
         raise _bad("QED image size is invalid")
-    if h.header_size == 0:
-        raise _bad("QED header size is invalid")
+    # header_size 0 is accepted, as QEMU does (its check then finds the header leaked)
     geo = Geometry.of(h)
     if not geo.table_offset_valid(h.l1_table_offset, file_size):
         raise _bad("QED table offset is invalid")

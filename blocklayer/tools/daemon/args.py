@@ -7,7 +7,9 @@ from dataclasses import dataclass
 #: long option -> takes an argument
 LONG = {"help": False, "trace": True, "version": False, "blockdev": True, "chardev": True,
         "daemonize": False, "export": True, "monitor": True, "nbd-server": True,
-        "object": True, "pidfile": True}
+        "object": True, "pidfile": True, "metrics": True}
+#: blocklayer's own options: only spelled out in full (QSD's prefixes keep their meaning)
+EXTENSIONS = ("metrics",)
 SHORT = {"h": "help", "T": "trace", "V": "version"}
 
 
@@ -24,7 +26,7 @@ class Option:
 
 def _long(word: str, args: list[str], i: int) -> tuple[Option, int]:
     body, eq, value = word[2:].partition("=")
-    matches = [n for n in LONG if n.startswith(body)]
+    matches = [n for n in LONG if n.startswith(body) and n not in EXTENSIONS]
     if body in LONG:
         matches = [body]
     if not matches:
@@ -110,6 +112,10 @@ QEMU storage daemon
            [,writable=on|off][,bitmap=<name>]
                          export the specified block node over NBD
                          (requires --nbd-server)
+
+  --metrics <host>:<port>
+                         serve the daemon's counters (nodes, exports, jobs) in
+                         the Prometheus text format over HTTP (blocklayer only)
 
   --monitor [chardev=]name[,mode=control][,pretty[=on|off]]
                          configure a QMP monitor

@@ -122,5 +122,14 @@ async def export(daemon: Daemon, text: str) -> None:
         daemon, daemon.schema.check_arguments("block-export-add", opts, keyval=kv))
 
 
-APPLY = {"blockdev": blockdev, "object": object_, "chardev": chardev, "monitor": monitor,
+async def metrics(daemon: Daemon, text: str) -> None:
+    """--metrics host:port (blocklayer's): Prometheus metrics over HTTP."""
+    from blocklayer.daemon.metrics import MetricsServer, parse_address
+    host, port = parse_address(text)
+    server = MetricsServer(daemon)
+    await server.start(host, port)
+    daemon.closing.append(server.close)
+
+
+APPLY = {"metrics": metrics, "blockdev": blockdev, "object": object_, "chardev": chardev, "monitor": monitor,
          "nbd-server": nbd_server, "export": export}

@@ -68,8 +68,9 @@ async def run(p, opts: dict[str, str], want_help: bool) -> int:  # type: ignore[
         for key, value in opts.items():
             opt = known.get(key)
             if opt is None:
-                raise InvalidArgument(f"Invalid parameter '{key}'\n"
-                                      f"Invalid options for file format '{fmt}'")
+                creation = any(o.name == key for o in cls.create_options)
+                raise InvalidArgument(f"Invalid parameter '{key}'" + (
+                    "\nThis option is only supported for image creation" if creation else ""))
             if opt.type == "size":
                 values[key] = parse_size(value, f"parameter '{key}'")
             elif opt.type == "bool":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import getopt
 from dataclasses import dataclass, field
 
-PROG = "blocklayer-img"
+DEFAULT_NAME = "blocklayer-img"
 
 
 class UsageError(Exception):
@@ -68,3 +68,15 @@ def output_format(value: str | None) -> str:
         from blocklayer.core.errors import InvalidArgument
         raise InvalidArgument("--output must be used with human or json as argument.")
     return value
+
+
+def prog() -> str:
+    """The program's name as invoked (``qemu-img`` through a symlink of that name)."""
+    from blocklayer.tools.common import program_name
+    return program_name(DEFAULT_NAME)
+
+
+def suffix_hint() -> str:
+    """qemu-img's two-line reminder of the size suffixes, the second line prefixed."""
+    return ("You may use k, M, G, T, P or E suffixes for\n"
+            f"{prog()}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")

@@ -6,11 +6,8 @@ import time
 
 from blocklayer.core.errors import BlockError, InvalidArgument
 
-from .args import PROG, UsageError, parse
+from .args import UsageError, parse, suffix_hint
 from .common import close_all, new_graph, open_img
-
-SUFFIX_HINT = ("You may use k, M, G, T, P or E suffixes for\n"
-               f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
 
 
 def _int(text: str | None, what: str) -> int:
@@ -28,9 +25,9 @@ def _size(text: str | None, what: str) -> int:
     try:
         value = parse_size(text or "", what)
     except InvalidArgument:
-        raise InvalidArgument(f"Invalid {what} specified. {SUFFIX_HINT}") from None
+        raise InvalidArgument(f"Invalid {what} specified. {suffix_hint()}") from None
     if value > 0x7FFFFFFF:
-        raise InvalidArgument(f"Invalid {what} specified. {SUFFIX_HINT}")
+        raise InvalidArgument(f"Invalid {what} specified. {suffix_hint()}")
     return value
 
 

@@ -92,7 +92,7 @@ async def run(filename: str, fmt: str | None, out: str, mode: Any, quiet: bool,
     from blocklayer.core.driver import CheckMode
     node = await open_img(new_graph(), filename, fmt=fmt, image_opts=image_opts,
                           read_only=mode == CheckMode.NONE, force_share=force_share,
-                          cache=cache, src_cache=True, backing=False, check=True)
+                          cache=cache, src_cache=True, check=True)
     try:
         result = await _check(node, mode)
         if result.corruptions_fixed or result.leaks_fixed:

@@ -35,6 +35,9 @@ def new_graph(quiet: bool = False) -> "BlockGraph":
     def on_event(event: str, data: dict[str, Any]) -> None:
         if event == "warning":
             sys.stderr.write(str(data.get("message", "")) + "\n")
+        elif event == "BLOCK_IMAGE_CORRUPTED":
+            from blocklayer.tools.common import corruption_text
+            sys.stderr.write(corruption_text(data) + "\n")
     graph.event_handlers.append(on_event)
     return graph
 
@@ -242,12 +245,10 @@ def parse_rate(text: str | None) -> int:
     """``-r``: a rate limit in bytes per second, with qemu-img's error."""
     from blocklayer.core.options import parse_size
 
-    from .args import PROG
+    from .args import suffix_hint
     if text is None:
         return 0
     try:
         return parse_size(text, "rate")
     except InvalidArgument:
-        raise InvalidArgument("Invalid rate limit specified. You may use k, M, G, T, P "
-                              f"or E suffixes for\n{PROG}: kilobytes, megabytes, gigabytes,"
-                              " terabytes, petabytes and exabytes.") from None
+        raise InvalidArgument(f"Invalid rate limit specified. {suffix_hint()}") from None

@@ -52,9 +52,10 @@ async def _read(node: "BlockNode", name: str, off: int, n: int) -> bytes | bytea
                            4) from None
 
 
-def _is_zero(data: bytes | bytearray) -> bool:
+def _first_nonzero(data: bytes | bytearray) -> int | None:
+    """The first 512-byte sector that is not all zero, as qemu-img's find_nonzero."""
     from blocklayer.core.io import is_zero
-    return is_zero(data)
+    return None if is_zero(data) else _first_diff(data, bytes(len(data)))
 
 
 async def run(p) -> int:  # type: ignore[no-untyped-def]
@@ -102,8 +103,9 @@ async def run(p) -> int:  # type: ignore[no-untyped-def]
             else:
                 chunk = min(chunk, IO_BUF)
                 node, name = (n1, name1) if st1.allocated else (n2, name2)
-                if not _is_zero(await _read(node, name, off, chunk)):
-                    say(f"Content mismatch at offset {off}!")
+                d = _first_nonzero(await _read(node, name, off, chunk))
+                if d is not None:
+                    say(f"Content mismatch at offset {off + d}!")
                     return 1
             off += chunk
             progress.fraction(off, max(size1, size2))
@@ -115,8 +117,9 @@ async def run(p) -> int:  # type: ignore[no-untyped-def]
                 st = await _status(node, name, off, end - off)
                 chunk = min(st.length, IO_BUF)
                 if st.allocated and not st.zero:
-                    if not _is_zero(await _read(node, name, off, chunk)):
-                        say(f"Content mismatch at offset {off}!")
+                    d = _first_nonzero(await _read(node, name, off, chunk))
+                    if d is not None:
+                        say(f"Content mismatch at offset {off + d}!")
                         return 1
                 off += chunk
                 progress.fraction(off, end)

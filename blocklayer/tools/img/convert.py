@@ -26,7 +26,7 @@ from blocklayer.jobs.copy import Chunk, CopyEngine, Kind, PauseFn
 from blocklayer.jobs.ratelimit import RateLimit
 from blocklayer.jobs.zeroes import Piece, ZeroDetect, starts_nonzero
 
-from .args import PROG, parse
+from .args import parse, prog, suffix_hint
 from .common import (Progress, close_all, new_graph, open_img, parse_o_options,
                      parse_rate, print_create_options_help, progress_from)
 from .convert_plan import SECTOR, Planner, Rules, layout
@@ -173,7 +173,7 @@ class Converter(CopyEngine):
 
     def _warn(self, message: str) -> None:
         if not self.s.quiet:
-            sys.stderr.write(f"{PROG}: warning: {message}\n")
+            sys.stderr.write(f"{prog()}: warning: {message}\n")
 
     def _joins(self, a: Chunk, b: Chunk) -> bool:
         """Whether request ``b`` can ride with ``a`` (the one just before it) without
@@ -405,7 +405,7 @@ def _check_snapshot_param(spec: str | None) -> None:
         key = part.split("=", 1)[0]
         if key not in ("snapshot.id", "snapshot.name"):
             raise InvalidArgument(f"Invalid parameter '{key}'\n"
-                                  f"{PROG}: Failed in parsing snapshot param '{spec}'")
+                                  f"{prog()}: Failed in parsing snapshot param '{spec}'")
 
 
 def _sparse_size(text: str) -> int:
@@ -413,10 +413,8 @@ def _sparse_size(text: str) -> int:
     try:
         size = parse_size(text, "x")
     except InvalidArgument:
-        raise InvalidArgument("Invalid buffer size for sparse output specified. You may use "
-                              "k, M, G, T, P or E suffixes for\n"
-                              f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, "
-                              "petabytes and exabytes.") from None
+        raise InvalidArgument("Invalid buffer size for sparse output specified. "
+                              f"{suffix_hint()}") from None
     if size % 512 or size > SPARSE_LIMIT:
         raise InvalidArgument("Invalid buffer size for sparse output specified. Valid sizes "
                               f"are multiples of 512 up to {SPARSE_LIMIT}. Select 0 to "
@@ -542,7 +540,7 @@ def _check_target_backing(sources: list["BlockNode"], backing: str | None,
     if not backing:
         return True
     if zero:
-        sys.stderr.write(f"{PROG}: Cannot use --target-is-zero when the destination image "
+        sys.stderr.write(f"{prog()}: Cannot use --target-is-zero when the destination image "
                          "has a backing file\n")
         return False
     if len(sources) > 1:
@@ -646,7 +644,7 @@ async def _copy_bitmaps(src: "BlockNode", dst: "BlockNode", skip_broken: bool) -
         name = bm["name"]
         if bm.get("inconsistent") or "in-use" in bm.get("flags", ()):
             if skip_broken:
-                sys.stderr.write(f"{PROG}: warning: Skipping inconsistent bitmap '{name}'\n")
+                sys.stderr.write(f"{prog()}: warning: Skipping inconsistent bitmap '{name}'\n")
                 continue
             raise BlockError(f"Cannot copy inconsistent bitmap '{name}'")
         await bitmaps.copy(src, dst, name)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from blocklayer.core.errors import BlockError, InvalidArgument
 
-from .args import PROG, UsageError, parse
+from .args import UsageError, parse, prog
 from .common import (new_graph, parse_img_size, parse_o_options, print_create_options_help)
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     if not p.args:
         raise UsageError("Expecting image file name")
     filename = p.args[0]
-    size = parse_img_size(p.args[1], PROG) if len(p.args) > 1 else None
+    size = parse_img_size(p.args[1], prog()) if len(p.args) > 1 else None
     if len(p.args) > 2:
         raise UsageError(f"Unexpected argument: {p.args[2]}")
     backing = p.last("-b")
@@ -85,9 +85,9 @@ async def create(filename: str, fmt: str, size: int | None, opts: dict[str, str]
         backing = normalized.get("backing_file") or None
         backing_fmt = normalized.get("backing_fmt") or None
         if backing and not backing_fmt:
-            detected = await _probe_format(filename, backing)
+            detected = None if unsafe else await _probe_format(filename, backing)
             if detected:        # qemu-img 7.2 ends this hint without a newline
-                sys.stderr.write(f"{PROG}: {filename}: Backing file specified without "
+                sys.stderr.write(f"{prog()}: {filename}: Backing file specified without "
                                  f"backing format\nDetected format of {detected}.")
                 return 1
             raise InvalidArgument("Backing file specified without backing format")
@@ -124,13 +124,14 @@ async def _backing_size(filename: str, backing: str, backing_fmt: str | None) ->
 
 
 async def _probe_format(filename: str, backing: str) -> str | None:
-    """The format qemu-img names when it refuses a backing file without one."""
+    """The format qemu-img names when it refuses a backing file without one: it opens
+    the backing file first, so one that cannot be opened is reported as such."""
     from blocklayer.core.open import full_backing_filename, open_image
     try:
         node = await open_image(full_backing_filename(filename, backing), read_only=True,
                                 graph=new_graph(), backing=False)
-    except BlockError:
-        return None
+    except BlockError as exc:
+        raise exc.with_prefix("", "\nCould not open backing image.")
     name = node.format_name
     node.remove_user("user")
     await node.close()

@@ -6,11 +6,8 @@ import asyncio
 
 from blocklayer.core.errors import BlockError, InvalidArgument
 
-from .args import PROG, parse
+from .args import parse, prog, suffix_hint
 from .common import close_all, new_graph, open_img
-
-SUFFIX_HINT = ("You may use k, M, G, T, P or E suffixes for\n"
-               f"{PROG}: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
 
 
 def _num(key: str, value: str) -> int:
@@ -18,7 +15,7 @@ def _num(key: str, value: str) -> int:
     try:
         return parse_size(value, key)
     except InvalidArgument:
-        raise InvalidArgument(f"Invalid {key} specified. {SUFFIX_HINT}") from None
+        raise InvalidArgument(f"Invalid {key} specified. {suffix_hint()}") from None
 
 
 def main(argv: list[str]) -> int:
@@ -69,7 +66,7 @@ async def run(p, src_name: str, dst_name: str, bs: int, count: int | None,  # ty
         dst = await open_img(graph, dst_name, fmt=out_fmt, read_only=False, cache="unsafe")
         if in_pos > src.total_bytes:      # qemu-img 7.2 reports it and exits 0
             import sys
-            sys.stderr.write(f"{PROG}: {src_name}: cannot skip to specified offset\n")
+            sys.stderr.write(f"{prog()}: {src_name}: cannot skip to specified offset\n")
             return 0
         out_pos = 0
         while in_pos < size:          # every block is written, zeroes too (as qemu-img)

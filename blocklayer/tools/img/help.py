@@ -116,13 +116,13 @@ More information on the QEMU project at <https://qemu.org>.
 
 
 def version_text() -> str:
-    from .args import PROG
-    return (f"{PROG} version 7.2.22 (blocklayer 0.1.0)\n"
+    from .args import prog
+    return (f"{prog()} version 7.2.22 (blocklayer 0.1.0)\n"
             "Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\n")
 
 
 def print_help() -> None:
     from blocklayer.core import registry
-    from .args import PROG
+    from .args import prog
     formats = "".join(" " + n for n in registry.format_names())
-    print(version_text() + HELP % {"prog": PROG, "formats": formats}, end="")
+    print(version_text() + HELP % {"prog": prog(), "formats": formats}, end="")

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from blocklayer.core import safety
 from blocklayer.core.errors import BlockError
 
 from .args import UsageError, output_format, parse
@@ -42,10 +43,14 @@ async def info(filename: str, fmt: str | None, out: str, *, chain: bool,
                               force_share=force_share, backing=False, no_io=True)
         try:
             infos.append(await image_info(node))
+            if safety.enabled():
+                infos[-1]["safety"] = safety.report(node)
         finally:
             await close_all(node)
         if not chain or not node.backing_file:
             break
+        if safety.enabled():
+            raise safety.refuse("backing file", node.backing_file)
         name = full_backing_filename(node.filename, node.backing_file)
         cur_fmt, opts = node.backing_format, False
     if out == "json":
@@ -58,10 +63,12 @@ async def info(filename: str, fmt: str | None, out: str, *, chain: bool,
 async def image_info(node: "BlockNode") -> dict[str, Any]:
     """An ImageInfo (QAPI field order, which decides ties in QEMU's key order)."""
     from blocklayer.core.open import full_backing_filename
+    from blocklayer.tools.io.cmd_image import _has_info
     drv = node.driver
     dinfo = drv.get_info()
-    out: dict[str, Any] = {"filename": node.filename, "format": node.format_name,
-                           "dirty-flag": bool(dinfo.is_dirty)}
+    out: dict[str, Any] = {"filename": node.filename, "format": node.format_name}
+    if _has_info(node):             # QEMU: only when bdrv_get_info answers (not nbd)
+        out["dirty-flag"] = bool(dinfo.is_dirty)
     actual = await node.allocated_file_size()
     if actual is not None and actual >= 0:
         out["actual-size"] = actual

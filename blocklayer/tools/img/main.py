@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .args import PROG, UsageError
+from .args import DEFAULT_NAME, UsageError, prog
 
 COMMANDS = {
     "amend": "amend", "bench": "bench", "bitmap": "bitmap", "check": "check",
@@ -20,15 +20,17 @@ COMMANDS = {
 
 def _fail(message: str, code: int = 1, hint: bool = False) -> int:
     sys.stdout.flush()
-    sys.stderr.write(f"{PROG}: {message}\n")
+    sys.stderr.write(f"{prog()}: {message}\n")
     if hint:
-        sys.stderr.write(f"Try '{PROG} --help' for more information\n")
+        sys.stderr.write(f"Try '{prog()} --help' for more information\n")
     sys.stderr.flush()
     return code
 
 
 def run(argv: list[str]) -> int:
+    from blocklayer.core import safety
     from blocklayer.core.errors import BlockError
+    argv = safety.pop_option(argv)
     while argv and argv[0] in ("-T", "--trace") or (argv and argv[0].startswith("--trace=")):
         argv = argv[2:] if argv[0] in ("-T", "--trace") else argv[1:]
     if not argv:
@@ -48,8 +50,12 @@ def run(argv: list[str]) -> int:
     if module_name is None:
         return _fail(f"Command not found: {cmd}", hint=True)
     module = importlib.import_module(f"{__package__}.{module_name}")
+    from blocklayer.core.deep import TOO_DEEP, allow_deep_chains
+    allow_deep_chains()
     try:
         return int(module.main(argv[1:]) or 0)
+    except RecursionError:
+        return _fail(TOO_DEEP)
     except UsageError as exc:
         return _fail(str(exc), hint=True)
     except BlockError as exc:
@@ -61,6 +67,8 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from blocklayer.tools.common import set_program_name
+    set_program_name(sys.argv[0] if sys.argv else None, DEFAULT_NAME)
     code = run(list(sys.argv[1:] if argv is None else argv))
     try:
         sys.stdout.flush()

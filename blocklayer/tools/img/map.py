@@ -73,7 +73,8 @@ async def entry_at(node: "BlockNode", offset: int, length: int) -> MapEntry:
         if st.flags & (Status.DATA | Status.ZERO):
             break
         nxt = layer.filtered_backing()
-        if nxt is None:
+        if nxt is None:             # no layer has it: qemu-img's answer is 0, no offset
+            st.flags = Status.NONE
             break
         layer = nxt.filtered()
         depth += 1

@@ -9,7 +9,7 @@ from typing import Any
 
 from blocklayer.core.errors import BlockError, InvalidArgument
 
-from .args import PROG, UsageError, output_format, parse
+from .args import UsageError, output_format, parse, prog
 from .common import close_all, new_graph, open_img, parse_img_size, parse_o_options, to_qjson
 
 
@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     out = output_format(p.last("--output"))
     size = None
     if p.has("--size"):
-        size = parse_img_size(p.last("--size") or "", PROG)
+        size = parse_img_size(p.last("--size") or "", prog())
     if len(p.args) > 1:
         raise UsageError("Expecting one image file name")
     filename = p.args[0] if p.args else None
@@ -54,7 +54,7 @@ async def run(p: Any, filename: str | None, size: int | None, out: str) -> int:
         try:
             options = normalize_create_options(fmt, opts)
         except BlockError as exc:
-            raise exc.with_prefix("", f"\n{PROG}: Invalid options for file format '{fmt}'")
+            raise exc.with_prefix("", f"\n{prog()}: Invalid options for file format '{fmt}'")
         if size is not None:
             options["size"] = size
         info = await cls.measure(options, src)

@@ -6,7 +6,7 @@ import sys
 
 from blocklayer.core.errors import InvalidArgument
 
-from .args import PROG, UsageError, parse
+from .args import UsageError, parse, prog
 from .common import close_all, new_graph, open_img
 
 SIZE_MSG = ("Parameter 'size' expects a non-negative number below 2^64\n"
@@ -53,8 +53,8 @@ async def run(p, value: int, relative: int, prealloc) -> int:  # type: ignore[no
         if size <= 0:
             raise InvalidArgument("New image size must be positive")
         if size < current and not p.has("--shrink"):
-            sys.stderr.write(f"{PROG}: Use the --shrink option to perform a shrink operation.\n"
-                             f"{PROG}: warning: {SHRINK_WARNING}\n")
+            sys.stderr.write(f"{prog()}: Use the --shrink option to perform a shrink operation.\n"
+                             f"{prog()}: warning: {SHRINK_WARNING}\n")
             return 1
         await node.truncate(size, False, prealloc)
         await node.flush()

@@ -42,12 +42,12 @@ async def info_cmd(session: Session, argv: list[str]) -> int:
     if node.driver.is_protocol:
         session.out(f"format name: {node.format_name}\n")
     if not _has_info(node):
-        return 0
+        return -1                # QEMU: bdrv_get_info failed, the command fails silently
     try:
         info = node.driver.get_info()
         specific = node.driver.get_specific_info()
     except FAILED:
-        return 0
+        return -1
     session.out(f"cluster size: {cvtstr(info.cluster_size)}\n")
     session.out(f"vm state offset: {cvtstr(info.vm_state_offset)}\n")
     if specific:

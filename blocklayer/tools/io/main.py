@@ -17,7 +17,7 @@ from ...core.options import split_keyval
 from . import cmd_aio, cmd_control, cmd_image, cmd_rw  # noqa: F401  (register commands)
 from .args import CommandError
 from .getopt import Getopt, GetoptError
-from .session import PROG, OpenRequest, Session
+from .session import DEFAULT_NAME, OpenRequest, Session
 from .table import QUIT, run
 
 USAGE = """\
@@ -48,6 +48,9 @@ QEMU Disk exerciser
   -V, --version        output version information and exit
 
 See '{prog} -c help' for information on available commands.
+
+See <https://qemu.org/contribute/report-a-bug> for how to report bugs.
+More information on the QEMU project at <https://qemu.org>.
 """
 
 SHORT = "hVc:d:f:rsnCmki:t:T:U"
@@ -197,8 +200,14 @@ def _c_stdout() -> io.TextIOBase:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``blocklayer-io`` console script."""
-    argv = sys.argv[1:] if argv is None else argv
-    session = Session(PROG, stdout=_c_stdout())  # type: ignore[arg-type]
+    from blocklayer.tools.common import set_program_name
+
+    from ...core import safety
+    from ...core.deep import TOO_DEEP, allow_deep_chains
+    argv = safety.pop_option(sys.argv[1:] if argv is None else argv)
+    prog = set_program_name(sys.argv[0] if sys.argv else None, DEFAULT_NAME)
+    session = Session(prog, stdout=_c_stdout())  # type: ignore[arg-type]
+    allow_deep_chains()
     try:
         inv = parse_args(session, argv)
         code = asyncio.run(session_main(session, inv))
@@ -206,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.code
     except KeyboardInterrupt:
         code = 130
+    except RecursionError:
+        session.error(TOO_DEEP)
+        code = 1
     except Exception as exc:          # never a traceback: one line and a failure
         session.error(f"internal error: {type(exc).__name__}: {exc}")
         code = 1

@@ -18,7 +18,7 @@ from ...core.node import BlockGraph, BlockNode
 from ...core.open import open_image
 from ...core.options import CacheMode, OpenFlags
 
-PROG = "blocklayer-io"
+DEFAULT_NAME = "blocklayer-io"
 AIO_MODES = ("threads", "native", "io_uring")
 DISCARD_MODES = {"off": False, "ignore": False, "on": True, "unmap": True}
 
@@ -85,7 +85,7 @@ class OpenRequest:
 class Session:
     """One qemu-io session: at most one open image."""
 
-    def __init__(self, prog: str = PROG, stdout: TextIO | None = None,
+    def __init__(self, prog: str = DEFAULT_NAME, stdout: TextIO | None = None,
                  stderr: TextIO | None = None) -> None:
         self.prog = prog
         self.stdout = stdout or sys.stdout
@@ -112,6 +112,9 @@ class Session:
     def _on_event(self, event: str, data: dict[str, Any]) -> None:
         if event == "warning":
             self.raw_err(str(data.get("message", "")))
+        elif event == "BLOCK_IMAGE_CORRUPTED":
+            from blocklayer.tools.common import corruption_text
+            self.raw_err(corruption_text(data))
 
     # ---- the image -----------------------------------------------------------------------
     def require_node(self) -> "BlockNode":

@@ -1,0 +1,7 @@
+# commit-b
+qemu-img create -f qcow2 base.qcow2 1M >/dev/null
+qemu-img create -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2 >/dev/null
+qemu-img create -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 >/dev/null
+qemu-io -c 'write -P 4 0 64k' top.qcow2 >/dev/null
+qemu-img commit -b base.qcow2 top.qcow2
+qemu-io -c 'read -P 4 0 64k' base.qcow2 | sed 's/(.*)/X/'

@@ -1,0 +1,3 @@
+# convert-json-src-dq
+qemu-img convert -O raw 'json:{"driver": "null-co", "size": 65536, "read-zeroes": true}' z.raw; echo rc=$?
+stat -c %s z.raw

@@ -1,0 +1,2 @@
+# convert-missing-src
+qemu-img convert -O raw nosuch.qcow2 out.raw; echo rc=$?

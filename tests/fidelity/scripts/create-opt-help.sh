@@ -1,0 +1,2 @@
+# create-opt-help
+qemu-img create -f raw -o help

@@ -1,0 +1,2 @@
+# img-bad-cmd
+qemu-img frob; echo rc=$?

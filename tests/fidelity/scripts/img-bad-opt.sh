@@ -1,0 +1,2 @@
+# img-bad-opt
+qemu-img info --frob a; echo rc=$?

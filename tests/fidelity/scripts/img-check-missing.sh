@@ -1,0 +1,2 @@
+# img-check-missing
+qemu-img check nosuch.qcow2; echo rc=$?

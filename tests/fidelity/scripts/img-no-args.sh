@@ -1,0 +1,2 @@
+# img-no-args
+qemu-img; echo rc=$?

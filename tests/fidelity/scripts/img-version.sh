@@ -1,0 +1,2 @@
+# img-version
+qemu-img --version | head -1 | cut -d' ' -f1-2

@@ -1,0 +1,2 @@
+# info-devnull
+qemu-img info /dev/null; echo rc=$?

@@ -1,0 +1,3 @@
+# info-dir
+mkdir d
+qemu-img info d; echo rc=$?

@@ -1,0 +1,3 @@
+# info-empty-file
+: > e.img
+qemu-img info e.img | grep -v 'disk size'

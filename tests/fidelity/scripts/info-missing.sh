@@ -1,0 +1,2 @@
+# info-missing
+qemu-img info nosuch.qcow2; echo rc=$?

@@ -1,0 +1,2 @@
+# io-bad-option
+qemu-io --frob; echo rc=$?

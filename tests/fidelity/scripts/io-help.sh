@@ -1,0 +1,2 @@
+# io-help
+qemu-io -c help | head -20

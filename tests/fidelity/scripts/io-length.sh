@@ -1,0 +1,3 @@
+# io-length
+qemu-img create -f qcow2 a.qcow2 1M >/dev/null
+qemu-io -c length a.qcow2

@@ -1,0 +1,2 @@
+# io-null-info
+qemu-io -c info -c length 'json:{"driver": "null-co", "size": 1048576}'

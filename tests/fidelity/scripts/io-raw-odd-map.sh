@@ -1,0 +1,3 @@
+# io-raw-odd-map
+head -c 1000 /dev/urandom > o.raw
+qemu-img map --output=json o.raw

@@ -1,0 +1,7 @@
+# map-chain
+qemu-img create -f qcow2 base.qcow2 1M >/dev/null
+qemu-io -c 'write 0 64k' base.qcow2 >/dev/null
+qemu-img create -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 >/dev/null
+qemu-io -c 'write 128k 64k' top.qcow2 >/dev/null
+qemu-img map --output=json top.qcow2
+qemu-img map top.qcow2

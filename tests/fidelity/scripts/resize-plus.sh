@@ -1,0 +1,4 @@
+# resize-plus
+qemu-img create -f qcow2 a.qcow2 1M >/dev/null
+qemu-img resize a.qcow2 +1M
+qemu-img info a.qcow2 | grep 'virtual size'
