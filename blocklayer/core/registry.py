@@ -23,12 +23,13 @@ DRIVERS: dict[str, str] = {
     "qed": "blocklayer.formats.qed.driver:QedDriver",
     "vdi": "blocklayer.formats.vdi.driver:VdiDriver",
     "vpc": "blocklayer.formats.vpc.driver:VpcDriver",
+    "vmdk": "blocklayer.formats.vmdk.driver:VmdkDriver",
 }
 
 #: formats that take part in probing, in the order QEMU asks them (the first of equal
 #: scores wins: an image with both QED's and VDI's magic is QED, with VDI's and
 #: qcow2's or vpc's it is VDI)
-PROBED_FORMATS = ("qed", "vdi", "qcow2", "vpc", "raw")
+PROBED_FORMATS = ("qed", "vdi", "vmdk", "qcow2", "vpc", "raw")
 
 #: the magic a probed format's header starts with: a header without it is not that
 #: format, and its driver is not even imported (probing then costs no start-up)
