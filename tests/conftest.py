@@ -57,3 +57,19 @@ def raw_image(tmp_path: Path) -> Path:
     with open(path, "wb") as f:
         f.truncate(1 << 20)
     return path
+
+
+def qemu_img_create_luks(path: Path | str, size: str) -> None:
+    """A LUKS-encrypted qcow2 made by qemu-img (secret ``pass``).  qemu-img's PBKDF
+    benchmark sometimes fails with "Unable to get accurate CPU usage" (its CPU clock
+    reads no progress); that is qemu-img's, so the create is tried again."""
+    args = ("create", "-q", "--object", "secret,id=s0,data=pass", "-f", "qcow2", "-o",
+            "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100",
+            str(path), size)
+    for _ in range(10):
+        r = qemu_img(*args, check=False)
+        if r.returncode == 0:
+            return
+        if "Unable to get accurate CPU usage" not in r.stderr:
+            break
+    raise subprocess.CalledProcessError(r.returncode, ["qemu-img", *args], r.stdout, r.stderr)

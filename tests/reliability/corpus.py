@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from blocklayer.formats.qcow2 import layout as L
-from tests.conftest import qemu_img, qemu_io
+from tests.conftest import qemu_img, qemu_img_create_luks, qemu_io
 from tests.qcow2.test_damaged_tools import DAMAGE
 
 Builder = Callable[[Path], Path]
@@ -58,8 +58,7 @@ def dirty_backing_missing(d: Path) -> Path:
 
 def encrypted_luks(d: Path) -> Path:
     img = d / "d.qcow2"
-    qemu_img("create", "-q", "--object", "secret,id=s0,data=pass", "-f", "qcow2", "-o",
-             "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100", str(img), "4M")
+    qemu_img_create_luks(img, "4M")
     return img
 
 

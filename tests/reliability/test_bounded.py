@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from blocklayer.core.bounded import FileTooLarge, read_named_file
-from tests.conftest import ROOT, qemu_img, qemu_io
+from tests.conftest import ROOT, qemu_img, qemu_img_create_luks, qemu_io
 
 SECRET = "hunter2-not-for-output"
 EXT_DATA_FILE = 0x44415441
@@ -113,8 +113,7 @@ def test_qed_header_size_zero_opens_and_checks_as_qemu(tmp_path: Path) -> None:
 
 def test_info_says_encrypted(tmp_path: Path) -> None:
     img = tmp_path / "e.qcow2"
-    qemu_img("create", "-q", "--object", "secret,id=s0,data=pass", "-f", "qcow2", "-o",
-             "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100", str(img), "1M")
+    qemu_img_create_luks(img, "1M")
     o = subprocess.run([sys.executable, "-m", "blocklayer.tools.img", "info", str(img)],
                        capture_output=True, text=True, env=_env())
     assert "encrypted: yes" in o.stdout.splitlines()
