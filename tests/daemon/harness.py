@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import EventListener, ExecuteError, QMPClient
+from qemu.qmp import ConnectError, EventListener, ExecuteError, QMPClient
 
 from tests.qmp.qsd import daemon
 
@@ -46,7 +46,16 @@ async def _session(sock: Path, steps: list[Step], norm: Normaliser) -> list[Any]
     client = QMPClient("diff")
     listener = EventListener()
     client.register_listener(listener)
-    await client.connect(str(sock))
+    for attempt in range(3):
+        # wait_listening's probe connection may still hold the one monitor slot while
+        # it closes; a client that connects then can see the socket close first
+        try:
+            await client.connect(str(sock))
+            break
+        except ConnectError:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(0.2)
     out: list[Any] = []      # (command, reply, events up to the next command)
     try:
         for step in steps:
