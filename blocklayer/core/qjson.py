@@ -37,6 +37,25 @@ class Token:
     text: str
 
 
+# ---- QDict order -------------------------------------------------------------------------
+QDICT_BUCKETS = 512
+
+
+def qdict_bucket(key: str) -> int:
+    """The bucket QEMU's QDict puts ``key`` in (tdb_hash modulo 512)."""
+    data = key.encode("utf-8", "surrogatepass")
+    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
+    for i, c in enumerate(data):
+        value = (value + (c << (i * 5 % 24))) & 0xFFFFFFFF
+    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % QDICT_BUCKETS
+
+
+def qdict_order(keys: list[str]) -> list[str]:
+    """Keys in the order QEMU iterates a QDict they were inserted into in this order."""
+    index = {k: i for i, k in enumerate(keys)}
+    return sorted(keys, key=lambda k: (qdict_bucket(k), -index[k]))
+
+
 # ---- lexer ------------------------------------------------------------------------------
 # Numbers: which characters may follow in each state, the next state, and which states
 # may end the token.  After a lone ``0`` another digit is an error, not a new token.
@@ -133,7 +152,8 @@ def tokens(text: str) -> tuple[list[Token], int]:
 
 
 # ---- parser -----------------------------------------------------------------------------
-def _unescape(raw: str) -> str:
+def unescape(raw: str) -> str:
+    """The text of a string token ``raw`` (its quotes included), escapes resolved."""
     body, out, i = raw[1:-1], [], 0
     while i < len(body):
         ch = body[i]
@@ -167,7 +187,8 @@ def _hex4(body: str, at: int) -> int:
     return int(digits, 16)
 
 
-def _number(text: str) -> int | float:
+def number(text: str) -> int | float:
+    """A number token's value: an int while it fits int64 or uint64, else a float."""
     if not any(c in text for c in ".eE"):
         value = int(text)
         if INT64_MIN <= value <= UINT64_MAX:
@@ -213,9 +234,9 @@ class _Parser:
             stack.append([{} if tok.kind == "{" else [], None])
             return _OPEN
         if tok.kind == "string":
-            return _unescape(tok.text)
+            return unescape(tok.text)
         if tok.kind == "number":
-            return _number(tok.text)
+            return number(tok.text)
         if tok.kind == "keyword":
             keywords = {"true": True, "false": False, "null": None}
             if tok.text not in keywords:

@@ -14,14 +14,16 @@ bucket newest first, so the key order on the wire is a function of the key set.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from blocklayer.core import qjson as core_qjson
+from blocklayer.core.qjson import qdict_order
 
 MAX_TOKEN_SIZE = 64 << 20
 MAX_TOKEN_COUNT = 2 << 20
 MAX_NESTING = 1 << 10
-QDICT_BUCKETS = 512
 
 
 class JSONParseError(Exception):
@@ -33,21 +35,6 @@ class JSONParseError(Exception):
 
 
 # ---- writer ------------------------------------------------------------------------------
-def qdict_bucket(key: str) -> int:
-    """The bucket QEMU's QDict puts ``key`` in (tdb_hash modulo 512)."""
-    data = key.encode("utf-8", "surrogatepass")
-    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
-    for i, c in enumerate(data):
-        value = (value + (c << (i * 5 % 24))) & 0xFFFFFFFF
-    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % QDICT_BUCKETS
-
-
-def qdict_order(keys: list[str]) -> list[str]:
-    """Keys in the order QEMU iterates a QDict they were inserted into in this order."""
-    index = {k: i for i, k in enumerate(keys)}
-    return sorted(keys, key=lambda k: (qdict_bucket(k), -index[k]))
-
-
 class Ordered(dict):  # type: ignore[type-arg]
     """A dict whose member order is already QEMU's (e.g. relayed from QEMU itself)."""
 
@@ -104,34 +91,6 @@ class Token:
 
 
 _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
-_ESCAPES = {'"': '"', "'": "'", "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n",
-            "r": "\r", "t": "\t"}
-
-
-def _decode_string(body: str) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(body):
-        ch = body[i]
-        if ch != "\\":
-            out.append(ch)
-            i += 1
-            continue
-        esc = body[i + 1:i + 2]
-        if esc in _ESCAPES:
-            out.append(_ESCAPES[esc])
-            i += 2
-        elif esc == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", body[i + 2:i + 6]):
-            cp = int(body[i + 2:i + 6], 16)
-            i += 6
-            if 0xD800 <= cp < 0xDC00 and body[i:i + 2] == "\\u":
-                low = int(body[i + 2:i + 6], 16)
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00)
-                i += 6
-            out.append(chr(cp))
-        else:
-            raise JSONParseError("JSON parse error, invalid escape sequence in string")
-    return "".join(out)
 
 
 _STRING_RUN = {q: re.compile(r"(?:[^" + q + r"\\\x00-\x1f\ufffd]|\\[^\x00-\x1f\ufffd])*")
@@ -229,6 +188,14 @@ class Lexer:
 
 
 # ---- parser ------------------------------------------------------------------------------
+def _scalar(convert: Callable[[str], Any], text: str) -> Any:
+    """A string or number token's value, by the one decoder ``json:`` filenames use too."""
+    try:
+        return convert(text)
+    except core_qjson.QJSONError as e:
+        raise JSONParseError(str(e)) from e
+
+
 class _Parser:
     def __init__(self, tokens: list[Token]) -> None:
         self.tokens = tokens
@@ -253,11 +220,9 @@ class _Parser:
         if tok.kind == "[":
             return self.array()
         if tok.kind == "str":
-            return _decode_string(tok.text[1:-1])
+            return _scalar(core_qjson.unescape, tok.text)
         if tok.kind == "num":
-            if re.fullmatch(r"-?[0-9]+", tok.text):
-                return int(tok.text)
-            return float(tok.text)
+            return _scalar(core_qjson.number, tok.text)
         if tok.kind == "kw":
             if tok.text in ("true", "false", "null"):
                 return {"true": True, "false": False, "null": None}[tok.text]

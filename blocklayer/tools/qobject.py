@@ -6,21 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-
-
-def _qdict_bucket(key: str) -> int:
-    data = key.encode()
-    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
-    for i, ch in enumerate(data):
-        value = (value + (ch << (i * 5 % 24))) & 0xFFFFFFFF
-    return ((1103515243 * value + 12345) & 0xFFFFFFFF) % 512
+from blocklayer.core.qjson import qdict_order as _qdict_order
 
 
 def qdict_order(d: dict[str, Any]) -> list[str]:
     """Keys in the order QEMU's QDict iterates them (same bucket: newest first)."""
-    keys = list(d)
-    index = {k: i for i, k in enumerate(keys)}
-    return sorted(keys, key=lambda k: (_qdict_bucket(k), -index[k]))
+    return _qdict_order(list(d))
 
 
 def to_qjson(value: Any, indent: int = 0) -> str:

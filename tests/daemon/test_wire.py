@@ -28,7 +28,13 @@ INPUTS = [
     b'{"execute":"blockdev-del","arguments":{"node-name":"n","bogus":1,"other":2}}',
     b"{'execute':'blockdev-del','arguments':{'node-name':'n'}}",
     b'{"execute":"query-jobs"}', b'{"execute":"query-chardev"}',
-    b'[]', b'{"foo":1,"bar":2}', b'{"execute":"quit","id":9}',
+    b'[]', b'{"foo":1,"bar":2}',
+    b'{"execute":"query-version","id":"\\ud800"}',
+    b'{"execute":"query-version","id":"\\udc00x"}',
+    b'{"execute":"query-version","id":"\\ud83d\\ude00"}',
+    b'{"execute":"query-version","id":18446744073709551616}',
+    b'{"execute":"query-version","id":-9223372036854775809}',
+    b'{"execute":"quit","id":9}',
 ]
 
 
