@@ -321,6 +321,39 @@ def info(bm: Handle) -> dict[str, Any]:
     return out
 
 
+def export_bitmaps(node: BlockNode, names: tuple[str, ...] | list[str], readonly: bool
+                   ) -> dict[str, Handle]:
+    """The bitmaps an NBD export of ``node`` serves (qemu-nbd ``-B``, block-export-add
+    ``bitmaps``), each found on ``node`` or on a node below it in its chain, checked as
+    QEMU's nbd_export_create checks them, and then all marked busy."""
+    found: dict[str, Handle] = {}
+    for name in names:
+        bm, holder = _in_chain(node, name)
+        check(bm, ALLOW_RO)
+        if readonly and not holder.read_only and bm.enabled:
+            raise BitmapError(f"Enabled bitmap '{name}' incompatible with readonly export")
+        found[name] = bm
+    for bm in found.values():
+        bm.busy = True
+    return found
+
+
+def release_bitmaps(found: dict[str, Handle]) -> None:
+    """An export going away gives its bitmaps back."""
+    for bm in found.values():
+        bm.busy = False
+
+
+def _in_chain(node: BlockNode, name: str) -> tuple[Handle, BlockNode]:
+    current: BlockNode | None = node
+    while current is not None:
+        for bm in bitmaps(current):
+            if bm.name == name:
+                return bm, current
+        current = current.filtered_backing()
+    raise NodeNotFound(f"Bitmap '{name}' is not found")
+
+
 def set_busy(node: BlockNode, name: str, busy: bool) -> Handle:
     """A job or export takes (``True``) or gives back a bitmap."""
     bm = find(node, name)
@@ -336,6 +369,7 @@ __all__ = [
     "BlockError",
     "DirtyBitmap",
     "Handle",
+    "export_bitmaps",
     "add",
     "bitmaps",
     "check",
@@ -345,6 +379,7 @@ __all__ = [
     "info",
     "merge_into",
     "node_extents",
+    "release_bitmaps",
     "remove",
     "set_busy",
     "set_enabled",

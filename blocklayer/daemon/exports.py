@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from blocklayer.core import dirty
 from blocklayer.core.driver import Perm
 from blocklayer.core.errors import BlockError
 from blocklayer.core.node import BlockNode
@@ -188,22 +189,20 @@ class NBDExports:
             raise CommandError(f"description '{description}' too long")
         if name in self.by_name:
             raise CommandError(f"NBD server already has export named '{name}'")
-        for bitmap in args.get("bitmaps") or ():
-            found = _find_bitmap(node, bitmap)
-            if found is None:
-                raise CommandError(f"Bitmap '{bitmap}' is not found")
-            if not writable and "auto" in found.get("flags", ()):
-                raise CommandError(f"Enabled bitmap '{bitmap}' incompatible with readonly "
-                                   "export")
+        try:
+            bitmaps = dirty.export_bitmaps(node, args.get("bitmaps") or (), not writable)
+        except BlockError as exc:
+            raise CommandError(exc.message) from exc
         nbd = Export(name, node, description=description, readonly=not writable,
                      multi_conn=bool(args.get("multi-conn", False)) and writable,
                      allocation_depth=bool(args.get("allocation-depth", False)),
-                     bitmaps=tuple(args.get("bitmaps") or ()))
+                     bitmaps=tuple(bitmaps), dirty_bitmaps=bitmaps)
         exp = BlockExport(exp_id, node, nbd)
         perm = Perm.CONSISTENT_READ | (Perm.WRITE if writable else Perm.NONE)
         try:
             node.add_user(exp, perm, Perm.ALL)
         except BlockError as exc:
+            dirty.release_bitmaps(bitmaps)
             raise CommandError(exc.message) from exc
         self.exports[exp_id] = exp
         self.by_name[name] = nbd
@@ -246,6 +245,7 @@ class NBDExports:
             if server is not None and server.clients_of(exp.nbd):
                 continue
             del self.exports[exp.id]
+            dirty.release_bitmaps(exp.nbd.dirty_bitmaps)
             exp.node.remove_user(exp)
             self._release(exp.node)
             if self.daemon is not None:
@@ -282,18 +282,6 @@ def _listen_error(kind: str, data: dict[str, Any], exc: OSError) -> str:
     if kind == "unix":
         return f"Failed to bind socket to {data['path']}: {exc.strerror}"
     return f"Failed to bind socket: {exc.strerror}"
-
-
-def _find_bitmap(node: BlockNode, name: str) -> dict[str, Any] | None:
-    """A persistent bitmap of the node or of a node below it in its chain."""
-    from blocklayer.core import bitmaps
-    current: BlockNode | None = node
-    while current is not None:
-        for found in bitmaps.list_bitmaps(current):
-            if found.get("name") == name:
-                return found
-        current = current.filtered_backing()
-    return None
 
 
 def _objects(daemon: Any) -> Any:

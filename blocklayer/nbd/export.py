@@ -6,9 +6,11 @@ size constraints, which metadata contexts a query selects (``base:allocation``,
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..core import dirty
 from . import wire
 from .wire import Extent
 from .wire import TransmissionFlag as TF
@@ -37,6 +39,7 @@ class Export:
     multi_conn: bool = False
     allocation_depth: bool = False          # -A
     bitmaps: tuple[str, ...] = ()           # -B NAME: bitmaps exported by name
+    dirty_bitmaps: dict[str, dirty.Handle] = field(default_factory=dict)  # their bitmaps
 
     async def ready(self) -> None:
         """Wait while the node is drained: requests from clients are held at the export
@@ -107,31 +110,39 @@ class Export:
         """The extents of one context over ``[offset, offset+length)``, merged where
         neighbours agree, at most ``max_extents`` of them (qemu-nbd's way)."""
         out: list[Extent] = []
-        end = offset + length
-        while offset < end:
-            n, flags = await self._status(context, offset, end - offset)
-            if n <= 0:
-                break
+        async for n, flags in self._runs(context, offset, offset + length):
             if out and out[-1].flags == flags:
                 out[-1] = Extent(out[-1].length + n, flags)
             elif len(out) == max_extents:
                 break
             else:
                 out.append(Extent(n, flags))
-            offset += n
         return out
 
-    async def _status(self, context: str, offset: int, length: int) -> tuple[int, int]:
+    async def _runs(self, context: str, offset: int, end: int
+                    ) -> AsyncIterator[tuple[int, int]]:
+        """``(length, flags)`` runs of one context from ``offset`` up to ``end``."""
         node = self.node
-        if context == BASE_ALLOCATION:
-            st = await node.block_status_above(None, offset, length)
-            flags = (0 if st.data else wire.STATE_HOLE) | (wire.STATE_ZERO if st.zero else 0)
-            return st.length, flags
-        if context == ALLOCATION_DEPTH:
-            depth, n = await node.is_allocated_above(None, offset, length)
-            return n, depth
-        # Dirty bitmaps: no run-time bitmaps exist yet, so an exported one is clean.
-        return length, 0
+        if context.startswith(DIRTY_BITMAP_PREFIX):
+            bm = self.dirty_bitmaps.get(context[len(DIRTY_BITMAP_PREFIX):])
+            if bm is None:              # a bare export (tests): every bit clean
+                yield end - offset, 0
+                return
+            for _, n, is_dirty in dirty.extents(bm, offset, end - offset, self.size):
+                yield n, wire.STATE_DIRTY if is_dirty else 0
+            return
+        while offset < end:
+            if context == BASE_ALLOCATION:
+                st = await node.block_status_above(None, offset, end - offset)
+                n = st.length
+                flags = (0 if st.data else wire.STATE_HOLE) | \
+                    (wire.STATE_ZERO if st.zero else 0)
+            else:
+                flags, n = await node.is_allocated_above(None, offset, end - offset)
+            if n <= 0:
+                return
+            yield n, flags
+            offset += n
 
 
 def _query_selects(query: str, name: str, listing: bool) -> bool:

@@ -57,16 +57,22 @@ class Clients:
             if kind == "connect":
                 h = self.nbd.NBD()
                 h.set_export_name(step[2])
+                for context in step[3:]:
+                    h.add_meta_context(context)
                 h.connect_unix(str(self.work / "nbd.sock"))
                 self.handles[label] = h
                 return {"size": h.get_size(), "ro": h.is_read_only()}
-            h = self.handles[label]
+            h = self.handles.get(label)
+            if h is None:
+                return "not connected"
             if kind == "write":
                 h.pwrite(step[2], step[3])
                 h.flush()
                 return "ok"
             if kind == "read":
                 return h.pread(step[2], step[3])
+            if kind == "map":
+                return self.map(h, step[2])
             if kind == "close":
                 del self.handles[label]
                 h.shutdown()
@@ -74,6 +80,23 @@ class Clients:
         except self.nbd.Error as exc:
             return f"nbd error: {exc.errno}"
         raise AssertionError(step)
+
+    def map(self, h: Any, context: str) -> list[Any]:
+        """Every extent of one metadata context, from block status over the export."""
+        out: list[Any] = []
+        offset, size = 0, h.get_size()
+
+        def got(meta: str, at: int, entries: list[int], err: Any) -> int:
+            if meta == context:
+                out.append((at, entries))
+            return 0
+        while offset < size:
+            before = len(out)
+            h.block_status(size - offset, offset, got)
+            if len(out) == before:
+                raise AssertionError(f"no {context} extents at {offset}")
+            offset += sum(out[-1][1][0::2])
+        return out
 
     def close(self) -> None:
         self.handles.clear()          # libnbd closes a handle when it is collected
@@ -212,6 +235,42 @@ def test_server_and_export_errors(tmp_path: Path) -> None:
                                  "writable": True}),
         cmd("query-block-exports"),
         cmd("query-blockstats"),
+    ])
+
+
+def test_bitmap_exports(tmp_path: Path) -> None:
+    """Persistent and run-time bitmaps exported, busy while exported, their contexts
+    recording writes made through the export."""
+    ctx = "qemu:dirty-bitmap:"
+    same(tmp_path, NODES + [
+        cmd("nbd-server-start", unix("nbd.sock")),
+        cmd("block-dirty-bitmap-add", {"node": "c", "name": "r", "granularity": 4096}),
+        cmd("block-dirty-bitmap-add", {"node": "c", "name": "off", "disabled": True}),
+        cmd("block-export-add", {"type": "nbd", "id": "ec", "node-name": "c",
+                                 "bitmaps": ["r"]}),
+        cmd("block-export-add", {"type": "nbd", "id": "ec", "node-name": "c",
+                                 "writable": True, "bitmaps": ["r", "off", "nope"]}),
+        cmd("block-export-add", {"type": "nbd", "id": "ec", "node-name": "c",
+                                 "writable": True, "bitmaps": ["r", "off"]}),
+        cmd("block-export-add", {"type": "nbd", "id": "ea", "node-name": "a",
+                                 "writable": True, "bitmaps": ["b0"]}),
+        cmd("query-named-block-nodes", {"flat": True}),
+        cmd("block-dirty-bitmap-remove", {"node": "c", "name": "r"}),
+        cmd("block-dirty-bitmap-clear", {"node": "c", "name": "off"}),
+        ("connect", "w", "c", ctx + "r", ctx + "off"),
+        ("connect", "q", "a", ctx + "b0"),
+        ("write", "w", b"\x01" * 5000, 12288),
+        ("write", "w", b"\x02" * 512, 1 << 20),
+        ("map", "w", ctx + "r"),
+        ("map", "w", ctx + "off"),
+        ("write", "q", b"\x03" * 70000, 65536 * 3 - 100),
+        ("map", "q", ctx + "b0"),
+        ("close", "w"), ("close", "q"),
+        cmd("block-export-del", {"id": "ec"}),
+        cmd("block-export-del", {"id": "ea"}),
+        cmd("x-debug-block-dirty-bitmap-sha256", {"node": "c", "name": "r"}),
+        cmd("block-dirty-bitmap-remove", {"node": "c", "name": "r"}),
+        cmd("query-named-block-nodes", {"flat": True}),
     ])
 
 

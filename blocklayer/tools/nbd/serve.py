@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ...core import dirty
 from ...core.errors import BlockError, InvalidArgument, describe
 from ...core.node import BlockGraph
 from ...core.open import open_image, open_node
@@ -206,12 +207,15 @@ async def serve(inv: Invocation, tls: ssl.SSLContext | None, activated: int,
     try:
         if inv.device is not None:
             _kernel_device(inv.device)
-        for bitmap in inv.bitmaps:
-            raise Failed(f"Bitmap '{bitmap}' is not found")   # no run-time bitmaps yet
+        readonly = inv.read_only or node.read_only
+        try:
+            bitmaps = dirty.export_bitmaps(node, inv.bitmaps, readonly)
+        except BlockError as exc:
+            raise Failed(exc.message) from exc
         export = Export(inv.export_name or "", node, inv.description or "",
-                        readonly=inv.read_only or node.read_only,
-                        multi_conn=inv.shared != 1,
-                        allocation_depth=inv.allocation_depth)
+                        readonly=readonly, multi_conn=inv.shared != 1,
+                        allocation_depth=inv.allocation_depth,
+                        bitmaps=tuple(bitmaps), dirty_bitmaps=bitmaps)
 
         def clients_changed(count: int) -> None:
             if count == 0 and not inv.persistent and server.served:
