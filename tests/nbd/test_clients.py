@@ -78,6 +78,32 @@ def test_read_only_export_matches_qemu_nbd(tmp_path: Path, layered: Path) -> Non
     assert out["ours"][0]["exports"][0]["is_read_only"] is True
 
 
+def test_dirty_bitmap_contexts_match_qemu_nbd(tmp_path: Path) -> None:
+    """-B exports bitmaps of the top image and of its backing file; each
+    qemu:dirty-bitmap context maps as qemu-nbd's, and the listing agrees."""
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", str(base), "4M")
+    qemu_img("bitmap", "--add", "-g", "65536", str(base), "bb")
+    qemu_io("-f", "qcow2", "-c", "write 0 100k", "-c", "write 2M 64k", str(base))
+    qemu_img("create", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(top))
+    qemu_img("bitmap", "--add", "-g", "131072", str(top), "b0")
+    qemu_img("bitmap", "--add", "--disable", str(top), "b1")
+    qemu_io("-f", "qcow2", "-c", "write 1M 5k", "-c", "write 3M 300k", str(top))
+    out: dict[str, list[str]] = {}
+    for kind, uri in both(tmp_path, top, "-r", "-f", "qcow2", "-x", "e",
+                          "-B", "b0", "-B", "b1", "-B", "bb"):
+        u = uri.format("e")
+        info = json.loads(run("nbdinfo", "--json", u).stdout)
+        for export in info["exports"]:
+            export.pop("uri")
+        out[kind] = [json.dumps(info)] + [
+            run("nbdinfo", f"--map=qemu:dirty-bitmap:{name}", u).stdout
+            for name in ("b0", "b1", "bb")]
+    assert out["ours"] == out["qemu"]
+    assert "qemu:dirty-bitmap:bb" in out["ours"][0]
+    assert "dirty" in out["ours"][1]
+
+
 def test_qemu_img_and_qemu_io_over_unix_and_tcp(tmp_path: Path, layered: Path) -> None:
     maps = {}
     for kind, uri in both(tmp_path, layered, "-f", "qcow2"):
