@@ -248,6 +248,8 @@ class BlockNode:
     def refresh_perms(self) -> None:
         """Recompute what this node holds and needs, top-down, and apply it (locks)."""
         perm, shared = self.cumulative_perms()
+        if self.read_only and perm & (Perm.WRITE | Perm.WRITE_UNCHANGED):
+            raise PermissionConflict("Block node is read-only")
         self.driver.check_perm(perm, shared)
         self.driver.set_perm(perm, shared)
         for edge in self.children.values():

@@ -157,6 +157,11 @@ async def open_node(graph: BlockGraph, filename: str | None, options: dict[str, 
         raise
     try:
         edge = node.attach_child(key, ChildRole.FILE, file_node)
+    except BaseException:       # not attached: the reference taken on it is ours to drop
+        await file_node.unref()
+        await node.close(failed_open=True)
+        raise
+    try:
         edge.perm, edge.shared = Perm.NONE, Perm.ALL
         backing_opts = extract_prefix(options, "backing")
         backing_ref = options.pop("backing", _UNSET)

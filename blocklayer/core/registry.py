@@ -19,6 +19,7 @@ DRIVERS: dict[str, str] = {
     "raw": "blocklayer.formats.raw:RawDriver",
     "blkdebug": "blocklayer.filters.blkdebug:BlkdebugDriver",
     "throttle": "blocklayer.filters.throttle:ThrottleDriver",
+    "copy-on-read": "blocklayer.filters.copy_on_read:CopyOnReadDriver",
     "qcow2": "blocklayer.formats.qcow2.driver:Qcow2Driver",
     "qed": "blocklayer.formats.qed.driver:QedDriver",
     "vdi": "blocklayer.formats.vdi.driver:VdiDriver",

@@ -54,7 +54,8 @@ def _check_references(daemon: Any, options: dict[str, Any]) -> None:
     for key, value in options.items():
         if isinstance(value, dict):
             _check_references(daemon, value)
-        elif key in CHILD_KEYS and isinstance(value, str) and value not in daemon.graph.nodes:
+        elif key in CHILD_KEYS and key != "bottom" and isinstance(value, str) \
+                and value not in daemon.graph.nodes:     # copy-on-read says it of bottom
             raise CommandError(f"Cannot find device='{value}' nor node-name='{value}'")
 
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from blocklayer.core import chain
+from blocklayer.core import graph as graph_ops
 from blocklayer.core.errors import BlockError, NodeNotFound
 from blocklayer.core.node import BlockGraph, BlockNode
 
@@ -127,6 +128,12 @@ async def query_block_jobs(ctx: JobsContext) -> list[dict[str, Any]]:
 
 
 # ---- starting jobs ------------------------------------------------------------------------
+def _need_root(node: BlockNode) -> None:
+    """QEMU's qmp_get_root_bs: a job's device must have no parent node."""
+    if any(edge.parent is not None for edge in node.parents):
+        raise JobError("Need a root block node")
+
+
 def _policy(value: str | None) -> str:
     value = value or "report"
     if value not in ERROR_POLICIES:
@@ -140,7 +147,7 @@ async def block_stream(ctx: JobsContext, device: str, job_id: str | None = None,
                        speed: int | None = None, on_error: str | None = None,
                        filter_node_name: str | None = None, auto_finalize: bool | None = None,
                        auto_dismiss: bool | None = None) -> None:
-    from .stream import StreamJob
+    from .stream import StreamJob, insert_cor_filter
     if base is not None and base_node is not None:
         raise JobError("'base' and 'base-node' cannot be specified at the same time")
     if base is not None and bottom is not None:
@@ -169,8 +176,21 @@ async def block_stream(ctx: JobsContext, device: str, job_id: str | None = None,
     for layer in chain.layers(below, base_bs) if below is not None else ():
         layer.check_op("stream")
     kw = _job_kw(job_id, speed, auto_finalize, auto_dismiss)
-    _start(ctx, StreamJob, kw, top=top, base=base_bs, backing_file=backing_file,
-           on_error=_policy(on_error))
+    policy = _policy(on_error)
+    ctx.job_manager.check_id(kw["job_id"])
+    cor = None
+    if below is not None and not top.read_only:
+        base_overlay = below
+        for layer in chain.layers(below, base_bs):
+            base_overlay = layer
+        cor = await insert_cor_filter(top, base_overlay, filter_node_name)
+    try:
+        _start(ctx, StreamJob, kw, top=top, base=base_bs, backing_file=backing_file,
+               on_error=policy, filter_node=cor)
+    except BaseException:
+        if cor is not None:
+            await graph_ops.drop_filter(cor)
+        raise
 
 
 async def block_commit(ctx: JobsContext, device: str, job_id: str | None = None,
@@ -184,6 +204,7 @@ async def block_commit(ctx: JobsContext, device: str, job_id: str | None = None,
     active = ctx.graph.nodes.get(device)
     if active is None:
         raise DeviceNotFound(f"Device '{device}' not found")
+    _need_root(active)
     active.check_op("commit-source")
     if top is not None and top_node is not None:
         raise JobError("'top-node' and 'top' are mutually exclusive")
@@ -237,6 +258,7 @@ async def blockdev_mirror(ctx: JobsContext, device: str, target: str, sync: str,
                           auto_dismiss: bool | None = None) -> None:
     from .mirror import MirrorJob, check_mirror_args
     source = _lookup(ctx.graph, device, device)
+    _need_root(source)
     target_bs = _lookup(ctx.graph, target, target)
     options = check_mirror_args(source, target_bs, sync, granularity, buf_size, copy_mode)
     if replaces is not None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import errno as _errno
 from typing import TYPE_CHECKING, Any
 
-from blocklayer.core import chain
+from blocklayer.core import chain, graph
+from blocklayer.core.driver import Perm
 from blocklayer.core.errors import BlockError
 
 from .copy import Chunk, CopyEngine, Kind
@@ -24,6 +25,26 @@ if TYPE_CHECKING:
     from .manager import JobManager
 
 CHUNK = 512 << 10       # QEMU's STREAM_CHUNK and COMMIT_BUFFER_SIZE
+
+
+async def insert_cor_filter(top: BlockNode, bottom: BlockNode,
+                            name: str | None) -> BlockNode:
+    """Put a ``copy-on-read`` filter above ``top`` copying from down to ``bottom``
+    (what QEMU's stream inserts, named ``name`` or automatically)."""
+    from blocklayer.core.open import open_node
+    options: dict[str, Any] = {"driver": "copy-on-read", "file": top.name,
+                               "bottom": bottom.name}
+    if name is not None:
+        options["node-name"] = name
+    node = await open_node(top.graph, None, options)
+    if name is None:        # an implicit node: QEMU names it by its child
+        node.filename = top.filename
+    try:
+        graph.insert_filter(top, node)
+    except BaseException:
+        await node.close()
+        raise
+    return node
 
 
 class ChainCopyJob(BlockJob):
@@ -87,13 +108,18 @@ class StreamJob(ChainCopyJob):
 
     def __init__(self, manager: JobManager, job_id: str, top: BlockNode,
                  base: BlockNode | None, backing_file: str | None = None,
-                 **kw: Any) -> None:
+                 filter_node: BlockNode | None = None, **kw: Any) -> None:
         super().__init__(manager, job_id, top, top, **kw)
         self.top, self.base = top, base
         self.backing_file = backing_file
         self.below = top.filtered_backing()
         self.guest_writes: list[tuple[int, int]] = []
+        #: the copy-on-read filter above ``top`` while the job runs (the job's main node)
+        self.filter_node = filter_node
         self.freeze_chain(top, base)
+        if filter_node is not None:     # the job's own user of it: "Node ... is in use"
+            self.add_node(filter_node)
+            filter_node.add_user(self, Perm.NONE, Perm.ALL)
         self.add_node(top)
         for layer in chain.layers(self.below, base) if self.below is not None else ():
             self.add_node(layer)
@@ -121,7 +147,18 @@ class StreamJob(ChainCopyJob):
         await self.top.write(offset, data)
         return True
 
+    async def drop_filter(self) -> None:
+        if self.filter_node is not None:
+            node, self.filter_node = self.filter_node, None
+            self.nodes.remove(node)
+            node.unblock_all_ops(self)
+            node.remove_user(self)
+            if self._drain in node.drain_handlers:
+                node.drain_handlers.remove(self._drain)
+            await graph.drop_filter(node)
+
     async def prepare(self) -> None:
+        await self.drop_filter()       # it holds the chain that is about to change
         self.unfreeze_chains()
         if self.below is None:
             return
@@ -133,5 +170,6 @@ class StreamJob(ChainCopyJob):
             await chain.drop_intermediate(self.top, self.base, self.backing_file)
 
     async def clean(self) -> None:
+        await self.drop_filter()
         if self._guest_write in self.top.before_write:
             self.top.before_write.remove(self._guest_write)
