@@ -162,6 +162,27 @@ def bitmaps(node: BlockNode) -> list[Handle]:
     return own[::-1]
 
 
+#: bitmaps a job keeps on a node for itself (a mirror's dirty map), unnamed: queries
+#: list them, nothing finds them by name
+_internal: weakref.WeakKeyDictionary[BlockNode, list[Handle]] = weakref.WeakKeyDictionary()
+
+
+def add_internal(node: BlockNode, bm: Handle) -> None:
+    _internal.setdefault(node, []).append(bm)
+
+
+def remove_internal(node: BlockNode, bm: Handle) -> None:
+    held = _internal.get(node, [])
+    if bm in held:
+        held.remove(bm)
+
+
+def listed(node: BlockNode) -> list[Handle]:
+    """What query-named-block-nodes shows: every bitmap, internal ones too, newest
+    first."""
+    return _internal.get(node, [])[::-1] + bitmaps(node)
+
+
 def find(node: BlockNode, name: str) -> Handle:
     for bm in bitmaps(node):
         if bm.name == name:
@@ -316,6 +337,8 @@ def info(bm: Handle) -> dict[str, Any]:
     out: dict[str, Any] = {"name": bm.name, "count": bm.count() * bm.granularity,
                            "granularity": bm.granularity, "recording": bm.enabled,
                            "busy": bm.busy, "persistent": bm.persistent}
+    if not bm.name:          # an internal bitmap: QEMU's has no name
+        del out["name"]
     if bm.inconsistent:
         out["inconsistent"] = True
     return out
@@ -369,7 +392,7 @@ __all__ = [
     "BlockError",
     "DirtyBitmap",
     "Handle",
-    "export_bitmaps",
+    "export_bitmaps", "add_internal", "remove_internal", "listed",
     "add",
     "bitmaps",
     "check",

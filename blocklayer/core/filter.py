@@ -99,6 +99,9 @@ class FilterDriver(BlockDriver):
     def has_zero_init(self) -> bool:
         return self.child.driver.has_zero_init()
 
+    async def get_allocated_file_size(self) -> int:
+        return await self.child.allocated_file_size()
+
     # ---- compressed writes and persistent bitmaps: the child's ------------------------
     def compress_ahead(self, offset: int, data: memoryview) -> None:
         self.child.driver.compress_ahead(self.child_offset + offset, data)

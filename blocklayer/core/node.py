@@ -88,6 +88,10 @@ class NodeState:
     resumed: asyncio.Event | None = None
 
 
+#: what a node may still do while it is the backing file of another
+BACKING_ALLOWED_OPS = frozenset({"commit-target", "stream", "backup-source", "backup-target"})
+
+
 class BlockNode:
     """One node of the graph."""
 
@@ -290,9 +294,17 @@ class BlockNode:
             self.unblock_op(op, owner)
 
     def check_op(self, op: str) -> None:
+        """Refuse ``op`` if something blocks it: the latest blocker speaks (as QEMU's
+        list, newest first); then a parent whose backing this node is, which blocks
+        all but commit-target, stream and backup (QEMU's backing_blocker)."""
         blockers = self.op_blockers.get(op)
         if blockers:
-            raise PermissionConflict(f"Node '{self.name}' is busy: {blockers[0][1]}")
+            raise PermissionConflict(f"Node '{self.name}' is busy: {blockers[-1][1]}")
+        if op not in BACKING_ALLOWED_OPS:
+            for edge in self.parents:
+                if edge.role is ChildRole.BACKING and edge.parent is not None:
+                    raise PermissionConflict(f"Node '{self.name}' is busy: node is used as "
+                                             f"backing hd of '{edge.parent.name}'")
 
     # ---- drain ---------------------------------------------------------------------------
     @asynccontextmanager

@@ -110,7 +110,10 @@ async def block_resize(ctx: Context, args: dict[str, Any]) -> None:
     size = args["size"]
     if size < 0 or size >= 1 << 63:
         raise CommandError("Parameter 'size' expects a >0 size")
-    node.check_op("resize")
+    try:
+        node.check_op("resize")
+    except BlockError as exc:      # QEMU's QERR_DEVICE_IN_USE, of the device argument
+        raise CommandError(f"Device '{args.get('device') or '(null)'}' is in use") from exc
     owner = object()
     try:
         node.add_user(owner, Perm.RESIZE, Perm.ALL)

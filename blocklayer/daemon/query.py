@@ -58,7 +58,7 @@ async def block_device_info(node: BlockNode, nested: bool) -> dict[str, Any]:
     """BlockDeviceInfo, members in schema order."""
     out: dict[str, Any] = {"file": node_filename(node), "node-name": node.name,
                            "ro": node.read_only, "drv": node.format_name}
-    if node.backing is not None:
+    if node.backing is not None and not node.driver.is_filter:   # a filter names none
         out["backing_file"] = node.backing.filename
     out.update({"backing_file_depth": backing_depth(node) if nested else 0,  # as QEMU counts
                 "encrypted": False,
@@ -69,7 +69,7 @@ async def block_device_info(node: BlockNode, nested: bool) -> dict[str, Any]:
                           "direct": node.flags.cache.direct,
                           "no-flush": node.flags.cache.no_flush},
                 "write_threshold": node.write_threshold})
-    bitmaps = dirty.bitmaps(node)
+    bitmaps = dirty.listed(node)
     if bitmaps:
         out["dirty-bitmaps"] = [dirty.info(bm) for bm in bitmaps]
     return out

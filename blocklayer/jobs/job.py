@@ -19,7 +19,8 @@ import os
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from blocklayer.core import chain
+from blocklayer.core import chain, graph
+from blocklayer.core.driver import Perm
 from blocklayer.core.errors import BlockError, InvalidArgument
 from blocklayer.core.reopen import reopen_set_read_only
 
@@ -425,6 +426,10 @@ class BlockJob(Job):
 
     def __init__(self, manager: JobManager, job_id: str, **kw: Any) -> None:
         self.nodes: list[BlockNode] = []
+        #: the filter the job put above the node it works on (stream's copy-on-read,
+        #: mirror's mirror_top), held as the job's main node until it is dropped
+        self.filter_node: BlockNode | None = None
+        self.used: list[BlockNode] = []
         self.frozen: list[tuple[BlockNode, BlockNode | None]] = []
         self.reopened: list[BlockNode] = []
         self.io_status = "ok"
@@ -436,6 +441,38 @@ class BlockJob(Job):
             node.block_all_ops(self, f"block device is in use by block job: {self.job_type}",
                                BLOCK_OPS)
         node.drain_handlers.append(self._drain)
+
+    def use_node(self, node: BlockNode) -> None:
+        """The job reads or writes ``node`` itself (QEMU gives it a BlockBackend there:
+        ``blockdev-del`` says "Node ... is in use")."""
+        node.add_user(self, Perm.NONE, Perm.ALL)
+        self.used.append(node)
+
+    def hold_filter(self, node: BlockNode, in_use: bool = True) -> None:
+        """``node`` (inserted above the job's node) is the job's main node: blocked,
+        and (``in_use``) used by the job.  QSD 7.2 refuses to delete stream's filter
+        with "Node ... is in use" and mirror's as busy (blocked): ``in_use`` False."""
+        self.filter_node = node
+        self.add_node(node)
+        if in_use:
+            self.use_node(node)
+
+    async def drop_filter(self) -> None:
+        """Let go of the held filter and take it out of the graph (its parents use the
+        node below it again)."""
+        node, self.filter_node = self.filter_node, None
+        if node is None:
+            return
+        if node in self.nodes:
+            self.nodes.remove(node)
+        node.unblock_all_ops(self)
+        node.remove_user(self)
+        if node in self.used:
+            self.used.remove(node)
+        if self._drain in node.drain_handlers:
+            node.drain_handlers.remove(self._drain)
+        if not node.closed:
+            await graph.drop_filter(node)
 
     def _drain(self, begin: bool) -> None:
         if begin:
@@ -485,6 +522,9 @@ class BlockJob(Job):
             if self._drain in node.drain_handlers:
                 node.drain_handlers.remove(self._drain)
         self.nodes = []
+        for node in self.used:
+            node.remove_user(self)
+        self.used = []
 
     def error_text(self, exc: BlockError) -> str:
         """Block jobs fail with an errno only: QEMU says its strerror."""

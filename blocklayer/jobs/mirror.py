@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno as _errno
 from typing import TYPE_CHECKING, Any
 
-from blocklayer.core import graph
+from blocklayer.core import dirty, graph
 from blocklayer.core.driver import ReqFlag
 from blocklayer.core.errors import BlockError, InvalidArgument
 
@@ -101,6 +101,32 @@ class DirtyMap:
         return self.count * self.granularity
 
 
+class MirrorBitmap:
+    """The mirror's :class:`DirtyMap` as the unnamed bitmap QEMU's mirror keeps on its
+    source (shown by query-named-block-nodes while the job runs)."""
+
+    name = ""
+    enabled = True
+    persistent = inconsistent = busy = readonly = False
+
+    def __init__(self, dirty: DirtyMap) -> None:
+        self.dirty = dirty
+
+    @property
+    def granularity(self) -> int:
+        return self.dirty.granularity
+
+    def set_range(self, offset: int, length: int, value: bool = True) -> None:
+        if value:
+            self.dirty.set(offset, length)
+
+    def count(self) -> int:
+        return self.dirty.count
+
+    def packed(self) -> bytes:
+        return bytes(self.dirty.bits)
+
+
 class MirrorJob(BlockJob):
     job_type = "mirror"
     can_complete = True
@@ -109,8 +135,11 @@ class MirrorJob(BlockJob):
                  target: BlockNode, sync: str = "full", granularity: int = DEFAULT_GRANULARITY,
                  buf_size: int = DEFAULT_BUF_SIZE, copy_mode: str = "background",
                  on_source_error: str = "report", on_target_error: str = "report",
-                 replaces: BlockNode | None = None, **kw: Any) -> None:
+                 replaces: BlockNode | None = None, filter_node: BlockNode | None = None,
+                 **kw: Any) -> None:
         super().__init__(manager, job_id, **kw)
+        if filter_node is not None:      # mirror_top, above the source
+            self.hold_filter(filter_node, in_use=False)
         self.replaces = replaces
         self.source, self.target = source, target
         self.sync, self.granularity, self.buf_size = sync, granularity, buf_size
@@ -119,10 +148,13 @@ class MirrorJob(BlockJob):
         #: what the target shares with the source (not copied): sync=top/none
         self.base = None if sync == "full" else source.filtered_backing()
         self.dirty = DirtyMap(0, granularity)
+        self.bitmap = MirrorBitmap(self.dirty)
+        dirty.add_internal(source, self.bitmap)
         self.engine = CopyEngine(source, target, 0)
         self.pivot = False
         self.add_node(source)
         self.add_node(target)
+        self.use_node(target)            # QEMU's s->target BlockBackend
         source.write_observers.append(self._observe)
 
     def _observe(self, node: BlockNode, offset: int, length: int) -> None:
@@ -204,6 +236,7 @@ class MirrorJob(BlockJob):
     async def prepare(self) -> None:
         if self.pivot:
             await self.target.flush()
+            await self.drop_filter()
             self.do_pivot()
 
     def do_pivot(self) -> None:
@@ -212,6 +245,8 @@ class MirrorJob(BlockJob):
         graph.replace_node(self.replaces or self.source, self.target)
 
     async def clean(self) -> None:
+        await self.drop_filter()
+        dirty.remove_internal(self.source, self.bitmap)
         if self._observe in self.source.write_observers:
             self.source.write_observers.remove(self._observe)
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from blocklayer.core import chain
 from blocklayer.core import graph as graph_ops
+from blocklayer.filters import job_tops
 from blocklayer.core.errors import BlockError, NodeNotFound
 from blocklayer.core.node import BlockGraph, BlockNode
 
@@ -128,9 +129,11 @@ async def query_block_jobs(ctx: JobsContext) -> list[dict[str, Any]]:
 
 
 # ---- starting jobs ------------------------------------------------------------------------
-def _need_root(node: BlockNode) -> None:
-    """QEMU's qmp_get_root_bs: a job's device must have no parent node."""
-    if any(edge.parent is not None for edge in node.parents):
+def _need_root(ctx: JobsContext, node: BlockNode) -> None:
+    """QEMU's qmp_get_root_bs: a job's device has no parent but users (no node above
+    it, and no block job holding it: QEMU's jobs hold their nodes as children)."""
+    if any(edge.parent is not None for edge in node.parents) or any(
+            node in getattr(job, "nodes", ()) for job in ctx.job_manager.jobs.values()):
         raise JobError("Need a root block node")
 
 
@@ -204,7 +207,7 @@ async def block_commit(ctx: JobsContext, device: str, job_id: str | None = None,
     active = ctx.graph.nodes.get(device)
     if active is None:
         raise DeviceNotFound(f"Device '{device}' not found")
-    _need_root(active)
+    _need_root(ctx, active)
     active.check_op("commit-source")
     if top is not None and top_node is not None:
         raise JobError("'top-node' and 'top' are mutually exclusive")
@@ -241,11 +244,20 @@ async def block_commit(ctx: JobsContext, device: str, job_id: str | None = None,
         if backing_file is not None:
             raise JobError("'backing-file' specified, but 'top' is the active layer")
         from .mirror import ActiveCommitJob
-        _start(ctx, ActiveCommitJob, kw, source=active, target=base_bs,
-               on_source_error=_policy(on_error), on_target_error=_policy(on_error))
+        policy = _policy(on_error)
+        await _start_with_top(ctx, ActiveCommitJob, kw, filter_node_name, source=active,
+                              target=base_bs, on_source_error=policy,
+                              on_target_error=policy)
         return
-    _start(ctx, CommitJob, kw, active=active, top=top_bs, base=base_bs,
-           backing_file=backing_file, on_error=_policy(on_error))
+    policy = _policy(on_error)
+    ctx.job_manager.check_id(kw["job_id"])
+    commit_top = await job_tops.insert(job_tops.CommitTopDriver, top_bs, filter_node_name)
+    try:
+        _start(ctx, CommitJob, kw, active=active, top=top_bs, base=base_bs,
+               backing_file=backing_file, on_error=policy, filter_node=commit_top)
+    except BaseException:
+        await graph_ops.drop_filter(commit_top)
+        raise
 
 
 async def blockdev_mirror(ctx: JobsContext, device: str, target: str, sync: str,
@@ -258,7 +270,7 @@ async def blockdev_mirror(ctx: JobsContext, device: str, target: str, sync: str,
                           auto_dismiss: bool | None = None) -> None:
     from .mirror import MirrorJob, check_mirror_args
     source = _lookup(ctx.graph, device, device)
-    _need_root(source)
+    _need_root(ctx, source)
     target_bs = _lookup(ctx.graph, target, target)
     options = check_mirror_args(source, target_bs, sync, granularity, buf_size, copy_mode)
     if replaces is not None:
@@ -267,9 +279,22 @@ async def blockdev_mirror(ctx: JobsContext, device: str, target: str, sync: str,
             raise JobError(f"Node name '{replaces}' not found")
         options["replaces"] = to_replace
     kw = _job_kw(job_id, speed, auto_finalize, auto_dismiss)
-    _start(ctx, MirrorJob, kw, source=source, target=target_bs,
-           on_source_error=_policy(on_source_error), on_target_error=_policy(on_target_error),
-           **options)
+    await _start_with_top(ctx, MirrorJob, kw, filter_node_name, source=source,
+                          target=target_bs, on_source_error=_policy(on_source_error),
+                          on_target_error=_policy(on_target_error), **options)
+
+
+async def _start_with_top(ctx: JobsContext, make: Callable[..., Any], kw: dict[str, Any],
+                          filter_node_name: str | None, source: BlockNode,
+                          **args: Any) -> None:
+    """Start a mirror with QEMU's mirror_top filter above its source."""
+    ctx.job_manager.check_id(kw["job_id"])
+    top = await job_tops.insert(job_tops.MirrorTopDriver, source, filter_node_name)
+    try:
+        _start(ctx, make, kw, filter_node=top, source=source, **args)
+    except BaseException:
+        await graph_ops.drop_filter(top)
+        raise
 
 
 Command = Callable[..., Awaitable[Any]]

@@ -13,7 +13,6 @@ import errno as _errno
 from typing import TYPE_CHECKING, Any
 
 from blocklayer.core import chain, graph
-from blocklayer.core.driver import Perm
 from blocklayer.core.errors import BlockError
 
 from .copy import Chunk, CopyEngine, Kind
@@ -114,12 +113,9 @@ class StreamJob(ChainCopyJob):
         self.backing_file = backing_file
         self.below = top.filtered_backing()
         self.guest_writes: list[tuple[int, int]] = []
-        #: the copy-on-read filter above ``top`` while the job runs (the job's main node)
-        self.filter_node = filter_node
         self.freeze_chain(top, base)
-        if filter_node is not None:     # the job's own user of it: "Node ... is in use"
-            self.add_node(filter_node)
-            filter_node.add_user(self, Perm.NONE, Perm.ALL)
+        if filter_node is not None:      # copy-on-read, above top
+            self.hold_filter(filter_node)
         self.add_node(top)
         for layer in chain.layers(self.below, base) if self.below is not None else ():
             self.add_node(layer)
@@ -146,16 +142,6 @@ class StreamJob(ChainCopyJob):
             return False
         await self.top.write(offset, data)
         return True
-
-    async def drop_filter(self) -> None:
-        if self.filter_node is not None:
-            node, self.filter_node = self.filter_node, None
-            self.nodes.remove(node)
-            node.unblock_all_ops(self)
-            node.remove_user(self)
-            if self._drain in node.drain_handlers:
-                node.drain_handlers.remove(self._drain)
-            await graph.drop_filter(node)
 
     async def prepare(self) -> None:
         await self.drop_filter()       # it holds the chain that is about to change

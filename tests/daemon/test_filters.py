@@ -28,12 +28,27 @@ def chain_images(work: Path) -> None:
     qemu_io("-f", "qcow2", "-c", "write -P 0x33 2M 64k", top)
 
 
-def run_both(tmp: Path, steps: list[Step]) -> tuple[list[Any], list[Any]]:
+def relative_chain(work: Path) -> None:
+    """The same chain with backing files named relative to the images (so a node
+    added by hand with its backing given by reference is the one the header names),
+    and an empty target."""
+    for name, back, data in (("base", None, "write -P 0x11 0 1M"),
+                             ("mid", "base", "write -P 0x22 1M 1M"),
+                             ("top", "mid", "write -P 0x33 2M 64k")):
+        path = str(work / f"{name}.qcow2")
+        backing = ("-b", f"{back}.qcow2", "-F", "qcow2") if back else ()
+        qemu_img("create", "-q", "-f", "qcow2", *backing, path, "4M")
+        qemu_io("-f", "qcow2", "-c", data, path)
+    qemu_img("create", "-q", "-f", "qcow2", str(work / "tgt.qcow2"), "4M")
+
+
+def run_both(tmp: Path, steps: list[Step], prepare: Any = chain_images
+             ) -> tuple[list[Any], list[Any]]:
     results = []
     for which in ("qsd", "ours"):
         work = tmp / which
         work.mkdir()
-        chain_images(work)
+        prepare(work)
         with daemon(which, work) as sock:
             results.append(asyncio.run(asyncio.wait_for(session(work, sock, steps), 120)))
     return results[0], results[1]
@@ -140,3 +155,68 @@ def test_stream_inserts_copy_on_read(tmp_path: Path) -> None:
     a, b = (str(tmp_path / w / "top.qcow2") for w in ("qsd", "ours"))
     qemu_img("compare", "-f", "qcow2", "-F", "qcow2", a, b)
     qemu_img("check", "-f", "qcow2", b)
+
+
+CHAIN = [
+    cmd("blockdev-add", {"driver": "qcow2", "node-name": "base", "file": F("base.qcow2")}),
+    cmd("blockdev-add", {"driver": "qcow2", "node-name": "mid", "file": F("mid.qcow2"),
+                         "backing": "base"}),
+    cmd("blockdev-add", {"driver": "qcow2", "node-name": "top", "file": F("top.qcow2"),
+                         "backing": "mid"}),
+    cmd("blockdev-add", {"driver": "qcow2", "node-name": "tgt", "file": F("tgt.qcow2")}),
+]
+QUERY = cmd("query-named-block-nodes", {"flat": True})
+CANCEL = [cmd("job-cancel", {"id": "j"}), ("wait", "JOB_STATUS_CHANGE", "null")]
+
+
+def _job_filter_session(tmp: Path, start: dict[str, Any], name: str,
+                        probes: list[Step]) -> None:
+    """``start`` (a job at 1 byte/s) once with ``filter-node-name`` and once without:
+    the filter node in the graph, what the probes get, and the graph after cancel."""
+    job, args = next(iter(start.items()))
+    steps = [*CHAIN,
+             cmd("blockdev-del", {"node-name": "mid"}),
+             cmd(job, {**args, "job-id": "j", "speed": 1, "filter-node-name": name}),
+             QUERY, *probes, *CANCEL, QUERY,
+             cmd(job, {**args, "job-id": "j", "speed": 1}), QUERY, *CANCEL,
+             cmd("blockdev-del", {"node-name": "top"}), QUERY]
+    qsd, ours = run_both(tmp, steps, relative_chain)
+    assert diff(_no_sizes(qsd), _no_sizes(ours)) == []
+    for image in ("top", "mid", "base", "tgt"):
+        qemu_img("check", "-f", "qcow2", str(tmp / "ours" / f"{image}.qcow2"))
+
+
+def test_commit_inserts_commit_top(tmp_path: Path) -> None:
+    _job_filter_session(tmp_path, {"block-commit": {"device": "top", "top-node": "mid",
+                                                    "base-node": "base"}}, "ct", [
+        cmd("block-commit", {"job-id": "j2", "device": "top", "top-node": "mid",
+                             "base-node": "base"}),
+        cmd("block-stream", {"job-id": "j3", "device": "ct"}),
+        cmd("block-stream", {"job-id": "j3", "device": "top"}),
+        cmd("blockdev-del", {"node-name": "ct"}),
+        cmd("blockdev-del", {"node-name": "base"}),
+        cmd("block_resize", {"node-name": "base", "size": 8 << 20}),
+    ])
+
+
+def test_active_commit_inserts_mirror_top(tmp_path: Path) -> None:
+    _job_filter_session(tmp_path, {"block-commit": {"device": "top"}}, "ct", [
+        cmd("block-commit", {"job-id": "j2", "device": "top"}),
+        cmd("block-stream", {"job-id": "j3", "device": "ct"}),
+        cmd("blockdev-del", {"node-name": "ct"}),
+        cmd("blockdev-mirror", {"job-id": "j2", "device": "ct", "target": "tgt",
+                                "sync": "full"}),
+    ])
+
+
+def test_mirror_inserts_mirror_top(tmp_path: Path) -> None:
+    _job_filter_session(tmp_path, {"blockdev-mirror": {"device": "top", "target": "tgt",
+                                                       "sync": "full"}}, "mt", [
+        cmd("block-stream", {"job-id": "j3", "device": "mt"}),
+        cmd("blockdev-del", {"node-name": "mt"}),
+        cmd("blockdev-mirror", {"job-id": "j2", "device": "mt", "target": "tgt",
+                                "sync": "full"}),
+        cmd("blockdev-mirror", {"job-id": "j2", "device": "top", "target": "tgt",
+                                "sync": "full"}),
+        cmd("block-commit", {"job-id": "j2", "device": "top"}),
+    ])

@@ -25,7 +25,8 @@ from tests.jobs.jobhelp import (
 
 async def _until_ready(ctx, job_id):
     job = ctx.job_manager.jobs[job_id]
-    while not job.is_ready:
+    # READY itself: a job resumed in standby takes a moment to be ready again
+    while job.status is not JobStatus.READY:
         await asyncio.sleep(0.005)
     return job
 
