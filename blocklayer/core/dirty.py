@@ -377,6 +377,54 @@ def _in_chain(node: BlockNode, name: str) -> tuple[Handle, BlockNode]:
     raise NodeNotFound(f"Bitmap '{name}' is not found")
 
 
+@dataclass(eq=False)
+class Successor:
+    """A bitmap frozen while a job uses it (QEMU's bdrv_dirty_bitmap_create_successor):
+    the bitmap is busy and stops recording; an unnamed successor records the writes
+    made meanwhile.  The job ends it with :meth:`abdicate` (the bitmap keeps only
+    what the successor recorded) or :meth:`reclaim` (the successor's bits are merged
+    back)."""
+
+    node: BlockNode
+    parent: Handle
+    child: DirtyBitmap
+    was_enabled: bool
+
+    @classmethod
+    def create(cls, node: BlockNode, bm: Handle) -> "Successor":
+        check(bm, DEFAULT)
+        g = bm.granularity
+        child = DirtyBitmap("", g.bit_length() - 1, node.total_bytes, enabled=bm.enabled)
+        self = cls(node, bm, child, bm.enabled)
+        bm.enabled, bm.busy = False, True
+        node.write_observers.append(self._observe)
+        add_internal(node, child)
+        return self
+
+    def _observe(self, node: BlockNode, offset: int, length: int) -> None:
+        if self.child.enabled:
+            self.child.set_range(offset, length)
+
+    def _end(self) -> Handle:
+        if self._observe in self.node.write_observers:
+            self.node.write_observers.remove(self._observe)
+        remove_internal(self.node, self.child)
+        bm = self.parent
+        bm.busy, bm.enabled = False, self.child.enabled
+        return bm
+
+    def abdicate(self) -> Handle:
+        bm = self._end()
+        bm.set_range(0, 1 << 63, False)
+        merge_into(bm, self.child)
+        return bm
+
+    def reclaim(self) -> Handle:
+        bm = self._end()
+        merge_into(bm, self.child)
+        return bm
+
+
 def set_busy(node: BlockNode, name: str, busy: bool) -> Handle:
     """A job or export takes (``True``) or gives back a bitmap."""
     bm = find(node, name)
@@ -392,7 +440,7 @@ __all__ = [
     "BlockError",
     "DirtyBitmap",
     "Handle",
-    "export_bitmaps", "add_internal", "remove_internal", "listed",
+    "export_bitmaps", "add_internal", "remove_internal", "listed", "Successor",
     "add",
     "bitmaps",
     "check",

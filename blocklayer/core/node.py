@@ -252,7 +252,12 @@ class BlockNode:
     def refresh_perms(self) -> None:
         """Recompute what this node holds and needs, top-down, and apply it (locks)."""
         perm, shared = self.cumulative_perms()
-        if self.read_only and perm & (Perm.WRITE | Perm.WRITE_UNCHANGED):
+        if self.read_only and any(e.parent is not None and not e.parent.read_only and
+                                  e.perm & (Perm.WRITE | Perm.WRITE_UNCHANGED)
+                                  for e in self.parents):
+            # a writable parent node that writes here (a copy-on-read filter over a
+            # read-only node); what users outside the graph hold is kept across a
+            # reopen, and so what their read-only node asks of its children
             raise PermissionConflict("Block node is read-only")
         self.driver.check_perm(perm, shared)
         self.driver.set_perm(perm, shared)

@@ -20,6 +20,8 @@ DRIVERS: dict[str, str] = {
     "blkdebug": "blocklayer.filters.blkdebug:BlkdebugDriver",
     "throttle": "blocklayer.filters.throttle:ThrottleDriver",
     "copy-on-read": "blocklayer.filters.copy_on_read:CopyOnReadDriver",
+    "copy-before-write": "blocklayer.filters.copy_before_write:CopyBeforeWriteDriver",
+    "snapshot-access": "blocklayer.filters.snapshot_access:SnapshotAccessDriver",
     "qcow2": "blocklayer.formats.qcow2.driver:Qcow2Driver",
     "qed": "blocklayer.formats.qed.driver:QedDriver",
     "vdi": "blocklayer.formats.vdi.driver:VdiDriver",

@@ -7,10 +7,12 @@ dispatcher's ``(ctx, args)`` form.  Texts are QSD 7.2's.
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from blocklayer.core import chain
+from blocklayer.core.driver import Cap
 from blocklayer.core import graph as graph_ops
 from blocklayer.filters import job_tops
 from blocklayer.core.errors import BlockError, NodeNotFound
@@ -297,6 +299,115 @@ async def _start_with_top(ctx: JobsContext, make: Callable[..., Any], kw: dict[s
         raise
 
 
+async def blockdev_backup(ctx: JobsContext, device: str, target: str, sync: str,
+                          job_id: str | None = None, speed: int | None = None,
+                          bitmap: str | None = None, bitmap_mode: str | None = None,
+                          compress: bool | None = None, on_source_error: str | None = None,
+                          on_target_error: str | None = None,
+                          auto_finalize: bool | None = None, auto_dismiss: bool | None = None,
+                          filter_node_name: str | None = None,
+                          x_perf: dict[str, Any] | None = None) -> None:
+    """QEMU's blockdev_backup_prepare, do_backup_common and backup_job_create, in
+    their order of checks."""
+    from .backup import BackupJob
+    from blocklayer.core import dirty
+    source = _lookup(ctx.graph, device, device)
+    target_bs = _lookup(ctx.graph, target, target)
+    await _drain_jobs(ctx, source)
+    try:
+        await _backup_checks(ctx, source, target_bs, sync, bitmap, bitmap_mode,
+                             bool(compress))
+    except BlockError:
+        await _drain_jobs(ctx, target_bs)
+        raise
+    if sync == "incremental":
+        sync, bitmap_mode = "bitmap", "on-success"
+    bm = dirty.find(source, bitmap) if bitmap is not None else None
+    kw = _job_kw(job_id, speed, auto_finalize, auto_dismiss)
+    ctx.job_manager.check_id(kw["job_id"])
+    options: dict[str, Any] = {"driver": "copy-before-write", "file": source.name,
+                               "target": target_bs.name}
+    if filter_node_name is not None:
+        options["node-name"] = filter_node_name
+    from blocklayer.core.open import open_node
+    cbw = await open_node(ctx.graph, None, options)
+    try:
+        graph_ops.insert_filter(source, cbw)
+        job = BackupJob(ctx.job_manager, kw.pop("job_id"), source=source, target=target_bs,
+                        filter_node=cbw, sync=sync, bitmap=bm, bitmap_mode=bitmap_mode,
+                        on_source_error=_policy(on_source_error),
+                        on_target_error=_policy(on_target_error), **kw)
+    except BaseException:
+        await graph_ops.drop_filter(cbw)
+        raise
+    job.pause()                  # started inside QEMU's drained section: it pauses at once
+    ctx.job_manager.add(job)
+    await _until_paused(job)
+    job.resume()
+    await _until_paused(job, False)
+
+
+async def _backup_checks(ctx: JobsContext, source: BlockNode, target: BlockNode, sync: str,
+                         bitmap: str | None, bitmap_mode: str | None,
+                         compress: bool) -> None:
+    from blocklayer.core import dirty
+    if sync in ("bitmap", "incremental") and bitmap is None:
+        raise JobError(f"must provide a valid bitmap name for '{sync}' sync mode")
+    if sync == "incremental":
+        if bitmap_mode is not None and bitmap_mode != "on-success":
+            raise JobError("Bitmap sync mode must be 'on-success' when using sync mode "
+                           "'incremental'")
+        sync, bitmap_mode = "bitmap", "on-success"
+    if bitmap is not None:
+        try:
+            bm = dirty.find(source, bitmap)
+        except NodeNotFound:
+            raise JobError(f"Bitmap '{bitmap}' could not be found") from None
+        if bitmap_mode is None:
+            raise JobError("Bitmap sync mode must be given when providing a bitmap")
+        dirty.check(bm, dirty.ALLOW_RO)
+        if sync == "none":
+            raise JobError(f"sync mode '{sync}' does not produce meaningful bitmap outputs")
+        if bitmap_mode == "never" and sync != "bitmap":
+            raise JobError(f"Bitmap sync mode '{bitmap_mode}' has no meaningful effect when "
+                           f"combined with sync mode '{sync}'")
+    elif bitmap_mode is not None:
+        raise JobError("Cannot specify bitmap sync mode without a bitmap")
+    if source is target:
+        raise JobError("Source and target cannot be the same")
+    if compress and not target.caps & Cap.COMPRESSED_WRITE:
+        raise JobError(f"Compression is not supported for this drive {target.name}")
+    source.check_op("backup-source")
+    target.check_op("backup-target")
+    if bitmap is not None and bitmap_mode != "never":
+        dirty.check(dirty.find(source, bitmap), dirty.DEFAULT)
+
+
+async def _drain_jobs(ctx: JobsContext, node: BlockNode) -> None:
+    """A drained section over ``node`` as QEMU's: the jobs on it, its parents or its
+    children pause (and say so) and run on when it ends."""
+    touched = {id(n) for n in [node, *node.ancestors(), *node.descendants()]}
+    jobs = [j for j in ctx.job_manager.jobs.values()
+            if j.started and not j.is_completed
+            and any(id(n) in touched for n in getattr(j, "nodes", ()))]
+    for job in jobs:
+        job.pause()
+    for job in jobs:
+        await _until_paused(job)
+    for job in jobs:
+        job.resume()
+    for job in jobs:
+        await _until_paused(job, False)
+
+
+async def _until_paused(job: Any, paused: bool = True) -> None:
+    """Let the job reach (or leave) its pause point: QEMU's drain polls until it has."""
+    for _ in range(1000):
+        if job.paused is paused or job.is_completed:
+            return
+        await asyncio.sleep(0.001)
+
+
 Command = Callable[..., Awaitable[Any]]
 
 COMMANDS: dict[str, Command] = {
@@ -318,6 +429,7 @@ COMMANDS: dict[str, Command] = {
     "block-stream": block_stream,
     "block-commit": block_commit,
     "blockdev-mirror": blockdev_mirror,
+    "blockdev-backup": blockdev_backup,
 }
 
 #: commands of later QEMUs (not in 7.2's schema)
