@@ -344,14 +344,26 @@ def info(bm: Handle) -> dict[str, Any]:
     return out
 
 
-def export_bitmaps(node: BlockNode, names: tuple[str, ...] | list[str], readonly: bool
-                   ) -> dict[str, Handle]:
+def export_bitmaps(node: BlockNode, names: "tuple[str | dict[str, str], ...] | list[Any]",
+                   readonly: bool) -> dict[str, Handle]:
     """The bitmaps an NBD export of ``node`` serves (qemu-nbd ``-B``, block-export-add
-    ``bitmaps``), each found on ``node`` or on a node below it in its chain, checked as
-    QEMU's nbd_export_create checks them, and then all marked busy."""
+    ``bitmaps``), each found on ``node`` or on a node below it in its chain (a name),
+    or on the node named (``{node, name}``), checked as QEMU's nbd_export_create checks
+    them, and then all marked busy."""
     found: dict[str, Handle] = {}
-    for name in names:
-        bm, holder = _in_chain(node, name)
+    for item in names:
+        if isinstance(item, dict):
+            holder = node.graph.nodes.get(str(item["node"]))
+            if holder is None:
+                raise NodeNotFound(f"Node '{item['node']}' not found")
+            name = str(item["name"])
+            try:
+                bm = find(holder, name)
+            except NodeNotFound:
+                raise NodeNotFound(f"Dirty bitmap '{name}' not found") from None
+        else:
+            name = item
+            bm, holder = _in_chain(node, name)
         check(bm, ALLOW_RO)
         if readonly and not holder.read_only and bm.enabled:
             raise BitmapError(f"Enabled bitmap '{name}' incompatible with readonly export")

@@ -18,8 +18,26 @@ class Abort(bitmapcmds.Action):
         raise CommandError("Transaction aborted using Abort action")
 
 
-#: the actions of the backup job are the jobs branch's (refused until it lands)
-NOT_YET = ("blockdev-backup", "drive-backup")
+class Backup(bitmapcmds.Action):
+    """blockdev-backup: prepared (filter in, bitmap frozen) with the others, started
+    on commit, undone on abort."""
+
+    async def prepare(self) -> None:
+        from blocklayer.jobs import qmp_commands as jobs
+        args = {k.replace("-", "_"): v for k, v in self.args.items()}
+        self.job = await jobs.prepare_backup(self.daemon, **args)
+
+    async def commit(self) -> None:
+        from blocklayer.jobs import qmp_commands as jobs
+        await jobs.start_backup(self.daemon, self.job)
+
+    async def abort(self) -> None:
+        from blocklayer.jobs import qmp_commands as jobs
+        await jobs.abort_backup(self.job)
+
+
+#: drive-backup opens its target itself (not yet)
+NOT_YET = ("drive-backup",)
 
 ACTIONS: dict[str, Any] = {
     "abort": Abort,
@@ -27,6 +45,7 @@ ACTIONS: dict[str, Any] = {
     "blockdev-snapshot": snapshots.ExternalSnapshot,
     "blockdev-snapshot-sync": snapshots.ExternalSnapshotSync,
     "blockdev-snapshot-internal-sync": snapshots.InternalSnapshot,
+    "blockdev-backup": Backup,
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno as _errno
 from typing import TYPE_CHECKING, Any
 
-from blocklayer.core.driver import BlockStatus, Cap, ReqFlag
+from blocklayer.core.driver import BlockStatus, Cap, ChildRole, Perm, ReqFlag
 from blocklayer.core.errors import NotSupported
 from blocklayer.core.filter import FilterDriver
 
@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 class SnapshotAccessDriver(FilterDriver):
     format_name = "snapshot-access"
     caps = FilterDriver.caps | Cap.DISCARD
+    #: not a filter in a chain walk (QEMU's is not): an export's bitmap is not looked
+    #: for below it
+    is_filter = False
+
+    def child_perm(self, role: ChildRole, perm: Perm, shared: Perm) -> tuple[Perm, Perm]:
+        return Perm.CONSISTENT_READ, Perm.ALL
 
     async def open(self, options: dict[str, Any], flags: "OpenFlags") -> None:
         await super().open(options, flags)

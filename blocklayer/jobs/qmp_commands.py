@@ -8,6 +8,7 @@ dispatcher's ``(ctx, args)`` form.  Texts are QSD 7.2's.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from blocklayer.core.node import BlockGraph, BlockNode
 
 from .job import ERROR_POLICIES
 from .manager import JobManager
-from .state import JobError
+from .state import JobError, JobStatus
 
 
 class JobsContext(Protocol):
@@ -299,16 +300,23 @@ async def _start_with_top(ctx: JobsContext, make: Callable[..., Any], kw: dict[s
         raise
 
 
-async def blockdev_backup(ctx: JobsContext, device: str, target: str, sync: str,
-                          job_id: str | None = None, speed: int | None = None,
-                          bitmap: str | None = None, bitmap_mode: str | None = None,
-                          compress: bool | None = None, on_source_error: str | None = None,
-                          on_target_error: str | None = None,
-                          auto_finalize: bool | None = None, auto_dismiss: bool | None = None,
-                          filter_node_name: str | None = None,
-                          x_perf: dict[str, Any] | None = None) -> None:
+async def blockdev_backup(ctx: JobsContext, **args: Any) -> None:
     """QEMU's blockdev_backup_prepare, do_backup_common and backup_job_create, in
-    their order of checks."""
+    their order of checks, then the job starts."""
+    await start_backup(ctx, await prepare_backup(ctx, **args))
+
+
+async def prepare_backup(ctx: JobsContext, device: str, target: str, sync: str,
+                         job_id: str | None = None, speed: int | None = None,
+                         bitmap: str | None = None, bitmap_mode: str | None = None,
+                         compress: bool | None = None, on_source_error: str | None = None,
+                         on_target_error: str | None = None,
+                         auto_finalize: bool | None = None,
+                         auto_dismiss: bool | None = None,
+                         filter_node_name: str | None = None,
+                         x_perf: dict[str, Any] | None = None) -> Any:
+    """Everything but the start: the filter is in, the bitmap frozen (a transaction's
+    prepare; :func:`abort_backup` undoes it)."""
     from .backup import BackupJob
     from blocklayer.core import dirty
     source = _lookup(ctx.graph, device, device)
@@ -333,18 +341,33 @@ async def blockdev_backup(ctx: JobsContext, device: str, target: str, sync: str,
     cbw = await open_node(ctx.graph, None, options)
     try:
         graph_ops.insert_filter(source, cbw)
-        job = BackupJob(ctx.job_manager, kw.pop("job_id"), source=source, target=target_bs,
-                        filter_node=cbw, sync=sync, bitmap=bm, bitmap_mode=bitmap_mode,
-                        on_source_error=_policy(on_source_error),
+        job = BackupJob(ctx.job_manager, kw.pop("job_id"), source=source,
+                        target=target_bs, filter_node=cbw, sync=sync, bitmap=bm,
+                        bitmap_mode=bitmap_mode, on_source_error=_policy(on_source_error),
                         on_target_error=_policy(on_target_error), **kw)
     except BaseException:
         await graph_ops.drop_filter(cbw)
         raise
+    return ctx.job_manager.add(job, start=False)         # CREATED
+
+
+async def start_backup(ctx: JobsContext, job: Any) -> None:
     job.pause()                  # started inside QEMU's drained section: it pauses at once
-    ctx.job_manager.add(job)
+    job.start()
     await _until_paused(job)
     job.resume()
     await _until_paused(job, False)
+
+
+async def abort_backup(job: Any) -> None:
+    """A prepared backup that is not to start (QEMU's job_early_fail): aborting,
+    concluded, gone; the bitmap thaws as after a failure, the filter goes."""
+    job.ret = job.ret or errno.ECANCELED     # the bitmap takes its bits back
+    job.transition(JobStatus.ABORTING)
+    await job.clean()
+    await job.release()
+    job.transition(JobStatus.CONCLUDED)
+    job.do_dismiss()
 
 
 async def _backup_checks(ctx: JobsContext, source: BlockNode, target: BlockNode, sync: str,
@@ -445,4 +468,5 @@ def handler(fn: Command, get_ctx: Callable[[Any], JobsContext]) -> Callable[[Any
     return call
 
 
-__all__ = ["COMMANDS", "LATER_COMMANDS", "BlockError", "JobsContext", "handler"]
+__all__ = ["COMMANDS", "LATER_COMMANDS", "BlockError", "JobsContext", "abort_backup", "handler",
+           "prepare_backup", "start_backup"]
