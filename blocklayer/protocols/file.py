@@ -276,6 +276,16 @@ class FileDriver(BlockDriver):
         if self.is_block_device:
             raise NotSupported("write zeroes on a block device")
         if offset >= size:
+            # extending with zeroes: QEMU's file-posix zero-ranges past the end too (the
+            # file grows with the blocks allocated, read as zeroes), else truncates up
+            if self.zero_range_ok:
+                try:
+                    fallocate(self.fd, FALLOC_FL_ZERO_RANGE, offset, length)
+                    return
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                        raise
+                    self.zero_range_ok = False
             os.ftruncate(self.fd, end)
             return
         if flags & ReqFlag.MAY_UNMAP and self.punch_ok:

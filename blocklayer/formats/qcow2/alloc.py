@@ -290,6 +290,8 @@ class WritePath:
     async def _write_plan(self, offset: int, data: memoryview,
                           plan: list[_Cluster]) -> None:
         """Write the data and the copied-on-write parts, merged into host runs."""
+        if any(c.cow for c in plan):
+            await self._zero_alloc_space(plan)
         if not any(c.cow for c in plan):
             await self._write_runs(offset, data, plan)
             return
@@ -310,6 +312,60 @@ class WritePath:
         for host, buf in pieces:
             await self.s.data_overlap_check(host, len(buf))
             await self.s.data_file().write(host, buf)
+
+    async def _zero_alloc_space(self, plan: list[_Cluster]) -> None:
+        """QEMU's handle_alloc_space: a run of new clusters whose copy-on-write parts
+        read as zeroes (nothing under them, or zero clusters) is zeroed whole on the
+        data file (fallocate, no fallback) and only the data is written, instead of
+        writing buffers of zeroes around it."""
+        if self.s.geo.extended_l2:
+            return
+        cs = self.s.cluster_size
+        i = 0
+        while i < len(plan):
+            j = i
+            while (j < len(plan) and plan[j].alloc and
+                   (j == i or plan[j].host == plan[j - 1].host + cs)):
+                j += 1
+            if j == i:
+                i += 1
+                continue
+            run = plan[i:j]
+            if any(c.cow for c in run) and all([await self._cow_is_zero(c) for c in run]):
+                try:
+                    await self.s.data_overlap_check(run[0].host, len(run) * cs)
+                    await self.s.data_file().write_zeroes(run[0].host, len(run) * cs,
+                                                          ReqFlag.NO_FALLBACK)
+                except NotSupported:
+                    pass
+                else:
+                    for c in run:
+                        c.cow = []
+            i = j
+
+    async def _cow_is_zero(self, c: _Cluster) -> bool:
+        """Whether the cluster's copy-on-write parts are known zeroes (QEMU's
+        is_zero_cow: block status, no reading)."""
+        if not c.cow:
+            return True
+        ct = self.s.geo.cluster_type(c.old_entry)
+        if ct in (CT.ZERO_PLAIN, CT.ZERO_ALLOC):
+            return True
+        if ct is not CT.UNALLOCATED:
+            return False
+        backing = self.s.node.filtered_backing()
+        if backing is None:
+            return True
+        for a, b in c.cow:
+            pos, end = c.guest + a, c.guest + b
+            while pos < end:
+                st = await backing.block_status_above(None, pos, end - pos, False)
+                if st.length == 0:       # beyond the backing file: zeroes
+                    break
+                if not st.zero:
+                    return False
+                pos += st.length
+        return True
 
     async def _write_runs(self, offset: int, data: memoryview,
                           plan: list[_Cluster]) -> None:
