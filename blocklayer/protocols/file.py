@@ -278,15 +278,8 @@ class FileDriver(BlockDriver):
         if offset >= size:
             # extending with zeroes: QEMU's file-posix zero-ranges past the end too (the
             # file grows with the blocks allocated, read as zeroes), else truncates up
-            if self.zero_range_ok:
-                try:
-                    fallocate(self.fd, FALLOC_FL_ZERO_RANGE, offset, length)
-                    return
-                except OSError as exc:
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                        raise
-                    self.zero_range_ok = False
-            os.ftruncate(self.fd, end)
+            if not self._zero_range(offset, length):
+                os.ftruncate(self.fd, end)
             return
         if flags & ReqFlag.MAY_UNMAP and self.punch_ok:
             try:
@@ -299,15 +292,21 @@ class FileDriver(BlockDriver):
                 if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     raise
                 self.punch_ok = False
-        if self.zero_range_ok:
-            try:
-                fallocate(self.fd, FALLOC_FL_ZERO_RANGE, offset, length)
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                    raise
-                self.zero_range_ok = False
-        raise NotSupported("write zeroes not supported by the file system")
+        if not self._zero_range(offset, length):
+            raise NotSupported("write zeroes not supported by the file system")
+
+    def _zero_range(self, offset: int, length: int) -> bool:
+        """fallocate(ZERO_RANGE) while the file system has it; False when it has not."""
+        if not self.zero_range_ok:
+            return False
+        try:
+            fallocate(self.fd, FALLOC_FL_ZERO_RANGE, offset, length)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            self.zero_range_ok = False
+            return False
 
     async def discard(self, offset: int, length: int) -> None:
         fd = self.fd

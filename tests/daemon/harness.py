@@ -84,15 +84,20 @@ def _matches(event: dict[str, Any], step: Step) -> bool:
                                                 event.get("data", {}).get("status") == step[2]))
 
 
-def run_both(tmp: Path, prepare: Any, steps: list[Step]) -> tuple[list[Any], list[Any]]:
-    """``prepare(dir)`` makes the images each daemon starts from."""
+def run_both(tmp: Path, prepare: Any, steps: list[Step], session: Any = None
+             ) -> tuple[list[Any], list[Any]]:
+    """``prepare(dir)`` makes the images each daemon starts from; ``session(work, sock,
+    steps)`` runs the steps (default: QMP only)."""
     results = []
     for which in ("qsd", "ours"):
         work = tmp / which
         work.mkdir()
         prepare(work)
         with daemon(which, work) as sock:
-            results.append(asyncio.run(_session(sock, steps, Normaliser(work))))
+            if session is None:
+                results.append(asyncio.run(_session(sock, steps, Normaliser(work))))
+            else:
+                results.append(asyncio.run(asyncio.wait_for(session(work, sock, steps), 120)))
     return results[0], results[1]
 
 

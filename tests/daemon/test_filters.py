@@ -4,15 +4,14 @@ copy-on-read filter added by hand (read through an NBD export, with and without
 bytes read and the images left behind are compared."""
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import qemu_img, qemu_io
+from tests.daemon import harness
 from tests.daemon.harness import diff
 from tests.daemon.test_exports import F, Step, cmd, session, unix
-from tests.qmp.qsd import daemon
 
 MiB = 1 << 20
 
@@ -44,14 +43,8 @@ def relative_chain(work: Path) -> None:
 
 def run_both(tmp: Path, steps: list[Step], prepare: Any = chain_images
              ) -> tuple[list[Any], list[Any]]:
-    results = []
-    for which in ("qsd", "ours"):
-        work = tmp / which
-        work.mkdir()
-        prepare(work)
-        with daemon(which, work) as sock:
-            results.append(asyncio.run(asyncio.wait_for(session(work, sock, steps), 120)))
-    return results[0], results[1]
+    """QMP with NBD clients in between (the exports tests' sessions)."""
+    return harness.run_both(tmp, prepare, steps, session)
 
 
 def top_map(work: Path) -> list[Any]:
