@@ -22,14 +22,18 @@ class Backup(bitmapcmds.Action):
     """blockdev-backup: prepared (filter in, bitmap frozen) with the others, started
     on commit, undone on abort."""
 
+    #: the transaction's jobs when completion-mode is grouped (they finish together)
+    txn: Any = None
+
     async def prepare(self) -> None:
         from blocklayer.jobs import qmp_commands as jobs
         args = {k.replace("-", "_"): v for k, v in self.args.items()}
-        self.job = await jobs.prepare_backup(self.daemon, **args)
+        self.job = await jobs.prepare_backup(self.daemon, txn=self.txn, **args)
 
     async def commit(self) -> None:
         from blocklayer.jobs import qmp_commands as jobs
-        await jobs.start_backup(self.daemon, self.job)
+        await jobs.start_backup(self.daemon, self.job, hold=True)
+
 
     async def abort(self) -> None:
         from blocklayer.jobs import qmp_commands as jobs
@@ -52,15 +56,20 @@ ACTIONS: dict[str, Any] = {
 async def transaction(ctx: Context, args: dict[str, Any]) -> None:
     mode = args.get("properties", {}).get("completion-mode", "individual")
     actions = []
+    from blocklayer.jobs.job import JobTxn
+    txn = JobTxn() if mode == "grouped" else None
     for item in args["actions"]:
         kind = item["type"]
         if kind in NOT_YET:
             raise CommandError(f"Action '{kind}' is not supported by "
                                "blocklayer-storage-daemon yet")
+        action = ACTIONS[kind](ctx.app, item["data"])
         if mode != "individual":
-            raise CommandError(f"Action '{kind}' does not support Transaction property "
-                               f"completion-mode = {mode}")
-        actions.append(ACTIONS[kind](ctx.app, item["data"]))
+            if not isinstance(action, Backup):
+                raise CommandError(f"Action '{kind}' does not support Transaction "
+                                   f"property completion-mode = {mode}")
+            action.txn = txn
+        actions.append(action)
     done: list[Any] = []
     try:
         for action in actions:
@@ -74,6 +83,10 @@ async def transaction(ctx: Context, args: dict[str, Any]) -> None:
         raise
     for action in actions:
         await action.commit()
+    held = [a.job for a in actions if isinstance(a, Backup)]
+    if held:                 # the drained section ends: the backups run
+        from blocklayer.jobs import qmp_commands as jobs
+        await jobs.release_backups(held)
 
 
 HANDLERS = {"transaction": transaction}

@@ -14,6 +14,7 @@ succeeded), ``always`` (even if it failed), ``never``.
 """
 from __future__ import annotations
 
+import asyncio
 import errno as _errno
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from blocklayer.core.node import BlockNode
 
     from .manager import JobManager
+
+
+#: requests a backup keeps in flight (QEMU's x-perf max-workers default)
+WORKERS = 64
 
 
 class BackupJob(BlockJob):
@@ -68,30 +73,57 @@ class BackupJob(BlockJob):
             while not self.is_cancelled:      # only the filter copies
                 await self.sleep(1 << 62)
             return
-        cursor = 0
         while True:
+            error = await self._copy_pass()
+            if error is None:
+                if self.is_cancelled or not self.bcs.dirty_bytes():
+                    break
+                continue                    # what the filter's failures put back
+            is_read = self.is_read_error(error)
+            policy = self.on_source_error if is_read else self.on_target_error
+            if self.error_action(policy, is_read, error.errno or _errno.EIO) == "report":
+                raise error
+            if self.is_cancelled:
+                break
+        self._progress()
+
+    async def _copy_pass(self) -> BlockError | None:
+        """One pass over the clusters still to copy, as QEMU's block-copy makes it: up
+        to :data:`WORKERS` requests of at most 1 MiB in flight, started under the rate
+        limit; after a failure no new one starts and those in flight finish."""
+        c = self.bcs.cluster
+        per_task = max((1 << 20) // c, 1)
+        pool: set[asyncio.Task[int]] = set()
+        error: BlockError | None = None
+        cursor = 0
+
+        def done(task: asyncio.Task[int]) -> None:
+            nonlocal error
+            pool.discard(task)
+            exc = task.exception() if not task.cancelled() else None
+            if isinstance(exc, BlockError) and error is None:
+                error = exc
+            self._progress()
+        while error is None:
             await self.pause_point()
             if self.is_cancelled:
-                return
-            runs = self.bcs.dirty_runs(cursor) or self.bcs.dirty_runs()
+                break
+            runs = self.bcs.dirty_runs(cursor)
             if not runs:
                 break
             a, b = runs[0]
-            c = self.bcs.cluster
-            n = min((b - a) * c, 1 << 20)
-            before = self.bcs.copied
-            try:
-                await self.bcs.copy(a * c, n)
-            except BlockError as exc:
-                is_read = self.is_read_error(exc)
-                policy = self.on_source_error if is_read else self.on_target_error
-                if self.error_action(policy, is_read, exc.errno or _errno.EIO) == "report":
-                    raise
-                continue
-            self._progress()
-            cursor = a + -(-n // c)
-            await self.throttle(self.bcs.copied - before)
-        self._progress()
+            b = min(b, a + per_task)
+            cursor = b
+            await self.throttle((b - a) * c)
+            task = asyncio.ensure_future(self.bcs.copy(a * c, (b - a) * c))
+            pool.add(task)
+            task.add_done_callback(done)
+            if len(pool) >= WORKERS:
+                await asyncio.wait(set(pool), return_when=asyncio.FIRST_COMPLETED)
+        if pool:
+            await asyncio.wait(set(pool))
+        await asyncio.sleep(0)               # the callbacks have run
+        return error
 
     async def _skip_unallocated(self) -> None:
         offset, size = 0, self.bcs.size

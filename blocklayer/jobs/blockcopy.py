@@ -118,6 +118,8 @@ class BlockCopy:
                 n = max(min(st.length, end - pos), 1)
                 chunk = Chunk(pos, n, Kind.ZERO if st.zero else Kind.DATA)
                 payload = None if st.zero else await self.engine.payload(chunk)
+                await asyncio.sleep(0)    # a read served from the page cache did not wait:
+                #                           let the other copies in flight take their turn
                 try:
                     if st.zero:
                         await self.target.write_zeroes(pos, n, ReqFlag.MAY_UNMAP)

@@ -52,7 +52,7 @@ class JobTxn:
         self.aborting = False
 
     def add(self, job: Job) -> None:
-        self.jobs.append(job)
+        self.jobs.insert(0, job)         # newest first, as QEMU's list (its order of work)
         job.txn = self
 
     def remove(self, job: Job) -> None:

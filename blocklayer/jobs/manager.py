@@ -65,10 +65,12 @@ class JobManager:
         return job
 
     def query_jobs(self) -> list[dict[str, Any]]:
-        return [job.info() for job in self.jobs.values()]
+        """Newest first, as QEMU lists them."""
+        return [job.info() for job in reversed(self.jobs.values())]
 
     def query_block_jobs(self) -> list[dict[str, Any]]:
-        return [job.block_info() for job in self.jobs.values() if isinstance(job, BlockJob)]
+        return [job.block_info() for job in reversed(self.jobs.values())
+                if isinstance(job, BlockJob)]
 
     async def shutdown(self) -> None:
         """Cancel every job (force) and wait until each has concluded."""

@@ -314,7 +314,7 @@ async def prepare_backup(ctx: JobsContext, device: str, target: str, sync: str,
                          auto_finalize: bool | None = None,
                          auto_dismiss: bool | None = None,
                          filter_node_name: str | None = None,
-                         x_perf: dict[str, Any] | None = None) -> Any:
+                         x_perf: dict[str, Any] | None = None, txn: Any = None) -> Any:
     """Everything but the start: the filter is in, the bitmap frozen (a transaction's
     prepare; :func:`abort_backup` undoes it)."""
     from .backup import BackupJob
@@ -333,6 +333,8 @@ async def prepare_backup(ctx: JobsContext, device: str, target: str, sync: str,
     bm = dirty.find(source, bitmap) if bitmap is not None else None
     kw = _job_kw(job_id, speed, auto_finalize, auto_dismiss)
     ctx.job_manager.check_id(kw["job_id"])
+    if txn is not None:            # completion-mode grouped: one fate for all
+        kw["txn"] = txn
     options: dict[str, Any] = {"driver": "copy-before-write", "file": source.name,
                                "target": target_bs.name}
     if filter_node_name is not None:
@@ -351,12 +353,24 @@ async def prepare_backup(ctx: JobsContext, device: str, target: str, sync: str,
     return ctx.job_manager.add(job, start=False)         # CREATED
 
 
-async def start_backup(ctx: JobsContext, job: Any) -> None:
-    job.pause()                  # started inside QEMU's drained section: it pauses at once
+async def start_backup(ctx: JobsContext, job: Any, hold: bool = False) -> None:
+    """Start a prepared backup.  QEMU starts it inside a drained section: it pauses at
+    once and runs on when the section ends -- here, or (``hold``) when the transaction
+    that started it calls :func:`release_backup`."""
+    job.pause()
     job.start()
     await _until_paused(job)
-    job.resume()
-    await _until_paused(job, False)
+    if not hold:
+        await release_backups([job])
+
+
+async def release_backups(jobs: list[Any]) -> None:
+    """The drained section ends: every held job runs on (all resumed, then waited for:
+    QEMU's drained_end resumes them at once)."""
+    for job in jobs:
+        job.resume()
+    for job in jobs:
+        await _until_paused(job, False)
 
 
 async def abort_backup(job: Any) -> None:
@@ -469,4 +483,4 @@ def handler(fn: Command, get_ctx: Callable[[Any], JobsContext]) -> Callable[[Any
 
 
 __all__ = ["COMMANDS", "LATER_COMMANDS", "BlockError", "JobsContext", "abort_backup", "handler",
-           "prepare_backup", "start_backup"]
+           "prepare_backup", "release_backups", "start_backup"]

@@ -80,8 +80,10 @@ async def _session(sock: Path, steps: list[Step], norm: Normaliser) -> list[Any]
 
 
 def _matches(event: dict[str, Any], step: Step) -> bool:
-    return bool(event["event"] == step[1] and (step[2] is None or
-                                                event.get("data", {}).get("status") == step[2]))
+    """("wait", event, status or None[, job id])"""
+    data = event.get("data", {})
+    return bool(event["event"] == step[1] and (step[2] is None or data.get("status") == step[2])
+                and (len(step) < 4 or data.get("id") == step[3]))
 
 
 def run_both(tmp: Path, prepare: Any, steps: list[Step], session: Any = None

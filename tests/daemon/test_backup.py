@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import qemu_img
+from tests.conftest import qemu_img, qemu_io
 from tests.daemon.harness import diff
 from tests.daemon.test_exports import F, Step, cmd, unix
 from tests.daemon.test_filters import relative_chain, run_both
@@ -306,3 +306,51 @@ def test_incremental_backup_workflow(tmp_path: Path) -> None:
         qemu_img("convert", "-f", "qcow2", "-O", "raw", str(work / f"{image}.qcow2"),
                  str(raw))
         assert raw.read_bytes() == bytes(expect), image
+
+
+def test_grouped_backups(tmp_path: Path) -> None:
+    """completion-mode grouped: the backups of a transaction finish together -- one
+    failing takes the others down; other actions refuse the mode."""
+    bad = {"driver": "raw", "node-name": "bad", "file": {
+        "driver": "blkdebug", "image": F("bad.raw"),
+        "inject-error": [{"event": "write_aio", "errno": 5, "immediately": True}]}}
+
+    def backup(job: str, device: str, target: str, **more: Any) -> dict[str, Any]:
+        return {"type": "blockdev-backup", "data": {"job-id": job, "device": device,
+                                                    "target": target, "sync": "full",
+                                                    **more}}
+    grouped = {"completion-mode": "grouped"}
+    steps: list[Step] = [
+        TOP, TGT,
+        cmd("blockdev-add", {"driver": "qcow2", "node-name": "other",
+                             "file": F("other.qcow2")}),
+        cmd("blockdev-add", {"driver": "qcow2", "node-name": "tgt2",
+                             "file": F("tgt2.qcow2")}),
+        cmd("blockdev-add", bad),
+        cmd("transaction", {"properties": grouped, "actions": [
+            {"type": "block-dirty-bitmap-add", "data": {"node": "top", "name": "b"}},
+            backup("j1", "top", "tgt")]}),
+        cmd("transaction", {"properties": grouped, "actions": [
+            backup("j1", "top", "tgt", speed=1), backup("j2", "other", "bad")]}),
+        ("wait", "JOB_STATUS_CHANGE", "null", "j1"), ("wait", "JOB_STATUS_CHANGE", "null", "j2"),
+        cmd("query-jobs"),
+        cmd("transaction", {"properties": grouped, "actions": [
+            backup("j1", "top", "tgt", **{"auto-finalize": False}),
+            backup("j2", "other", "tgt2")]}),
+        ("wait", "BLOCK_JOB_PENDING", None),
+        cmd("query-jobs"),
+        cmd("job-finalize", {"id": "j1"}),
+        ("wait", "JOB_STATUS_CHANGE", "null", "j1"), ("wait", "JOB_STATUS_CHANGE", "null", "j2"),
+        cmd("query-jobs"),
+    ]
+
+    def prepare(work: Path) -> None:
+        relative_chain(work)
+        for name in ("other", "tgt2"):
+            qemu_img("create", "-q", "-f", "qcow2", str(work / f"{name}.qcow2"), "4M")
+        # all data: which zero writes would beat the failing data write is timing
+        qemu_io("-f", "qcow2", "-c", "write -P 7 0 4M", str(work / "other.qcow2"))
+        qemu_img("create", "-q", "-f", "raw", str(work / "bad.raw"), "4M")
+    qsd, ours = run_both(tmp_path, steps, prepare)
+    compare(qsd, ours, set())
+    images(tmp_path, "tgt2.qcow2")
