@@ -64,14 +64,22 @@ class FilterDriver(BlockDriver):
     async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes | bytearray:
         return await self.child.read(self.child_offset + offset, length)
 
+    async def before_change(self, offset: int, length: int) -> None:
+        """Awaited before a write, write-zeroes or discard of ``[offset, offset+length)``
+        passes to the child: a filter that acts on the guest's changes (throttle,
+        copy-before-write) overrides this rather than the three operations."""
+
     async def write(self, offset: int, data: bytes | bytearray | memoryview,
                     flags: ReqFlag) -> None:
+        await self.before_change(offset, len(data))
         await self.child.write(self.child_offset + offset, data, flags & WRITE_FLAGS)
 
     async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
+        await self.before_change(offset, length)
         await self.child.write_zeroes(self.child_offset + offset, length, flags)
 
     async def discard(self, offset: int, length: int) -> None:
+        await self.before_change(offset, length)
         await self.child.discard(self.child_offset + offset, length)
 
     async def copy_range_from(self, offset: int, dst: "BlockNode", dst_offset: int,

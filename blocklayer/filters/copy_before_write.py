@@ -21,7 +21,7 @@ import errno as _errno
 from typing import TYPE_CHECKING, Any
 
 from blocklayer.core import dirty
-from blocklayer.core.driver import BlockStatus, ChildRole, DriverInfo, Perm, ReqFlag, Status
+from blocklayer.core.driver import BlockStatus, ChildRole, DriverInfo, Perm, Status
 from blocklayer.core.errors import BlockError, InvalidArgument
 from blocklayer.core.filter import FilterDriver
 from blocklayer.jobs.blockcopy import BlockCopy, bitmap
@@ -91,7 +91,7 @@ class CopyBeforeWriteDriver(FilterDriver):
         return super().child_perm(role, perm, shared)
 
     # ---- the guest's side ----------------------------------------------------------------
-    async def _before_write(self, offset: int, length: int) -> None:
+    async def before_change(self, offset: int, length: int) -> None:
         if self.snapshot_error or length <= 0:
             return
         await self._wait_readers(offset, length)
@@ -110,19 +110,6 @@ class CopyBeforeWriteDriver(FilterDriver):
             return
         a, b = self.bcs.clusters(offset, length)
         self.done.bits.set(a, b, True)
-
-    async def write(self, offset: int, data: bytes | bytearray | memoryview,
-                    flags: ReqFlag) -> None:
-        await self._before_write(offset, len(data))
-        await super().write(offset, data, flags)
-
-    async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
-        await self._before_write(offset, length)
-        await super().write_zeroes(offset, length, flags)
-
-    async def discard(self, offset: int, length: int) -> None:
-        await self._before_write(offset, length)
-        await super().discard(offset, length)
 
     async def _wait_readers(self, offset: int, length: int) -> None:
         while True:

@@ -142,15 +142,5 @@ class ThrottleDriver(FilterDriver):
         await self._intercept(length, False)
         return await super().read(offset, length, flags)
 
-    async def write(self, offset: int, data: bytes | bytearray | memoryview,
-                    flags: ReqFlag) -> None:
-        await self._intercept(len(data), True)
-        await super().write(offset, data, flags)
-
-    async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
+    async def before_change(self, offset: int, length: int) -> None:
         await self._intercept(length, True)
-        await super().write_zeroes(offset, length, flags)
-
-    async def discard(self, offset: int, length: int) -> None:
-        await self._intercept(length, True)
-        await super().discard(offset, length)

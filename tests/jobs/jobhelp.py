@@ -2,8 +2,10 @@
 graph, events recorded."""
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,3 +168,42 @@ async def our_replies(ctx: Ctx, commands: list[tuple[str, dict[str, Any]]]
         except BlockError as exc:
             out.append((exc.qmp_class, exc.message))
     return out
+
+
+async def job_ops(ctx: Ctx, job_id: str, ops: list[tuple[Any, ...]],
+                  write: Callable[[int, int, int], Awaitable[None]]) -> None:
+    """Run random operations (hypothesis model tests) against a running job: guest
+    writes through ``write(offset, length, byte)``, pause, resume, speed changes,
+    yields; stop when the job is gone."""
+    from blocklayer.jobs import qmp_commands as q
+    job = ctx.job_manager.jobs[job_id]
+    for op in ops:
+        if job_id not in ctx.job_manager.jobs or job.is_completed:
+            break
+        if op[0] == "write":
+            await write(op[1], op[2], op[3])
+        elif op[0] == "pause" and not job.user_paused:
+            await q.job_pause(ctx, job_id)
+        elif op[0] == "resume" and job.user_paused:
+            await q.job_resume(ctx, job_id)
+        elif op[0] == "speed":
+            await q.block_job_set_speed(ctx, job_id, op[1])
+        elif op[0] == "yield":
+            for _ in range(op[1]):
+                await asyncio.sleep(0.001)
+
+
+def new_pair(tmp: Path, size: int) -> tuple[Path, Path]:
+    """An empty source and target qcow2 of ``size`` bytes (made by qemu-img)."""
+    source, target = tmp / "src.qcow2", tmp / "dst.qcow2"
+    for p in (source, target):
+        qemu_img("create", "-q", "-f", "qcow2", str(p), str(size))
+    return source, target
+
+
+async def open_pair(source: Path, target: Path) -> tuple[Any, Any, Ctx]:
+    """Both opened in one graph ("src", "dst"), and the job commands' context."""
+    from blocklayer.core.open import open_image
+    src = await open_image(str(source), node_name="src")
+    dst = await open_image(str(target), graph=src.graph, node_name="dst")
+    return src, dst, Ctx(src.graph)

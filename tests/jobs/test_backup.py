@@ -10,11 +10,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from blocklayer.core import dirty
-from blocklayer.core.open import open_image
 from blocklayer.jobs import qmp_commands as q
 from blocklayer.jobs.state import JobStatus
-from tests.conftest import need, qemu_img
-from tests.jobs.jobhelp import Ctx, clean, run
+from tests.conftest import need
+from tests.jobs.jobhelp import clean, job_ops, new_pair, open_pair, run
 
 MiB = 1 << 20
 SIZE = 4 * MiB
@@ -36,16 +35,11 @@ OPS = st.lists(st.one_of(
               ("write", 3 * MiB - 10, 20, 5)], sync="bitmap", cancel=False)
 def test_backup_is_point_in_time(tmp_path_factory, ops, sync, cancel):
     need("qemu-img")
-    tmp = tmp_path_factory.mktemp("b")
-    source, target = tmp / "src.qcow2", tmp / "dst.qcow2"
-    for p in (source, target):
-        qemu_img("create", "-q", "-f", "qcow2", str(p), str(SIZE))
+    source, target = new_pair(tmp_path_factory.mktemp("b"), SIZE)
     model = bytearray(SIZE)
 
     async def main():
-        src = await open_image(str(source), node_name="src")
-        dst = await open_image(str(target), graph=src.graph, node_name="dst")
-        ctx = Ctx(src.graph)
+        src, dst, ctx = await open_pair(source, target)
         bm = await dirty.add(src, "b", 65536)
         for off, n, byte in ((0, MiB, 7), (3 * MiB - 5, 70000, 9)):
             await src.write(off, bytes([byte]) * n)
@@ -59,25 +53,14 @@ def test_backup_is_point_in_time(tmp_path_factory, ops, sync, cancel):
         written = dirty.DirtyBitmap("", 16, SIZE)     # what the guest wrote since
         def live() -> bool:
             return "b0" in ctx.job_manager.jobs and not job.is_completed
-        for op in ops:
-            if not live():
-                break
-            if op[0] == "write":
-                _, off, n, byte = op
-                n = min(n, SIZE - off)
-                guest = job.filter_node or src    # the guest's writes pass the filter
-                await guest.write(off, bytes([byte]) * n)
-                model[off:off + n] = bytes([byte]) * n
-                written.set_range(off, n)
-            elif op[0] == "pause" and not job.user_paused:
-                await q.job_pause(ctx, "b0")
-            elif op[0] == "resume" and job.user_paused:
-                await q.job_resume(ctx, "b0")
-            elif op[0] == "speed":
-                await q.block_job_set_speed(ctx, "b0", op[1])
-            elif op[0] == "yield":
-                for _ in range(op[1]):
-                    await asyncio.sleep(0.001)
+
+        async def write(off: int, n: int, byte: int) -> None:
+            n = min(n, SIZE - off)
+            guest = job.filter_node or src        # the guest's writes pass the filter
+            await guest.write(off, bytes([byte]) * n)
+            model[off:off + n] = bytes([byte]) * n
+            written.set_range(off, n)
+        await job_ops(ctx, "b0", ops, write)
         if live() and job.user_paused:
             await q.job_resume(ctx, "b0")
         if live():

@@ -16,6 +16,9 @@ from tests.jobs.jobhelp import (
     MiB,
     clean,
     flat_copy,
+    job_ops,
+    new_pair,
+    open_pair,
     make_chain,
     open_top,
     run,
@@ -95,37 +98,23 @@ OPS = st.lists(st.one_of(
 @given(ops=OPS)
 def test_random_writes_during_mirror(tmp_path_factory, ops):
     need("qemu-img")
-    tmp = tmp_path_factory.mktemp("m")
-    source, target = tmp / "src.qcow2", tmp / "dst.qcow2"
     size = 4 * MiB
-    for p in (source, target):
-        qemu_img("create", "-q", "-f", "qcow2", str(p), str(size))
+    source, target = new_pair(tmp_path_factory.mktemp("m"), size)
     model = bytearray(size)
 
     async def main():
-        src = await open_image(str(source), node_name="src")
-        dst = await open_image(str(target), graph=src.graph, node_name="dst")
-        ctx = Ctx(src.graph)
+        src, dst, ctx = await open_pair(source, target)
         await src.write(0, b"\x07" * MiB)
         model[:MiB] = b"\x07" * MiB
         await q.blockdev_mirror(ctx, "src", "dst", "full", job_id="m0", speed=8 * MiB,
                                 granularity=64 << 10, buf_size=256 << 10)
         job = ctx.job_manager.jobs["m0"]
-        for op in ops:
-            if op[0] == "write":
-                _, off, n, byte = op
-                n = min(n, size - off)
-                await src.write(off, bytes([byte]) * n)
-                model[off:off + n] = bytes([byte]) * n
-            elif op[0] == "pause" and not job.user_paused:
-                await q.job_pause(ctx, "m0")
-            elif op[0] == "resume" and job.user_paused:
-                await q.job_resume(ctx, "m0")
-            elif op[0] == "speed":
-                await q.block_job_set_speed(ctx, "m0", op[1])
-            elif op[0] == "yield":
-                for _ in range(op[1]):
-                    await asyncio.sleep(0.001)
+
+        async def write(off: int, n: int, byte: int) -> None:
+            n = min(n, size - off)
+            await src.write(off, bytes([byte]) * n)
+            model[off:off + n] = bytes([byte]) * n
+        await job_ops(ctx, "m0", ops, write)
         if job.user_paused:
             await q.job_resume(ctx, "m0")
         await q.block_job_set_speed(ctx, "m0", 0)
