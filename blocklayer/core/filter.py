@@ -12,7 +12,7 @@ refused here as in :class:`BlockDriver`; a filter that wants it overrides it.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .driver import (BlockDriver, BlockStatus, Cap, ChildRole, Limits, Perm, Prealloc, ReqFlag,
                      Status)
@@ -64,6 +64,14 @@ class FilterDriver(BlockDriver):
     async def read(self, offset: int, length: int, flags: ReqFlag) -> bytes | bytearray:
         return await self.child.read(self.child_offset + offset, length)
 
+    #: whether the class overrides :meth:`before_change` (set for each subclass: the
+    #: pass-through write of raw and the others awaits nothing extra)
+    changes_hooked: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.changes_hooked = cls.before_change is not FilterDriver.before_change
+
     async def before_change(self, offset: int, length: int) -> None:
         """Awaited before a write, write-zeroes or discard of ``[offset, offset+length)``
         passes to the child: a filter that acts on the guest's changes (throttle,
@@ -71,15 +79,18 @@ class FilterDriver(BlockDriver):
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview,
                     flags: ReqFlag) -> None:
-        await self.before_change(offset, len(data))
+        if self.changes_hooked:
+            await self.before_change(offset, len(data))
         await self.child.write(self.child_offset + offset, data, flags & WRITE_FLAGS)
 
     async def write_zeroes(self, offset: int, length: int, flags: ReqFlag) -> None:
-        await self.before_change(offset, length)
+        if self.changes_hooked:
+            await self.before_change(offset, length)
         await self.child.write_zeroes(self.child_offset + offset, length, flags)
 
     async def discard(self, offset: int, length: int) -> None:
-        await self.before_change(offset, length)
+        if self.changes_hooked:
+            await self.before_change(offset, length)
         await self.child.discard(self.child_offset + offset, length)
 
     async def copy_range_from(self, offset: int, dst: "BlockNode", dst_offset: int,

@@ -3,6 +3,8 @@ filters.  Parents (edges and outside users) move from one node to another in one
 and permissions are recomputed so the image locks follow."""
 from __future__ import annotations
 
+from typing import Any
+
 from .driver import ChildRole
 from .errors import InvalidArgument, PermissionConflict
 from .node import BlockNode
@@ -46,6 +48,19 @@ def append_overlay(top: BlockNode, overlay: BlockNode) -> None:
         raise InvalidArgument(f"The overlay '{overlay.name}' already has a backing image")
     overlay.attach_child("backing", ChildRole.BACKING, top.ref())
     replace_node(top, overlay)
+
+
+async def open_filter_above(node: BlockNode, options: dict[str, Any]) -> BlockNode:
+    """Open a filter (``options`` name its driver and its own options) over ``node`` as
+    its ``file`` and put it in ``node``'s place; nothing changes if that fails."""
+    from .open import open_node
+    filter_node = await open_node(node.graph, None, {**options, "file": node.name})
+    try:
+        insert_filter(node, filter_node)
+    except BaseException:
+        await filter_node.close()
+        raise
+    return filter_node
 
 
 def insert_filter(node: BlockNode, filter_node: BlockNode) -> None:

@@ -19,7 +19,7 @@ from blocklayer.filters import job_tops
 from blocklayer.core.errors import BlockError, NodeNotFound
 from blocklayer.core.node import BlockGraph, BlockNode
 
-from .job import ERROR_POLICIES
+from .job import ERROR_POLICIES, BlockJob
 from .manager import JobManager
 from .state import JobError, JobStatus
 
@@ -135,9 +135,18 @@ async def query_block_jobs(ctx: JobsContext) -> list[dict[str, Any]]:
 def _need_root(ctx: JobsContext, node: BlockNode) -> None:
     """QEMU's qmp_get_root_bs: a job's device has no parent but users (no node above
     it, and no block job holding it: QEMU's jobs hold their nodes as children)."""
-    if any(edge.parent is not None for edge in node.parents) or any(
-            node in getattr(job, "nodes", ()) for job in ctx.job_manager.jobs.values()):
+    if any(edge.parent is not None for edge in node.parents) or \
+            _jobs_holding(ctx, {id(node)}):
         raise JobError("Need a root block node")
+
+
+def _jobs_holding(ctx: JobsContext, node_ids: set[int], running: bool = False
+                  ) -> list[BlockJob]:
+    """The block jobs (``running``: started and not completed) that hold any of the
+    nodes (by ``id``)."""
+    return [j for j in ctx.job_manager.jobs.values()
+            if isinstance(j, BlockJob) and (not running or j.started and not j.is_completed)
+            and any(id(n) in node_ids for n in j.nodes)]
 
 
 def _policy(value: str | None) -> str:
@@ -182,21 +191,15 @@ async def block_stream(ctx: JobsContext, device: str, job_id: str | None = None,
     for layer in chain.layers(below, base_bs) if below is not None else ():
         layer.check_op("stream")
     kw = _job_kw(job_id, speed, auto_finalize, auto_dismiss)
-    policy = _policy(on_error)
-    ctx.job_manager.check_id(kw["job_id"])
-    cor = None
+    make_filter = None
     if below is not None and not top.read_only:
         base_overlay = below
         for layer in chain.layers(below, base_bs):
             base_overlay = layer
-        cor = await insert_cor_filter(top, base_overlay, filter_node_name)
-    try:
-        _start(ctx, StreamJob, kw, top=top, base=base_bs, backing_file=backing_file,
-               on_error=policy, filter_node=cor)
-    except BaseException:
-        if cor is not None:
-            await graph_ops.drop_filter(cor)
-        raise
+        make_filter = lambda: insert_cor_filter(top, base_overlay,  # noqa: E731
+                                                filter_node_name)
+    await _start_with_filter(ctx, StreamJob, kw, make_filter, top=top, base=base_bs,
+                             backing_file=backing_file, on_error=_policy(on_error))
 
 
 async def block_commit(ctx: JobsContext, device: str, job_id: str | None = None,
@@ -248,19 +251,16 @@ async def block_commit(ctx: JobsContext, device: str, job_id: str | None = None,
             raise JobError("'backing-file' specified, but 'top' is the active layer")
         from .mirror import ActiveCommitJob
         policy = _policy(on_error)
-        await _start_with_top(ctx, ActiveCommitJob, kw, filter_node_name, source=active,
-                              target=base_bs, on_source_error=policy,
-                              on_target_error=policy)
+        await _start_with_filter(ctx, ActiveCommitJob, kw,
+                                 _mirror_top(active, filter_node_name), source=active,
+                                 target=base_bs, on_source_error=policy,
+                                 on_target_error=policy)
         return
-    policy = _policy(on_error)
-    ctx.job_manager.check_id(kw["job_id"])
-    commit_top = await job_tops.insert(job_tops.CommitTopDriver, top_bs, filter_node_name)
-    try:
-        _start(ctx, CommitJob, kw, active=active, top=top_bs, base=base_bs,
-               backing_file=backing_file, on_error=policy, filter_node=commit_top)
-    except BaseException:
-        await graph_ops.drop_filter(commit_top)
-        raise
+    await _start_with_filter(
+        ctx, CommitJob, kw,
+        lambda: job_tops.insert(job_tops.CommitTopDriver, top_bs, filter_node_name),
+        active=active, top=top_bs, base=base_bs, backing_file=backing_file,
+        on_error=_policy(on_error))
 
 
 async def blockdev_mirror(ctx: JobsContext, device: str, target: str, sync: str,
@@ -282,21 +282,30 @@ async def blockdev_mirror(ctx: JobsContext, device: str, target: str, sync: str,
             raise JobError(f"Node name '{replaces}' not found")
         options["replaces"] = to_replace
     kw = _job_kw(job_id, speed, auto_finalize, auto_dismiss)
-    await _start_with_top(ctx, MirrorJob, kw, filter_node_name, source=source,
-                          target=target_bs, on_source_error=_policy(on_source_error),
-                          on_target_error=_policy(on_target_error), **options)
+    await _start_with_filter(ctx, MirrorJob, kw, _mirror_top(source, filter_node_name),
+                             source=source, target=target_bs,
+                             on_source_error=_policy(on_source_error),
+                             on_target_error=_policy(on_target_error), **options)
 
 
-async def _start_with_top(ctx: JobsContext, make: Callable[..., Any], kw: dict[str, Any],
-                          filter_node_name: str | None, source: BlockNode,
-                          **args: Any) -> None:
-    """Start a mirror with QEMU's mirror_top filter above its source."""
+FilterMaker = Callable[[], Awaitable[BlockNode]]
+
+
+def _mirror_top(source: BlockNode, name: str | None) -> FilterMaker:
+    return lambda: job_tops.insert(job_tops.MirrorTopDriver, source, name)
+
+
+async def _start_with_filter(ctx: JobsContext, make: Callable[..., Any], kw: dict[str, Any],
+                             make_filter: FilterMaker | None, **args: Any) -> None:
+    """Start a job with the filter QEMU inserts for it (``make_filter()`` puts it in the
+    graph, after the job id is checked); taken out again if the job cannot start."""
     ctx.job_manager.check_id(kw["job_id"])
-    top = await job_tops.insert(job_tops.MirrorTopDriver, source, filter_node_name)
+    node = await make_filter() if make_filter is not None else None
     try:
-        _start(ctx, make, kw, filter_node=top, source=source, **args)
+        _start(ctx, make, kw, filter_node=node, **args)
     except BaseException:
-        await graph_ops.drop_filter(top)
+        if node is not None:
+            await graph_ops.drop_filter(node)
         raise
 
 
@@ -323,8 +332,7 @@ async def prepare_backup(ctx: JobsContext, device: str, target: str, sync: str,
     target_bs = _lookup(ctx.graph, target, target)
     await _drain_jobs(ctx, source)
     try:
-        await _backup_checks(ctx, source, target_bs, sync, bitmap, bitmap_mode,
-                             bool(compress))
+        _backup_checks(source, target_bs, sync, bitmap, bitmap_mode, bool(compress))
     except BlockError:
         await _drain_jobs(ctx, target_bs)
         raise
@@ -335,14 +343,11 @@ async def prepare_backup(ctx: JobsContext, device: str, target: str, sync: str,
     ctx.job_manager.check_id(kw["job_id"])
     if txn is not None:            # completion-mode grouped: one fate for all
         kw["txn"] = txn
-    options: dict[str, Any] = {"driver": "copy-before-write", "file": source.name,
-                               "target": target_bs.name}
+    options: dict[str, Any] = {"driver": "copy-before-write", "target": target_bs.name}
     if filter_node_name is not None:
         options["node-name"] = filter_node_name
-    from blocklayer.core.open import open_node
-    cbw = await open_node(ctx.graph, None, options)
+    cbw = await graph_ops.open_filter_above(source, options)
     try:
-        graph_ops.insert_filter(source, cbw)
         job = BackupJob(ctx.job_manager, kw.pop("job_id"), source=source,
                         target=target_bs, filter_node=cbw, sync=sync, bitmap=bm,
                         bitmap_mode=bitmap_mode, on_source_error=_policy(on_source_error),
@@ -384,9 +389,8 @@ async def abort_backup(job: Any) -> None:
     job.do_dismiss()
 
 
-async def _backup_checks(ctx: JobsContext, source: BlockNode, target: BlockNode, sync: str,
-                         bitmap: str | None, bitmap_mode: str | None,
-                         compress: bool) -> None:
+def _backup_checks(source: BlockNode, target: BlockNode, sync: str, bitmap: str | None,
+                   bitmap_mode: str | None, compress: bool) -> None:
     from blocklayer.core import dirty
     if sync in ("bitmap", "incremental") and bitmap is None:
         raise JobError(f"must provide a valid bitmap name for '{sync}' sync mode")
@@ -395,6 +399,7 @@ async def _backup_checks(ctx: JobsContext, source: BlockNode, target: BlockNode,
             raise JobError("Bitmap sync mode must be 'on-success' when using sync mode "
                            "'incremental'")
         sync, bitmap_mode = "bitmap", "on-success"
+    bm = None
     if bitmap is not None:
         try:
             bm = dirty.find(source, bitmap)
@@ -416,17 +421,15 @@ async def _backup_checks(ctx: JobsContext, source: BlockNode, target: BlockNode,
         raise JobError(f"Compression is not supported for this drive {target.name}")
     source.check_op("backup-source")
     target.check_op("backup-target")
-    if bitmap is not None and bitmap_mode != "never":
-        dirty.check(dirty.find(source, bitmap), dirty.DEFAULT)
+    if bm is not None and bitmap_mode != "never":
+        dirty.check(bm, dirty.DEFAULT)
 
 
 async def _drain_jobs(ctx: JobsContext, node: BlockNode) -> None:
     """A drained section over ``node`` as QEMU's: the jobs on it, its parents or its
     children pause (and say so) and run on when it ends."""
-    touched = {id(n) for n in [node, *node.ancestors(), *node.descendants()]}
-    jobs = [j for j in ctx.job_manager.jobs.values()
-            if j.started and not j.is_completed
-            and any(id(n) in touched for n in getattr(j, "nodes", ()))]
+    jobs = _jobs_holding(ctx, {id(n) for n in [node, *node.ancestors(), *node.descendants()]},
+                         running=True)
     for job in jobs:
         job.pause()
     for job in jobs:

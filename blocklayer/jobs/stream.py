@@ -30,19 +30,12 @@ async def insert_cor_filter(top: BlockNode, bottom: BlockNode,
                             name: str | None) -> BlockNode:
     """Put a ``copy-on-read`` filter above ``top`` copying from down to ``bottom``
     (what QEMU's stream inserts, named ``name`` or automatically)."""
-    from blocklayer.core.open import open_node
-    options: dict[str, Any] = {"driver": "copy-on-read", "file": top.name,
-                               "bottom": bottom.name}
+    options: dict[str, Any] = {"driver": "copy-on-read", "bottom": bottom.name}
     if name is not None:
         options["node-name"] = name
-    node = await open_node(top.graph, None, options)
+    node = await graph.open_filter_above(top, options)
     if name is None:        # an implicit node: QEMU names it by its child
         node.filename = top.filename
-    try:
-        graph.insert_filter(top, node)
-    except BaseException:
-        await node.close()
-        raise
     return node
 
 
